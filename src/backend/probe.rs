@@ -1,0 +1,184 @@
+//! Learning what the backends offer before a client asks.
+//!
+//! A client that sends no `from` must be shown the SASL mechanisms before it says who it is,
+//! and before the proxy has picked a node. It must see exactly what the node would have sent
+//! (XEP-0474 hashes that list), so the proxy opens a stream to a backend, records its
+//! `<stream:features/>` (filtered, see [`crate::xmpp::features`]) and caches it per domain.
+//! The cache is refreshed on a timer and whenever a live login finds a backend offering
+//! something else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::framed::{FrameError, Framed};
+use crate::metrics::Metrics;
+use crate::route::pool::Pool;
+use crate::xmpp::element::XmlError;
+use crate::xmpp::features::{self, FilteredFeatures};
+use crate::xmpp::header::{HeaderError, StreamHeader};
+use crate::xmpp::scanner::FrameKind;
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The node could not be reached.
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// The node did not answer with a header and features in time, or closed.
+    #[error("reading the node's preamble: {0}")]
+    Read(#[from] FrameError),
+    /// The node's header was unusable.
+    #[error("node header: {0}")]
+    Header(#[from] HeaderError),
+    /// The node's features were unusable.
+    #[error("node features: {0}")]
+    Features(#[from] XmlError),
+    /// The node sent something else than features after its header.
+    #[error("node sent {0} instead of <stream:features/>")]
+    Unexpected(String),
+    /// The node answered with a stream error.
+    #[error("node sent a stream error")]
+    StreamError,
+    /// Writing to the node failed.
+    #[error("write: {0}")]
+    Write(std::io::Error),
+}
+
+/// The client header the proxy sends when probing (what a fresh client would send).
+pub fn probe_header(domain: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream to='{}' xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
+        crate::xmpp::element::escape(domain)
+    )
+}
+
+/// Read a node's header and first features from `framed` (the header already sent).
+pub async fn read_preamble<S>(
+    framed: &mut Framed<S>,
+    deadline: Instant,
+) -> Result<(StreamHeader, FilteredFeatures), ProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (kind, bytes) = framed.next_non_ws(deadline).await?;
+    if kind != FrameKind::Header {
+        return Err(ProbeError::Unexpected(format!("{kind:?}")));
+    }
+    let header = StreamHeader::parse(&bytes)?;
+    let (kind, bytes) = framed.next_non_ws(deadline).await?;
+    if kind != FrameKind::Element {
+        return Err(ProbeError::Unexpected(format!("{kind:?}")));
+    }
+    let filtered = features::filter(&bytes, &header.ns)?;
+    let root = crate::xmpp::element::Element::parse(&bytes, &header.ns)?;
+    if root.local_name() == "error" {
+        return Err(ProbeError::StreamError);
+    }
+    if root.local_name() != "features" {
+        return Err(ProbeError::Unexpected(root.name));
+    }
+    Ok((header, filtered))
+}
+
+/// Open a stream to `addr` as a client of `domain` would, and return the node's features.
+pub async fn probe(
+    addr: std::net::SocketAddr,
+    domain: &str,
+    timeout: Duration,
+) -> Result<FilteredFeatures, ProbeError> {
+    let deadline = Instant::now() + timeout;
+    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ProbeError::Connect(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(ProbeError::Connect)?;
+    // Negotiation-size frames are plenty for a features element.
+    let mut framed = Framed::new(tcp, 65536);
+    framed
+        .send(probe_header(domain).as_bytes(), timeout)
+        .await
+        .map_err(ProbeError::Write)?;
+    let (_, features) = read_preamble(&mut framed, deadline).await?;
+    // Leave politely: this was never a session.
+    let _closed = framed
+        .send(b"</stream:stream>", Duration::from_millis(200))
+        .await;
+    Ok(features)
+}
+
+/// The features each domain's clients are shown before routing, learned from the backends.
+pub struct FeatureCache {
+    /// Domain → features the backends offer for it.
+    by_domain: RwLock<HashMap<String, Arc<FilteredFeatures>>>,
+}
+
+impl Default for FeatureCache {
+    fn default() -> Self {
+        FeatureCache::new()
+    }
+}
+
+impl FeatureCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        FeatureCache {
+            by_domain: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The cached features of `domain`, probing the backends (config order) if none are known.
+    pub async fn get(
+        &self,
+        pool: &Pool,
+        domain: &str,
+        timeout: Duration,
+        metrics: &Metrics,
+    ) -> Option<Arc<FilteredFeatures>> {
+        if let Some(f) = self.by_domain.read().expect("cache lock").get(domain) {
+            return Some(f.clone());
+        }
+        self.refresh(pool, domain, timeout, metrics).await
+    }
+
+    /// Probe the backends of `domain` in config order until one answers; cache and return it.
+    pub async fn refresh(
+        &self,
+        pool: &Pool,
+        domain: &str,
+        timeout: Duration,
+        metrics: &Metrics,
+    ) -> Option<Arc<FilteredFeatures>> {
+        for backend in pool.backends() {
+            match probe(backend.address, domain, timeout).await {
+                Ok(features) => {
+                    metrics
+                        .probes_total
+                        .with_label_values(&[&backend.name, "ok"])
+                        .inc();
+                    let features = Arc::new(features);
+                    let previous = self
+                        .by_domain
+                        .write()
+                        .expect("cache lock")
+                        .insert(domain.to_string(), features.clone());
+                    if previous.is_some_and(|p| p.mechanisms != features.mechanisms) {
+                        tracing::info!(domain, backend = %backend.name, mechanisms = ?features.mechanisms, "backend SASL mechanisms changed");
+                    }
+                    return Some(features);
+                }
+                Err(e) => {
+                    metrics
+                        .probes_total
+                        .with_label_values(&[&backend.name, "failed"])
+                        .inc();
+                    tracing::warn!(domain, backend = %backend.name, error = %e, "feature probe failed");
+                }
+            }
+        }
+        None
+    }
+}

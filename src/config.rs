@@ -1,0 +1,578 @@
+//! The configuration file: what an operator writes, and the checked form the proxy runs on.
+//!
+//! Parsing happens in two steps, as in rathole: serde structs with `deny_unknown_fields`
+//! reject typos at once, then [`RawConfig::validate`] checks what serde cannot (addresses,
+//! files, duplicate names) and resolves relative paths against the config file's directory.
+//! Every error names the file, the line and the key, because an operator reading
+//! "invalid address" without a line number has to guess which of forty backends is wrong.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error, rendered as `FILE:LINE:COLUMN: key: message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file was read but is wrong at a known place.
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// How a listener expects TLS to start.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// RFC 6120 STARTTLS: a clear-text stream header first, then TLS (port 5222 style).
+    Starttls,
+    /// XEP-0368 direct TLS: the TLS handshake is the first thing on the wire (port 5223 style).
+    Direct,
+    /// Both on one port: a first byte of 0x16 (a TLS handshake record) means direct TLS.
+    Auto,
+}
+
+/// What the routing key of a connection is made of.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// The bare JID: from the stream header's `from`, else the first SASL message.
+    Jid,
+    /// The domain the client asked for (`to`): every user of a domain on one node.
+    Domain,
+    /// The client's subnet (IPv4 /24 and IPv6 /64 by default).
+    Subnet,
+}
+
+/// The file as written (before checks). Public so tests can build one from text.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    routing: Spanned<RawRouting>,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    probe: RawProbe,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    bind: Spanned<Vec<Spanned<String>>>,
+    tls: TlsMode,
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+    #[serde(default)]
+    extra_cert: Vec<RawCertPair>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertPair {
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    key: KeyKind,
+    domains: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_v4_prefix")]
+    ipv4_prefix: Spanned<u8>,
+    #[serde(default = "default_v6_prefix")]
+    ipv6_prefix: Spanned<u8>,
+}
+
+fn default_v4_prefix() -> Spanned<u8> {
+    Spanned::new(0..0, 24)
+}
+fn default_v6_prefix() -> Spanned<u8> {
+    Spanned::new(0..0, 64)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    #[serde(default = "default_weight")]
+    weight: Spanned<u32>,
+}
+
+fn default_weight() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    bind: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    #[serde(with = "humantime_serde")]
+    prerouting_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    negotiation_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    tls_handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    backend_connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    half_close_timeout: Duration,
+    max_header_bytes: usize,
+    max_prerouting_element_bytes: usize,
+    max_negotiation_element_bytes: usize,
+    max_connections: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            prerouting_timeout: Duration::from_secs(20),
+            negotiation_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            backend_connect_timeout: Duration::from_secs(3),
+            half_close_timeout: Duration::from_secs(30),
+            max_header_bytes: 4096,
+            max_prerouting_element_bytes: 16384,
+            max_negotiation_element_bytes: 65536,
+            max_connections: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProbe {
+    #[serde(with = "humantime_serde")]
+    interval: Duration,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+}
+
+impl Default for RawProbe {
+    fn default() -> Self {
+        RawProbe {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A checked configuration: every address parsed, every file present, paths absolute.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the configuration came from, for messages and reloads.
+    pub source: PathBuf,
+    /// Client-facing listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// How a connection becomes a routing key, and which domains are served.
+    pub routing: RoutingConfig,
+    /// The XMPP server nodes, in file order (the order does not affect placement).
+    pub backends: Vec<BackendConfig>,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
+    /// Bounds on time and memory for every phase before the relay.
+    pub limits: Limits,
+    /// How the backends' stream features are learned.
+    pub probe: ProbeConfig,
+}
+
+/// One client-facing listener.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// A short name used in logs and metric labels.
+    pub name: String,
+    /// Every address to bind (IPv4 and IPv6 alike).
+    pub bind: Vec<SocketAddr>,
+    /// How TLS starts on this listener.
+    pub tls: TlsMode,
+    /// The default certificate chain and key; extra pairs are chosen by SNI.
+    pub certs: Vec<CertPair>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone, Debug)]
+pub struct CertPair {
+    /// PEM file holding the leaf certificate first, then intermediates.
+    pub cert: PathBuf,
+    /// PEM file holding the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Routing settings.
+#[derive(Clone, Debug)]
+pub struct RoutingConfig {
+    /// What the ring hashes.
+    pub key: KeyKind,
+    /// The XMPP domains served (normalized); any other `to` gets `<host-unknown/>`.
+    pub domains: Vec<String>,
+    /// Prefix length of an IPv4 subnet group.
+    pub ipv4_prefix: u8,
+    /// Prefix length of an IPv6 subnet group.
+    pub ipv6_prefix: u8,
+}
+
+/// One XMPP server node.
+#[derive(Clone, Debug)]
+pub struct BackendConfig {
+    /// Stable name: it, and the weight, decide placement on the ring.
+    pub name: String,
+    /// The node's plain c2s address on the trusted link.
+    pub address: SocketAddr,
+    /// Relative share of the keys (virtual nodes on the ring).
+    pub weight: u32,
+}
+
+/// Bounds on every phase before the relay, so a slow or hostile client cannot hold resources.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Time a client has, from accept, to say who it is (stream header, SASL message).
+    pub prerouting_timeout: Duration,
+    /// Time from accept to the end of authentication, after which the proxy stops parsing.
+    pub negotiation_timeout: Duration,
+    /// Time a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
+    /// Time to connect one backend before trying the next node.
+    pub backend_connect_timeout: Duration,
+    /// After one side half-closes, how long the other may keep sending.
+    pub half_close_timeout: Duration,
+    /// Largest stream header accepted.
+    pub max_header_bytes: usize,
+    /// Largest element accepted before the connection is routed.
+    pub max_prerouting_element_bytes: usize,
+    /// Largest element the proxy parses after routing, until authentication ends.
+    pub max_negotiation_element_bytes: usize,
+    /// Connections held at once; past it new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+/// Feature probing settings.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// How often the cached stream features of each domain are refreshed.
+    pub interval: Duration,
+    /// How long one probe may take.
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Read, parse and check a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parse and check configuration text; `path` names it in errors and anchors relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().to_string();
+            let key = key_from_message(&message)
+                .or_else(|| key_at(text, &span))
+                .unwrap_or_else(|| "-".into());
+            invalid(path, text, &span, &key, message)
+        })?;
+        raw.validate(text, path)
+    }
+}
+
+/// serde's "unknown field `x`" / "missing field `x`" messages name the key; use it.
+fn key_from_message(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+/// The key written on the line where `span` starts (`name = ...`), if any.
+fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let (k, _) = line.split_once('=')?;
+    let k = k.trim();
+    (!k.is_empty() && !k.starts_with('[')).then(|| k.to_string())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+fn invalid(
+    path: &Path,
+    text: &str,
+    span: &Range<usize>,
+    key: &str,
+    message: String,
+) -> ConfigError {
+    let (line, column) = line_col(text, span.start);
+    ConfigError::Invalid {
+        file: path.to_path_buf(),
+        line,
+        column,
+        key: key.to_string(),
+        message,
+    }
+}
+
+impl RawConfig {
+    fn validate(self, text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let err = |span: &Range<usize>, key: &str, msg: String| invalid(path, text, span, key, msg);
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Spanned<PathBuf>, key: &str| -> Result<PathBuf, ConfigError> {
+            let full = if p.get_ref().is_absolute() {
+                p.get_ref().clone()
+            } else {
+                base.join(p.get_ref())
+            };
+            if !full.is_file() {
+                return Err(err(
+                    &p.span(),
+                    key,
+                    format!("file not found: {}", full.display()),
+                ));
+            }
+            Ok(full)
+        };
+
+        if self.listener.is_empty() {
+            return Err(err(
+                &(0..0),
+                "listener",
+                "at least one [[listener]] is required".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut binds = HashSet::new();
+        let mut listeners = Vec::new();
+        for (i, l) in self.listener.iter().enumerate() {
+            let key = |k: &str| format!("listener[{i}].{k}");
+            if l.name.get_ref().is_empty() || !names.insert(l.name.get_ref().clone()) {
+                return Err(err(
+                    &l.name.span(),
+                    &key("name"),
+                    format!(
+                        "listener name {:?} is empty or used twice",
+                        l.name.get_ref()
+                    ),
+                ));
+            }
+            if l.bind.get_ref().is_empty() {
+                return Err(err(
+                    &l.bind.span(),
+                    &key("bind"),
+                    "no address to bind".into(),
+                ));
+            }
+            let mut addrs = Vec::new();
+            for b in l.bind.get_ref() {
+                let addr = parse_addr(b.get_ref()).map_err(|m| err(&b.span(), &key("bind"), m))?;
+                if !binds.insert(addr) {
+                    return Err(err(
+                        &b.span(),
+                        &key("bind"),
+                        format!("{addr} is bound twice"),
+                    ));
+                }
+                addrs.push(addr);
+            }
+            let mut certs = vec![CertPair {
+                cert: resolve(&l.cert, &key("cert"))?,
+                key: resolve(&l.key, &key("key"))?,
+            }];
+            for (j, pair) in l.extra_cert.iter().enumerate() {
+                certs.push(CertPair {
+                    cert: resolve(&pair.cert, &key(&format!("extra_cert[{j}].cert")))?,
+                    key: resolve(&pair.key, &key(&format!("extra_cert[{j}].key")))?,
+                });
+            }
+            listeners.push(ListenerConfig {
+                name: l.name.get_ref().clone(),
+                bind: addrs,
+                tls: l.tls,
+                certs,
+            });
+        }
+
+        let r = self.routing.get_ref();
+        let mut domains = Vec::new();
+        if r.domains.get_ref().is_empty() {
+            return Err(err(
+                &r.domains.span(),
+                "routing.domains",
+                "list at least one domain".into(),
+            ));
+        }
+        for d in r.domains.get_ref() {
+            let norm = crate::route::key::normalize_domain(d.get_ref()).ok_or_else(|| {
+                err(
+                    &d.span(),
+                    "routing.domains",
+                    format!("{:?} is not a valid domain", d.get_ref()),
+                )
+            })?;
+            if domains.contains(&norm) {
+                return Err(err(
+                    &d.span(),
+                    "routing.domains",
+                    format!("{norm} is listed twice"),
+                ));
+            }
+            domains.push(norm);
+        }
+        if *r.ipv4_prefix.get_ref() > 32 {
+            return Err(err(
+                &r.ipv4_prefix.span(),
+                "routing.ipv4_prefix",
+                "must be 0..=32".into(),
+            ));
+        }
+        if *r.ipv6_prefix.get_ref() > 128 {
+            return Err(err(
+                &r.ipv6_prefix.span(),
+                "routing.ipv6_prefix",
+                "must be 0..=128".into(),
+            ));
+        }
+
+        if self.backend.is_empty() {
+            return Err(err(
+                &(0..0),
+                "backend",
+                "at least one [[backend]] is required".into(),
+            ));
+        }
+        let mut backend_names = HashSet::new();
+        let mut backends = Vec::new();
+        for (i, b) in self.backend.iter().enumerate() {
+            let key = |k: &str| format!("backend[{i}].{k}");
+            let name = b.name.get_ref();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(err(
+                    &b.name.span(),
+                    &key("name"),
+                    format!("{name:?}: use letters, digits, '-', '_' or '.'"),
+                ));
+            }
+            if !backend_names.insert(name.clone()) {
+                return Err(err(
+                    &b.name.span(),
+                    &key("name"),
+                    format!("backend {name:?} is defined twice"),
+                ));
+            }
+            let address = parse_addr(b.address.get_ref())
+                .map_err(|m| err(&b.address.span(), &key("address"), m))?;
+            if *b.weight.get_ref() == 0 || *b.weight.get_ref() > 1000 {
+                return Err(err(
+                    &b.weight.span(),
+                    &key("weight"),
+                    "must be 1..=1000".into(),
+                ));
+            }
+            backends.push(BackendConfig {
+                name: name.clone(),
+                address,
+                weight: *b.weight.get_ref(),
+            });
+        }
+
+        let metrics_bind = match &self.metrics {
+            Some(m) => Some(
+                parse_addr(m.bind.get_ref())
+                    .map_err(|msg| err(&m.bind.span(), "metrics.bind", msg))?,
+            ),
+            None => None,
+        };
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.max_header_bytes", l.max_header_bytes),
+            (
+                "limits.max_prerouting_element_bytes",
+                l.max_prerouting_element_bytes,
+            ),
+            (
+                "limits.max_negotiation_element_bytes",
+                l.max_negotiation_element_bytes,
+            ),
+        ] {
+            if v < 512 {
+                return Err(err(&(0..0), name, "must be at least 512 bytes".into()));
+            }
+        }
+        Ok(Config {
+            source: path.to_path_buf(),
+            listeners,
+            routing: RoutingConfig {
+                key: r.key,
+                domains,
+                ipv4_prefix: *r.ipv4_prefix.get_ref(),
+                ipv6_prefix: *r.ipv6_prefix.get_ref(),
+            },
+            backends,
+            metrics_bind,
+            limits: Limits {
+                prerouting_timeout: l.prerouting_timeout,
+                negotiation_timeout: l.negotiation_timeout,
+                tls_handshake_timeout: l.tls_handshake_timeout,
+                backend_connect_timeout: l.backend_connect_timeout,
+                half_close_timeout: l.half_close_timeout,
+                max_header_bytes: l.max_header_bytes,
+                max_prerouting_element_bytes: l.max_prerouting_element_bytes,
+                max_negotiation_element_bytes: l.max_negotiation_element_bytes,
+                max_connections: l.max_connections.max(1),
+            },
+            probe: ProbeConfig {
+                interval: self.probe.interval,
+                timeout: self.probe.timeout,
+            },
+        })
+    }
+}
+
+/// A socket address written as `IP:PORT` (IPv6 in brackets); names are not resolved,
+/// so that the same file means the same thing on every proxy of a fleet.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("{s:?} is not an IP:PORT address (IPv6 in brackets, e.g. \"[::1]:5222\")")
+    })
+}
+
+#[cfg(test)]
+mod tests;

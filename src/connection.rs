@@ -1,0 +1,970 @@
+//! [`handle`]: the one top-to-bottom driver of a client connection.
+//!
+//! accept → (direct TLS | clear-text header → STARTTLS → TLS) → post-TLS stream header →
+//! learn the routing key (`from`, else the first SASL message, else the subnet) → connect the
+//! node the ring picks (next node if it refuses) → replay the client's header (and SASL element),
+//! swallowing the node's duplicate preamble → keep parsing until authentication ends (a failed
+//! login retried as another user is re-routed) → byte relay until either side closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Duration, Instant};
+use tokio_rustls::TlsAcceptor;
+
+use crate::backend::connect::connect_first;
+use crate::backend::probe::{FeatureCache, read_preamble};
+use crate::config::{Config, KeyKind, TlsMode};
+use crate::framed::{FrameError, Framed};
+use crate::metrics::Metrics;
+use crate::prefixed::Prefixed;
+use crate::relay::{self, RelayStats};
+use crate::route::KeySource;
+use crate::route::key::{normalize_bare_jid, normalize_domain, subnet_key};
+use crate::route::pool::Pool;
+use crate::xmpp::element::{Element, NsContext, XmlError};
+use crate::xmpp::features::{self, NS_SASL, NS_SASL2, NS_TLS};
+use crate::xmpp::header::{HeaderError, STREAM_NS, StreamHeader};
+use crate::xmpp::sasl;
+use crate::xmpp::scanner::{FrameKind, ScanError};
+use crate::xmpp::stream_error::{Condition, proxy_header, render};
+
+/// What every connection shares: the running configuration and its derived state.
+pub struct Shared {
+    /// The checked configuration.
+    pub config: Config,
+    /// Backends and the ring over them.
+    pub pool: Pool,
+    /// Backend features shown to clients before routing.
+    pub features: FeatureCache,
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What a connection needs to know about the listener that accepted it.
+pub struct ListenerCtx {
+    /// Listener name (logs, metric labels).
+    pub name: String,
+    /// How TLS starts on it.
+    pub tls: TlsMode,
+    /// Its TLS configuration (certificates by SNI).
+    pub acceptor: TlsAcceptor,
+}
+
+/// The client side once TLS is up.
+type ClientTls = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
+
+const FEATURES_STARTTLS: &str = "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
+const PROCEED: &[u8] = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+/// How long the proxy waits to deliver its own short messages (errors, challenges).
+const SEND_LIMIT: Duration = Duration::from_secs(5);
+
+/// How a connection ends before (or instead of) the relay.
+#[derive(Debug)]
+enum Failure {
+    /// Tell the client with a stream error, then close.
+    Refuse(Condition, String),
+    /// The client closed its stream (`</stream:stream>`) before routing: close ours too.
+    ClientClosedStream,
+    /// The transport is gone or broken: close without a word.
+    Quiet(&'static str),
+}
+
+/// What one connection did, for the access log.
+#[derive(Default)]
+struct Trace {
+    /// "starttls" or "direct", once known.
+    tls: &'static str,
+    /// The domain the client asked for, once known (also the `from` of any header we send).
+    domain: Option<String>,
+    /// Backend name, once routed.
+    backend: Option<String>,
+    /// What the routing key came from.
+    source: Option<KeySource>,
+    /// Relay counters, if the relay ran.
+    relay: Option<RelayStats>,
+}
+
+/// Drive one accepted client connection to its end. Never panics on client input; every
+/// failure is a stream error or a quiet close, logged once.
+pub async fn handle(
+    shared: Arc<Shared>,
+    listener: Arc<ListenerCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let started = Instant::now();
+    let m = shared.metrics.clone();
+    let open = m.connections_open.with_label_values(&[&listener.name]);
+    open.inc();
+    let mut trace = Trace::default();
+    let result = drive(&shared, &listener, tcp, peer, started, &mut trace).await;
+    open.dec();
+    let (reason, side) = match (&result, &trace.relay) {
+        (Ok(()), Some(stats)) => (stats.reason.reason(), stats.reason.side()),
+        (Ok(()), None) => ("closed_in_negotiation", "backend"),
+        (Err(Failure::Refuse(c, _)), _) => (c.as_str(), "proxy"),
+        (Err(Failure::ClientClosedStream), _) => ("closed_in_negotiation", "client"),
+        (Err(Failure::Quiet(_)), _) => ("client_gone", "client"),
+    };
+    m.closed_total.with_label_values(&[reason, side]).inc();
+    let (up, down) = trace
+        .relay
+        .map_or((0, 0), |s| (s.client_to_backend, s.backend_to_client));
+    let detail = match &result {
+        Err(Failure::Refuse(_, text)) => text.as_str(),
+        Err(Failure::Quiet(why)) => why,
+        _ => "",
+    };
+    tracing::info!(
+        target: "xmpp_lb::access",
+        client = %peer,
+        listener = %listener.name,
+        tls = trace.tls,
+        domain = trace.domain.as_deref().unwrap_or("-"),
+        key_source = trace.source.map_or("-", |s| s.as_str()),
+        backend = trace.backend.as_deref().unwrap_or("-"),
+        duration_ms = started.elapsed().as_millis() as u64,
+        bytes_up = up,
+        bytes_down = down,
+        close_reason = reason,
+        closed_by = side,
+        detail,
+        "connection closed"
+    );
+}
+
+async fn drive(
+    shared: &Shared,
+    listener: &ListenerCtx,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    started: Instant,
+    trace: &mut Trace,
+) -> Result<(), Failure> {
+    let limits = &shared.config.limits;
+    let prerouting_deadline = started + limits.prerouting_timeout;
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let direct = match listener.tls {
+        TlsMode::Direct => true,
+        TlsMode::Starttls => false,
+        TlsMode::Auto => sniff_tls(&tcp, prerouting_deadline).await?,
+    };
+    trace.tls = if direct { "direct" } else { "starttls" };
+    shared
+        .metrics
+        .connections_total
+        .with_label_values(&[&listener.name, trace.tls])
+        .inc();
+
+    let prefixed = if direct {
+        Prefixed::new(tcp, Default::default())
+    } else {
+        let mut plain = Framed::new(tcp, limits.max_header_bytes);
+        match starttls(shared, &mut plain, prerouting_deadline, trace).await {
+            Ok(()) => {}
+            Err(failure) => {
+                refuse(shared, &mut plain, trace, &failure).await;
+                return Err(failure);
+            }
+        }
+        let (tcp, read_ahead) = plain.into_parts();
+        Prefixed::new(tcp, read_ahead)
+    };
+
+    let accept = listener.acceptor.accept(prefixed);
+    let tls = match tokio::time::timeout(limits.tls_handshake_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            return Err(Failure::Quiet("TLS handshake failed"));
+        }
+        Err(_) => return Err(Failure::Quiet("TLS handshake timed out")),
+    };
+    let mut client = Framed::new(tls, limits.max_header_bytes);
+    match serve(shared, &mut client, peer, started, trace).await {
+        Ok(Some((backend, backend_idx))) => {
+            relay_to_end(shared, client, backend, backend_idx, trace).await;
+            Ok(())
+        }
+        Ok(None) => {
+            let _shut = client.io.shutdown().await;
+            Ok(())
+        }
+        Err(failure) => {
+            refuse(shared, &mut client, trace, &failure).await;
+            Err(failure)
+        }
+    }
+}
+
+/// `tls = "auto"`: a TLS handshake record starts with 0x16; an XML stream never does.
+async fn sniff_tls(tcp: &TcpStream, deadline: Instant) -> Result<bool, Failure> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+        Err(_) => Err(Failure::Quiet("silent client")),
+        Ok(Err(_)) | Ok(Ok(0)) => Err(Failure::Quiet("client closed before sending")),
+        Ok(Ok(_)) => Ok(first[0] == 0x16),
+    }
+}
+
+/// The clear-text part of a STARTTLS connection, up to `<proceed/>`.
+async fn starttls(
+    shared: &Shared,
+    plain: &mut Framed<TcpStream>,
+    deadline: Instant,
+    trace: &mut Trace,
+) -> Result<(), Failure> {
+    let (_, header_bytes) = plain
+        .next_non_ws(deadline)
+        .await
+        .map_err(client_frame_failure)?;
+    let header = check_header(&shared.config, &header_bytes, trace)?;
+    let domain = trace.domain.clone().unwrap_or_default();
+    let greeting = format!(
+        "{}{FEATURES_STARTTLS}",
+        proxy_header(&domain, &new_stream_id())
+    );
+    plain
+        .send(greeting.as_bytes(), SEND_LIMIT)
+        .await
+        .map_err(|_| Failure::Quiet("client write failed"))?;
+    plain.header_sent = true;
+    plain.set_max_frame(shared.config.limits.max_prerouting_element_bytes);
+    let (kind, bytes) = plain
+        .next_non_ws(deadline)
+        .await
+        .map_err(client_frame_failure)?;
+    if kind == FrameKind::StreamEnd {
+        return Err(Failure::ClientClosedStream);
+    }
+    let element = Element::parse(&bytes, &header.ns).map_err(client_xml_failure)?;
+    if !element.is("starttls", NS_TLS) {
+        return Err(Failure::Refuse(
+            Condition::PolicyViolation,
+            "this port requires STARTTLS before anything else".into(),
+        ));
+    }
+    plain
+        .send(PROCEED, SEND_LIMIT)
+        .await
+        .map_err(|_| Failure::Quiet("client write failed"))?;
+    Ok(())
+}
+
+/// Check a client's stream header; record the domain it asks for.
+fn check_header(config: &Config, bytes: &[u8], trace: &mut Trace) -> Result<StreamHeader, Failure> {
+    let header = StreamHeader::parse(bytes).map_err(|e| match e {
+        HeaderError::InvalidNamespace(why) => Failure::Refuse(Condition::InvalidNamespace, why),
+        HeaderError::Restricted(why) => Failure::Refuse(Condition::RestrictedXml, why),
+        HeaderError::NotWellFormed(why) => Failure::Refuse(Condition::NotWellFormed, why),
+    })?;
+    let Some(to) = header.to.as_deref() else {
+        return Err(Failure::Refuse(
+            Condition::HostUnknown,
+            "the stream header has no 'to'".into(),
+        ));
+    };
+    match normalize_domain(to) {
+        Some(d) if config.routing.domains.contains(&d) => trace.domain = Some(d),
+        _ => {
+            return Err(Failure::Refuse(
+                Condition::HostUnknown,
+                "this service does not serve that domain".into(),
+            ));
+        }
+    }
+    if header.version.as_deref() != Some("1.0") {
+        return Err(Failure::Refuse(
+            Condition::UnsupportedVersion,
+            "XMPP version 1.0 is required".into(),
+        ));
+    }
+    Ok(header)
+}
+
+/// A routed connection ready for the relay: the backend and its index in the pool.
+type Routed<S> = Option<(Framed<S>, usize)>;
+
+/// Everything after TLS up to the end of authentication. `Ok(None)` means the backend ended
+/// the stream during negotiation (its words were already relayed).
+async fn serve(
+    shared: &Shared,
+    client: &mut Framed<ClientTls>,
+    peer: SocketAddr,
+    started: Instant,
+    trace: &mut Trace,
+) -> Result<Routed<TcpStream>, Failure> {
+    let config = &shared.config;
+    let limits = &config.limits;
+    let prerouting_deadline = started + limits.prerouting_timeout;
+    let (_, header_bytes) = client
+        .next_non_ws(prerouting_deadline)
+        .await
+        .map_err(client_frame_failure)?;
+    let header = check_header(config, &header_bytes, trace)?;
+    let domain = trace.domain.clone().unwrap_or_default();
+    client.set_max_frame(limits.max_prerouting_element_bytes);
+
+    let subnet = || {
+        subnet_key(
+            peer.ip(),
+            config.routing.ipv4_prefix,
+            config.routing.ipv6_prefix,
+        )
+    };
+    let immediate = match config.routing.key {
+        KeyKind::Jid => bare_from(&header, &domain).map(|jid| (jid, KeySource::From)),
+        KeyKind::Domain => Some((domain.clone(), KeySource::Domain)),
+        KeyKind::Subnet => Some((subnet(), KeySource::Subnet)),
+    };
+
+    let mut n = Negotiation {
+        shared,
+        header_bytes,
+        client_ns: header.ns.clone(),
+        backend_ns: NsContext::default(),
+        domain: domain.clone(),
+        mechanism: String::new(),
+        authenticated: false,
+        reroute: config.routing.key == KeyKind::Jid,
+        started,
+    };
+    let (backend, idx) = match immediate {
+        Some((key, source)) => {
+            // The node answers the client directly: its header and features are relayed.
+            let (idx, tcp) = n.open_backend(&key, source, trace).await?;
+            let mut backend = Framed::new(tcp, limits.max_negotiation_element_bytes);
+            backend
+                .send(&n.header_bytes, SEND_LIMIT)
+                .await
+                .map_err(|_| backend_lost())?;
+            (backend, idx)
+        }
+        None => {
+            let shown = shared
+                .features
+                .get(&shared.pool, &domain, config.probe.timeout, &shared.metrics)
+                .await
+                .ok_or_else(|| {
+                    Failure::Refuse(
+                        Condition::RemoteConnectionFailed,
+                        "no server node is reachable".into(),
+                    )
+                })?;
+            let mut greeting = proxy_header(&domain, &new_stream_id()).into_bytes();
+            greeting.extend_from_slice(&shown.bytes);
+            client
+                .send(&greeting, SEND_LIMIT)
+                .await
+                .map_err(|_| Failure::Quiet("client write failed"))?;
+            client.header_sent = true;
+            let captured = capture_auth(client, &header.ns, &domain, prerouting_deadline).await?;
+            n.mechanism = captured.mechanism.clone();
+            let (key, source) = match captured.identity.as_deref().and_then(normalize_bare_jid) {
+                Some(jid) => (jid, KeySource::Sasl),
+                None => (subnet(), KeySource::Fallback),
+            };
+            let (idx, mut backend) = n
+                .open_and_swallow(&key, source, Some(&shown.mechanisms), trace)
+                .await?;
+            backend
+                .send(&captured.first, SEND_LIMIT)
+                .await
+                .map_err(|_| backend_lost())?;
+            if let Some(response) = captured.response {
+                // The proxy already sent the client an empty challenge; the node sends its own.
+                let deadline = started + limits.negotiation_timeout;
+                let (kind, bytes) = backend
+                    .next_non_ws(deadline)
+                    .await
+                    .map_err(backend_frame_failure)?;
+                let element = (kind == FrameKind::Element)
+                    .then(|| Element::parse(&bytes, &n.backend_ns).ok())
+                    .flatten();
+                match element {
+                    Some(e)
+                        if e.local_name() == "challenge"
+                            && (e.ns == NS_SASL || e.ns == NS_SASL2) =>
+                    {
+                        backend
+                            .send(&response, SEND_LIMIT)
+                            .await
+                            .map_err(|_| backend_lost())?;
+                    }
+                    _ => {
+                        // The node refused early (e.g. unknown mechanism): let the client hear it.
+                        client
+                            .send(&bytes, SEND_LIMIT)
+                            .await
+                            .map_err(|_| Failure::Quiet("client write failed"))?;
+                    }
+                }
+            }
+            (backend, idx)
+        }
+    };
+    n.run(client, backend, idx, trace).await
+}
+
+/// The `from` of a post-TLS header as a routing key: a valid bare JID of the requested domain.
+/// A `from` naming another domain cannot be the account being logged into, so it is ignored.
+fn bare_from(header: &StreamHeader, domain: &str) -> Option<String> {
+    let jid = normalize_bare_jid(header.from.as_deref()?)?;
+    let (_, jid_domain) = jid.rsplit_once('@')?;
+    (jid_domain == domain).then_some(jid)
+}
+
+/// The client's first SASL exchange, held until a node is chosen.
+struct Captured {
+    /// The `<auth/>` or `<authenticate/>` element (or other first element), byte-exact.
+    first: Bytes,
+    /// The `<response/>` answering the proxy's empty challenge, when there was no initial response.
+    response: Option<Bytes>,
+    /// The SASL mechanism named (empty if none).
+    mechanism: String,
+    /// The JID the client claims, if it names one.
+    identity: Option<String>,
+}
+
+/// Read client elements until one says who the client is (or that it never will).
+async fn capture_auth(
+    client: &mut Framed<ClientTls>,
+    ns: &NsContext,
+    domain: &str,
+    deadline: Instant,
+) -> Result<Captured, Failure> {
+    loop {
+        let (kind, bytes) = client
+            .next_non_ws(deadline)
+            .await
+            .map_err(client_frame_failure)?;
+        if kind == FrameKind::StreamEnd {
+            return Err(Failure::ClientClosedStream);
+        }
+        let element = Element::parse(&bytes, ns).map_err(client_xml_failure)?;
+        let sasl_ns = if element.is("auth", NS_SASL) {
+            NS_SASL
+        } else if element.is("authenticate", NS_SASL2) {
+            NS_SASL2
+        } else if element.local_name() == "abort"
+            && (element.ns == NS_SASL || element.ns == NS_SASL2)
+        {
+            // Nothing started, so nothing to abort; say so as a server would and keep waiting.
+            let reply = format!("<failure xmlns='{}'><aborted/></failure>", element.ns);
+            client
+                .send(reply.as_bytes(), SEND_LIMIT)
+                .await
+                .map_err(|_| Failure::Quiet("client write failed"))?;
+            continue;
+        } else {
+            // In-band registration names its user in the form; anything else names nobody.
+            let identity = registration_username(&element).map(|u| format!("{u}@{domain}"));
+            return Ok(Captured {
+                first: bytes,
+                response: None,
+                mechanism: String::new(),
+                identity,
+            });
+        };
+        let mechanism = element.attr("mechanism").unwrap_or_default().to_string();
+        let payload_text = if sasl_ns == NS_SASL {
+            Some(element.text.as_str())
+        } else {
+            element
+                .child("initial-response", NS_SASL2)
+                .map(|e| e.text.as_str())
+        };
+        let payload = match payload_text.map(sasl::decode_payload) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(p))) => Some(p),
+            // Undecodable: the node will answer <incorrect-encoding/>; route by fallback.
+            Some(Err(_)) => {
+                return Ok(Captured {
+                    first: bytes,
+                    response: None,
+                    mechanism,
+                    identity: None,
+                });
+            }
+        };
+        if let Some(payload) = payload {
+            let identity = sasl::claimed_identity(&mechanism, &payload, domain)
+                .ok()
+                .flatten();
+            return Ok(Captured {
+                first: bytes,
+                response: None,
+                mechanism,
+                identity,
+            });
+        }
+        // No initial response: ask for it with an empty challenge, as the node would.
+        let challenge = format!("<challenge xmlns='{sasl_ns}'>=</challenge>");
+        client
+            .send(challenge.as_bytes(), SEND_LIMIT)
+            .await
+            .map_err(|_| Failure::Quiet("client write failed"))?;
+        let (kind, response) = client
+            .next_non_ws(deadline)
+            .await
+            .map_err(client_frame_failure)?;
+        if kind == FrameKind::StreamEnd {
+            return Err(Failure::ClientClosedStream);
+        }
+        let answer = Element::parse(&response, ns).map_err(client_xml_failure)?;
+        if answer.local_name() == "abort" {
+            let reply = format!("<failure xmlns='{sasl_ns}'><aborted/></failure>");
+            client
+                .send(reply.as_bytes(), SEND_LIMIT)
+                .await
+                .map_err(|_| Failure::Quiet("client write failed"))?;
+            continue;
+        }
+        if !answer.is("response", sasl_ns) {
+            return Err(Failure::Refuse(
+                Condition::PolicyViolation,
+                "expected a SASL <response/>".into(),
+            ));
+        }
+        let identity = sasl::decode_payload(&answer.text)
+            .ok()
+            .flatten()
+            .and_then(|p| {
+                sasl::claimed_identity(&mechanism, &p, domain)
+                    .ok()
+                    .flatten()
+            });
+        return Ok(Captured {
+            first: bytes,
+            response: Some(response),
+            mechanism,
+            identity,
+        });
+    }
+}
+
+/// The `<username/>` of an XEP-0077 registration form, if this is one.
+fn registration_username(element: &Element) -> Option<String> {
+    if element.local_name() != "iq" {
+        return None;
+    }
+    let query = element.child("query", "jabber:iq:register")?;
+    let user = query.child("username", "jabber:iq:register")?.text.trim();
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+/// State of the negotiation after routing, until authentication ends.
+struct Negotiation<'a> {
+    shared: &'a Shared,
+    /// The client's post-TLS stream header, replayed byte-exact to every node tried.
+    header_bytes: Bytes,
+    /// Namespaces declared by the client's header.
+    client_ns: NsContext,
+    /// Namespaces declared by the node's current header.
+    backend_ns: NsContext,
+    /// The domain the client asked for.
+    domain: String,
+    /// The SASL mechanism of the latest attempt (metric label).
+    mechanism: String,
+    /// Legacy SASL succeeded; waiting for the restarted stream's features.
+    authenticated: bool,
+    /// A retry as another user may move the client to another node (routing key = JID).
+    reroute: bool,
+    /// When the client connected.
+    started: Instant,
+}
+
+impl Negotiation<'_> {
+    /// Connect the node the ring picks for `key` (or the next one that answers).
+    async fn open_backend(
+        &self,
+        key: &str,
+        source: KeySource,
+        trace: &mut Trace,
+    ) -> Result<(usize, TcpStream), Failure> {
+        let shared = self.shared;
+        let preference = shared.pool.preference(key);
+        let (idx, tcp) = connect_first(
+            &shared.pool,
+            &preference,
+            shared.config.limits.backend_connect_timeout,
+            &shared.metrics,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "no backend for a client");
+            Failure::Refuse(
+                Condition::RemoteConnectionFailed,
+                "no server node is reachable".into(),
+            )
+        })?;
+        let name = &shared.pool.backend(idx).name;
+        shared
+            .metrics
+            .routed_total
+            .with_label_values(&[name, source.as_str()])
+            .inc();
+        trace.backend = Some(name.clone());
+        trace.source = Some(source);
+        Ok((idx, tcp))
+    }
+
+    /// Connect a node, replay the client's header, and swallow the node's header and features
+    /// (the client already has the proxy's). A node offering other mechanisms than the client
+    /// was shown is counted and the cache refreshed; the login goes on regardless.
+    async fn open_and_swallow(
+        &mut self,
+        key: &str,
+        source: KeySource,
+        shown: Option<&[String]>,
+        trace: &mut Trace,
+    ) -> Result<(usize, Framed<TcpStream>), Failure> {
+        let (idx, tcp) = self.open_backend(key, source, trace).await?;
+        let limits = &self.shared.config.limits;
+        let mut backend = Framed::new(tcp, limits.max_negotiation_element_bytes);
+        backend
+            .send(&self.header_bytes, SEND_LIMIT)
+            .await
+            .map_err(|_| backend_lost())?;
+        let deadline = self.started + limits.negotiation_timeout;
+        let (header, features) = read_preamble(&mut backend, deadline).await.map_err(|e| {
+            tracing::warn!(backend = %self.shared.pool.backend(idx).name, error = %e, "backend preamble unusable");
+            backend_lost()
+        })?;
+        self.backend_ns = header.ns;
+        if let Some(shown) = shown
+            && shown != features.mechanisms.as_slice()
+        {
+            let name = &self.shared.pool.backend(idx).name;
+            self.shared
+                .metrics
+                .feature_mismatch_total
+                .with_label_values(&[name])
+                .inc();
+            tracing::warn!(backend = %name, shown = ?shown, offered = ?features.mechanisms, "backend offers other SASL mechanisms than the client was shown; refreshing");
+            self.shared
+                .features
+                .refresh(
+                    &self.shared.pool,
+                    &self.domain,
+                    self.shared.config.probe.timeout,
+                    &self.shared.metrics,
+                )
+                .await;
+        }
+        Ok((idx, backend))
+    }
+
+    /// Relay, parsing both ways, until authentication ends. Returns the backend to relay with,
+    /// or `None` if the node closed the stream first.
+    async fn run(
+        mut self,
+        client: &mut Framed<ClientTls>,
+        mut backend: Framed<TcpStream>,
+        mut idx: usize,
+        trace: &mut Trace,
+    ) -> Result<Routed<TcpStream>, Failure> {
+        let deadline = self.started + self.shared.config.limits.negotiation_timeout;
+        client.set_max_frame(self.shared.config.limits.max_negotiation_element_bytes);
+        loop {
+            while let Some((kind, bytes)) =
+                backend.buffered_frame().map_err(backend_frame_failure)?
+            {
+                if self
+                    .on_backend_frame(client, &mut backend, kind, bytes)
+                    .await?
+                {
+                    self.shared
+                        .metrics
+                        .negotiation_seconds
+                        .observe(self.started.elapsed().as_secs_f64());
+                    return Ok(Some((backend, idx)));
+                }
+            }
+            while let Some((kind, bytes)) = client.buffered_frame().map_err(client_frame_failure)? {
+                if let Some((new_idx, new_backend)) = self
+                    .on_client_frame(&mut backend, idx, kind, bytes, trace)
+                    .await?
+                {
+                    idx = new_idx;
+                    backend = new_backend;
+                }
+            }
+            tokio::select! {
+                r = client.fill(deadline) => match r {
+                    Ok(()) => {}
+                    // The client vanished: drop the node's socket without a stream close.
+                    Err(FrameError::Eof) | Err(FrameError::Io(_)) => return Err(Failure::Quiet("client gone during authentication")),
+                    Err(e) => return Err(client_frame_failure(e)),
+                },
+                r = backend.fill(deadline) => match r {
+                    Ok(()) => {}
+                    Err(FrameError::Eof) => return Ok(None),
+                    Err(FrameError::Timeout) => return Err(client_frame_failure(FrameError::Timeout)),
+                    Err(_) => return Err(backend_lost()),
+                },
+            }
+        }
+    }
+
+    /// One frame from the node. Returns true when authentication is complete.
+    async fn on_backend_frame(
+        &mut self,
+        client: &mut Framed<ClientTls>,
+        backend: &mut Framed<TcpStream>,
+        kind: FrameKind,
+        bytes: Bytes,
+    ) -> Result<bool, Failure> {
+        let mut out = bytes.clone();
+        let mut done = false;
+        match kind {
+            FrameKind::Header => {
+                let header = StreamHeader::parse(&bytes).map_err(|_| backend_lost())?;
+                self.backend_ns = header.ns;
+                client.header_sent = true;
+            }
+            FrameKind::Element => {
+                let element =
+                    Element::parse(&bytes, &self.backend_ns).map_err(|_| backend_lost())?;
+                let metrics = &self.shared.metrics;
+                let mech = Metrics::mechanism_label(&self.mechanism);
+                if element.is("features", STREAM_NS) {
+                    out = features::filter(&bytes, &self.backend_ns)
+                        .map_err(|_| backend_lost())?
+                        .bytes
+                        .into();
+                    done = self.authenticated;
+                } else if element.is("success", NS_SASL) {
+                    metrics
+                        .sasl_total
+                        .with_label_values(&[mech, "success"])
+                        .inc();
+                    // Both streams restart after legacy SASL success (RFC 6120 §6.4.6).
+                    self.authenticated = true;
+                    client.restart();
+                    backend.restart();
+                } else if element.is("success", NS_SASL2) {
+                    metrics
+                        .sasl_total
+                        .with_label_values(&[mech, "success"])
+                        .inc();
+                    done = true;
+                } else if element.local_name() == "failure"
+                    && (element.ns == NS_SASL || element.ns == NS_SASL2)
+                {
+                    metrics
+                        .sasl_total
+                        .with_label_values(&[mech, "failure"])
+                        .inc();
+                }
+            }
+            FrameKind::Whitespace | FrameKind::StreamEnd => {}
+        }
+        client
+            .send(&out, SEND_LIMIT)
+            .await
+            .map_err(|_| Failure::Quiet("client write failed"))?;
+        Ok(done)
+    }
+
+    /// One frame from the client. A SASL attempt naming a user who belongs on another node
+    /// moves the connection there; returns the new node if so.
+    async fn on_client_frame(
+        &mut self,
+        backend: &mut Framed<TcpStream>,
+        idx: usize,
+        kind: FrameKind,
+        bytes: Bytes,
+        trace: &mut Trace,
+    ) -> Result<Option<(usize, Framed<TcpStream>)>, Failure> {
+        if kind == FrameKind::Element && !self.authenticated {
+            let element = Element::parse(&bytes, &self.client_ns).map_err(client_xml_failure)?;
+            let payload = if element.is("auth", NS_SASL) {
+                Some(element.text.clone())
+            } else if element.is("authenticate", NS_SASL2) {
+                Some(
+                    element
+                        .child("initial-response", NS_SASL2)
+                        .map(|e| e.text.clone())
+                        .unwrap_or_default(),
+                )
+            } else {
+                None
+            };
+            if let Some(text) = payload {
+                self.mechanism = element.attr("mechanism").unwrap_or_default().to_string();
+                let key = sasl::decode_payload(&text)
+                    .ok()
+                    .flatten()
+                    .and_then(|p| {
+                        sasl::claimed_identity(&self.mechanism, &p, &self.domain)
+                            .ok()
+                            .flatten()
+                    })
+                    .and_then(|j| normalize_bare_jid(&j));
+                if let Some(key) = key.filter(|_| self.reroute)
+                    && self.shared.pool.preference(&key).first() != Some(&idx)
+                {
+                    let (new_idx, mut new_backend) = self
+                        .open_and_swallow(&key, KeySource::Sasl, None, trace)
+                        .await?;
+                    new_backend
+                        .send(&bytes, SEND_LIMIT)
+                        .await
+                        .map_err(|_| backend_lost())?;
+                    tracing::debug!(backend = %self.shared.pool.backend(new_idx).name, "SASL retry re-routed");
+                    return Ok(Some((new_idx, new_backend)));
+                }
+            }
+        }
+        backend
+            .send(&bytes, SEND_LIMIT)
+            .await
+            .map_err(|_| backend_lost())?;
+        Ok(None)
+    }
+}
+
+/// After negotiation: flush what each side sent ahead, then relay bytes until the end.
+async fn relay_to_end(
+    shared: &Shared,
+    client: Framed<ClientTls>,
+    backend: Framed<TcpStream>,
+    idx: usize,
+    trace: &mut Trace,
+) {
+    let name = shared.pool.backend(idx).name.clone();
+    let m = &shared.metrics;
+    let open = m.backend_connections_open.with_label_values(&[&name]);
+    let up = m
+        .relayed_bytes_total
+        .with_label_values(&[&name, "client_to_backend"]);
+    let down = m
+        .relayed_bytes_total
+        .with_label_values(&[&name, "backend_to_client"]);
+    let (mut client_io, client_ahead) = client.into_parts();
+    let (mut backend_io, backend_ahead) = backend.into_parts();
+    open.inc();
+    // Bytes read past the last parsed frame belong to the stream: deliver them first, in order.
+    let flushed = async {
+        backend_io.write_all(&client_ahead).await?;
+        client_io.write_all(&backend_ahead).await?;
+        client_io.flush().await
+    };
+    let stats = match tokio::time::timeout(SEND_LIMIT, flushed).await {
+        Ok(Ok(())) => {
+            let (client_ahead_len, backend_ahead_len) =
+                (client_ahead.len() as u64, backend_ahead.len() as u64);
+            up.inc_by(client_ahead_len);
+            down.inc_by(backend_ahead_len);
+            drop((client_ahead, backend_ahead));
+            let mut stats = relay::relay(
+                &mut client_io,
+                &mut backend_io,
+                shared.config.limits.half_close_timeout,
+                |n| up.inc_by(n),
+                |n| down.inc_by(n),
+            )
+            .await;
+            stats.client_to_backend += client_ahead_len;
+            stats.backend_to_client += backend_ahead_len;
+            stats
+        }
+        _ => RelayStats {
+            client_to_backend: 0,
+            backend_to_client: 0,
+            reason: relay::CloseReason::Error(relay::Side::Client),
+        },
+    };
+    open.dec();
+    trace.relay = Some(stats);
+}
+
+/// Send a stream error (preceded by a header if the client has none yet) and close.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    client: &mut Framed<S>,
+    trace: &Trace,
+    failure: &Failure,
+) {
+    let mut out = Vec::new();
+    if !client.header_sent && !matches!(failure, Failure::Quiet(_)) {
+        let domain = trace
+            .domain
+            .clone()
+            .unwrap_or_else(|| shared.config.routing.domains[0].clone());
+        out.extend_from_slice(proxy_header(&domain, &new_stream_id()).as_bytes());
+    }
+    match failure {
+        Failure::Refuse(condition, text) => {
+            shared
+                .metrics
+                .stream_errors_total
+                .with_label_values(&[condition.as_str()])
+                .inc();
+            out.extend_from_slice(&render(condition, Some(text)));
+        }
+        Failure::ClientClosedStream => out.extend_from_slice(b"</stream:stream>"),
+        Failure::Quiet(_) => {}
+    }
+    if !out.is_empty() {
+        let _unsent = client.send(&out, SEND_LIMIT).await;
+    }
+    let _shut = tokio::time::timeout(SEND_LIMIT, client.io.shutdown()).await;
+}
+
+fn client_frame_failure(e: FrameError) -> Failure {
+    match e {
+        FrameError::Eof => Failure::Quiet("client closed"),
+        FrameError::Io(_) => Failure::Quiet("client i/o error"),
+        FrameError::Timeout => Failure::Refuse(
+            Condition::ConnectionTimeout,
+            "too slow to negotiate the stream".into(),
+        ),
+        FrameError::Scan(ScanError::TooLarge) => Failure::Refuse(
+            Condition::PolicyViolation,
+            "element too large at this stage".into(),
+        ),
+        FrameError::Scan(ScanError::Restricted(why)) => {
+            Failure::Refuse(Condition::RestrictedXml, why.into())
+        }
+        FrameError::Scan(ScanError::NotWellFormed(why)) => {
+            Failure::Refuse(Condition::NotWellFormed, why.into())
+        }
+    }
+}
+
+fn client_xml_failure(e: XmlError) -> Failure {
+    match e {
+        XmlError::Restricted(why) => Failure::Refuse(Condition::RestrictedXml, why),
+        other => Failure::Refuse(Condition::NotWellFormed, other.to_string()),
+    }
+}
+
+fn backend_frame_failure(e: FrameError) -> Failure {
+    match e {
+        FrameError::Timeout => Failure::Refuse(
+            Condition::ConnectionTimeout,
+            "the server node did not answer in time".into(),
+        ),
+        _ => backend_lost(),
+    }
+}
+
+fn backend_lost() -> Failure {
+    Failure::Refuse(
+        Condition::RemoteConnectionFailed,
+        "lost the connection to the server node".into(),
+    )
+}
+
+/// A fresh stream id for headers the proxy itself sends.
+fn new_stream_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

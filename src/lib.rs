@@ -1,0 +1,33 @@
+//! xmpp-lb: a protocol-aware load balancer for XMPP client connections.
+//!
+//! The path of one connection, top to bottom:
+//! 1. [`server`] binds the listeners and accepts; each connection runs [`connection::handle`].
+//! 2. Direct TLS (XEP-0368) is accepted at once; STARTTLS reads the clear-text header first
+//!    and upgrades ([`tls`] picks the certificate by SNI).
+//! 3. The post-TLS stream header is read by the incremental [`xmpp::scanner`] through
+//!    [`framed::Framed`] and parsed by [`xmpp::header`].
+//! 4. The routing key is learned: the header's `from`, else the username in the first SASL
+//!    message ([`xmpp::sasl`]) after showing the backends' own features ([`backend::probe`]),
+//!    else the client's subnet ([`route::key`]).
+//! 5. The ring ([`route::ring`], through [`route::pool`]) picks the node; [`backend::connect`]
+//!    connects it, or the next distinct node if it refuses.
+//! 6. The client's header and SASL element are replayed byte-exact; the node's duplicate
+//!    header and features are swallowed; parsing continues until authentication ends.
+//! 7. [`relay`] copies bytes both ways until either side closes; [`metrics`] counts it all.
+
+pub mod admin;
+pub mod backend;
+pub mod config;
+pub mod connection;
+pub mod framed;
+pub mod metrics;
+pub mod prefixed;
+pub mod relay;
+pub mod route;
+pub mod server;
+pub mod tls;
+pub mod xmpp;
+
+pub use config::Config;
+pub use server::{Server, run};
+pub use tokio_util::sync::CancellationToken;

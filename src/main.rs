@@ -1,0 +1,108 @@
+//! The `xmpp-lb` command: run the proxy, check a configuration, or ask where a user lands.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use xmpp_lb::route::pool::Pool;
+use xmpp_lb::{CancellationToken, Config};
+
+/// A protocol-aware XMPP load balancer: terminates TLS, learns who connects, and hashes each
+/// user onto the same backend node every time.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// The TOML configuration file (see config/example.toml).
+    #[arg(long, short, global = true, env = "XMPP_LB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. "info" or "xmpp_lb=debug" (RUST_LOG syntax).
+    #[arg(long, global = true, env = "XMPP_LB_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default when no command is given).
+    Run,
+    /// Validate the configuration: exit 0 if good, else 1 with FILE:LINE:COLUMN: KEY: message.
+    Check,
+    /// Print the name of the backend a JID is routed to under the configuration.
+    Route {
+        /// The user's JID, e.g. juliet@example.test (a resource is ignored).
+        jid: String,
+        /// The client's IP address, needed when routing by subnet.
+        #[arg(long)]
+        ip: Option<IpAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xmpp-lb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = cli
+        .config
+        .clone()
+        .context("no configuration given: use --config PATH")?;
+    let config = Config::load(&path)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!(
+                "{}: OK ({} listeners, {} backends)",
+                path.display(),
+                config.listeners.len(),
+                config.backends.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Route { jid, ip } => {
+            let pool = Pool::new(&config.backends);
+            let idx = pool.lookup(&config, &jid, ip)?;
+            println!("{}", pool.backend(idx).name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
+                .init();
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let server = xmpp_lb::Server::bind(config).await?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    server.run(shutdown).await;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,33 @@
+//! Choosing a backend: keys (`key`), the ring (`ring`, pure), and the pool that walks it (`pool`).
+
+pub mod key;
+pub mod pool;
+pub mod ring;
+
+/// Where a connection's routing key came from (a metric label and a log field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// The `from` attribute of the post-TLS stream header.
+    From,
+    /// The username in the client's first SASL message.
+    Sasl,
+    /// The `to` domain (routing key = domain).
+    Domain,
+    /// The client's subnet (routing key = subnet).
+    Subnet,
+    /// No username could be learned (ANONYMOUS, registration, …): the client's subnet.
+    Fallback,
+}
+
+impl KeySource {
+    /// A metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::From => "from",
+            KeySource::Sasl => "sasl",
+            KeySource::Domain => "domain",
+            KeySource::Subnet => "subnet",
+            KeySource::Fallback => "fallback",
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! TLS on the client side: certificates loaded from PEM, picked by SNI, ALPN `xmpp-client`.
+//!
+//! The proxy terminates TLS so that it can read the stream and learn who connects. Certificates
+//! are chosen by the SNI name the client sends (XEP-0368 clients send the JID's domain; STARTTLS
+//! clients usually do too); a client that sends no SNI, or a name we hold no certificate for,
+//! gets the listener's default certificate, which is what a plain TLS server would do.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::CertPair;
+
+/// ALPN protocol id of XMPP client-to-server over direct TLS (XEP-0368).
+pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or held nothing usable.
+    #[error("{path}: {message}")]
+    Pem { path: PathBuf, message: String },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Picks a certificate by SNI: exact name, then wildcard, then the default.
+#[derive(Debug)]
+pub struct SniResolver {
+    /// The first pair of the listener: used when nothing else matches.
+    default: Arc<CertifiedKey>,
+    /// Exact DNS names (lower-case) from every certificate's subjectAltName.
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    /// Wildcard certificates by the suffix after `*.` (lower-case).
+    by_wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    /// Load every pair; names come from the certificates themselves, so adding a domain is
+    /// a matter of adding its certificate, with nothing to repeat in the config.
+    pub fn load(pairs: &[CertPair], provider: &CryptoProvider) -> Result<SniResolver, TlsError> {
+        let mut default = None;
+        let mut by_name = HashMap::new();
+        let mut by_wildcard = HashMap::new();
+        for pair in pairs {
+            let (key, names) = load_pair(pair, provider)?;
+            for name in names {
+                let name = name.to_ascii_lowercase();
+                if let Some(suffix) = name.strip_prefix("*.") {
+                    by_wildcard
+                        .entry(suffix.to_string())
+                        .or_insert_with(|| key.clone());
+                } else {
+                    by_name.entry(name).or_insert_with(|| key.clone());
+                }
+            }
+            default.get_or_insert(key);
+        }
+        let default = default.ok_or_else(|| TlsError::Pem {
+            path: PathBuf::from("-"),
+            message: "no certificate configured".into(),
+        })?;
+        Ok(SniResolver {
+            default,
+            by_name,
+            by_wildcard,
+        })
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(k) = self.by_name.get(&name) {
+            return Some(k.clone());
+        }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(k) = self.by_wildcard.get(parent)
+        {
+            return Some(k.clone());
+        }
+        Some(self.default.clone())
+    }
+}
+
+fn load_pair(
+    pair: &CertPair,
+    provider: &CryptoProvider,
+) -> Result<(Arc<CertifiedKey>, Vec<String>), TlsError> {
+    let pem_err = |path: &Path, message: String| TlsError::Pem {
+        path: path.to_path_buf(),
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
+        .map_err(|e| pem_err(&pair.cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_err(&pair.cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(pem_err(&pair.cert, "no CERTIFICATE block".into()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(&pair.key).map_err(|e| pem_err(&pair.key, e.to_string()))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| pem_err(&pair.key, e.to_string()))?;
+    let names = dns_names(&chain[0]).map_err(|m| pem_err(&pair.cert, m))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        pem_err(
+            &pair.key,
+            format!("does not match {}: {e}", pair.cert.display()),
+        )
+    })?;
+    Ok((Arc::new(certified), names))
+}
+
+/// DNS names of a certificate: subjectAltName entries, or the subject CN if it has none.
+fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_string());
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_string());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The crypto provider used everywhere (ring: no C toolchain beyond cc needed).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS acceptor for one listener: TLS 1.2 and 1.3, ALPN `xmpp-client` offered.
+pub fn acceptor(pairs: &[CertPair]) -> Result<TlsAcceptor, TlsError> {
+    let provider = provider();
+    let resolver = SniResolver::load(pairs, &provider)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
+    // Early data would let a network attacker replay a client's first flight; keep it off.
+    config.max_early_data_size = 0;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,9 @@
+//! Wire pieces of XMPP the proxy must understand: framing (`scanner`), elements, the stream
+//! header, stream features, SASL messages and stream errors. Pure code, no I/O.
+
+pub mod element;
+pub mod features;
+pub mod header;
+pub mod sasl;
+pub mod scanner;
+pub mod stream_error;

@@ -1,0 +1,678 @@
+//! Learning which account a client claims to be from its first SASL message.
+//!
+//! The proxy has to pick a backend before authentication completes, so it peeks at the
+//! client's initial response (RFC 6120 §6.4.2, XEP-0388 `<initial-response>`) and extracts
+//! the claimed identity. It never verifies credentials: the backend does that, and a client
+//! lying about its name only gets routed to a node that then rejects it.
+//!
+//! Passwords and HMAC tokens travel in the same messages. This module never copies them
+//! into buffers of its own except while base64-decoding, and those buffers are zeroized
+//! before they are freed so secrets do not linger in the heap.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use zeroize::Zeroizing;
+
+/// Why a SASL message could not be understood.
+///
+/// The variants carry only static descriptions, never message content, so an error can be
+/// logged without leaking credentials.
+#[derive(thiserror::Error, Debug, PartialEq, Eq)]
+pub enum SaslError {
+    /// The element text is not valid base64 (RFC 6120 calls this `<incorrect-encoding/>`).
+    #[error("invalid base64")]
+    InvalidBase64,
+    /// The decoded payload does not follow the mechanism's grammar; fields are the message
+    /// kind and what was wrong with it.
+    #[error("malformed {0} message: {1}")]
+    Malformed(&'static str, &'static str),
+}
+
+/// Decode the base64 text content of `<auth>`, `<response>` or SASL2 `<initial-response>`.
+///
+/// Whitespace anywhere is ignored because XEP-0388 allows clients to wrap long payloads.
+/// Empty text means the client sent no initial response (`Ok(None)`), while a lone `=` is an
+/// explicitly empty response (`Ok(Some(vec![]))`, RFC 6120 §6.4.2); the two lead to
+/// different server behaviour, so the caller must be able to tell them apart.
+///
+/// The returned bytes may contain a password: the caller should drop them promptly and
+/// zeroize them (e.g. by wrapping them in [`Zeroizing`]).
+pub fn decode_payload(text: &str) -> Result<Option<Vec<u8>>, SaslError> {
+    let is_xml_space = |c: char| matches!(c, ' ' | '\t' | '\r' | '\n');
+
+    // Base64 of a password is as sensitive as the password, so the whitespace-free copy is
+    // wiped on drop. Reserving the full length up front avoids reallocations that would
+    // leave unwiped fragments behind.
+    let mut compacted = Zeroizing::new(String::new());
+    let compact: &str = if text.contains(is_xml_space) {
+        compacted.reserve_exact(text.len());
+        compacted.extend(text.chars().filter(|&c| !is_xml_space(c)));
+        &compacted
+    } else {
+        text
+    };
+
+    if compact.is_empty() {
+        return Ok(None);
+    }
+    if compact == "=" {
+        return Ok(Some(Vec::new()));
+    }
+
+    let mut decoded = Zeroizing::new(Vec::with_capacity(base64::decoded_len_estimate(
+        compact.len(),
+    )));
+    STANDARD
+        .decode_vec(compact, &mut decoded)
+        .map_err(|_| SaslError::InvalidBase64)?;
+    Ok(Some(std::mem::take(&mut *decoded)))
+}
+
+/// The bare JID (not yet case-folded; format `local@domain`) the client claims in its first
+/// SASL message, or `None` when the mechanism carries no username (ANONYMOUS, EXTERNAL,
+/// unknown mechanisms, empty payload).
+///
+/// `stream_to` is the domain from the stream header, used when the message carries only a
+/// localpart; if it is empty such a localpart cannot be placed and `None` is returned.
+///
+/// When the client names an authorization identity, that is the account the session will
+/// act as, so it wins over the authentication identity. A name that already contains `@` is
+/// taken as a JID and returned as written (including any resource, which
+/// `normalize_bare_jid` strips), because some clients send `user@domain` as the username.
+/// Names are otherwise returned exactly as written: case folding is the job of the key
+/// normalisation, which mirrors what the server does.
+///
+/// Mechanism names are matched case-sensitively, as SASL registers them.
+pub fn claimed_identity(
+    mechanism: &str,
+    payload: &[u8],
+    stream_to: &str,
+) -> Result<Option<String>, SaslError> {
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    let name = if mechanism == "PLAIN" {
+        plain_identity(payload)?
+    } else if mechanism.starts_with("SCRAM-") {
+        // Every SCRAM family member (RFC 5802 §4, RFC 7677, and their -PLUS variants)
+        // shares the same client-first-message grammar.
+        scram_identity(payload)?
+    } else if mechanism.starts_with("HT-") {
+        ht_identity(payload)?
+    } else {
+        return Ok(None);
+    };
+    Ok(with_domain(&name, stream_to))
+}
+
+/// Turn a username into a bare JID: `user@domain` stays as is, a lone localpart gets the
+/// stream's domain.
+fn with_domain(name: &str, stream_to: &str) -> Option<String> {
+    if name.contains('@') {
+        Some(name.to_owned())
+    } else if stream_to.is_empty() {
+        None
+    } else {
+        Some(format!("{name}@{stream_to}"))
+    }
+}
+
+/// RFC 4616: `[authzid] NUL authcid NUL passwd`.
+///
+/// Works on borrowed slices only, so the password is never copied.
+fn plain_identity(payload: &[u8]) -> Result<Cow<'_, str>, SaslError> {
+    const KIND: &str = "PLAIN";
+    let mut parts = payload.splitn(3, |&b| b == 0);
+    let authzid = parts.next().unwrap_or_default();
+    let (Some(authcid), Some(password)) = (parts.next(), parts.next()) else {
+        return Err(SaslError::Malformed(KIND, "expected two NUL separators"));
+    };
+    if password.contains(&0) {
+        return Err(SaslError::Malformed(KIND, "expected two NUL separators"));
+    }
+    if authcid.is_empty() {
+        return Err(SaslError::Malformed(KIND, "empty authcid"));
+    }
+    let chosen = if authzid.is_empty() { authcid } else { authzid };
+    std::str::from_utf8(chosen)
+        .map(Cow::Borrowed)
+        .map_err(|_| SaslError::Malformed(KIND, "identity is not UTF-8"))
+}
+
+/// RFC 5802 client-first-message:
+/// `gs2-cbind-flag "," [ "a=" saslname ] "," [ "m=" ext "," ] "n=" saslname "," "r=" nonce [ "," ext ]`.
+fn scram_identity(payload: &[u8]) -> Result<Cow<'_, str>, SaslError> {
+    const KIND: &str = "SCRAM client-first";
+    let msg = std::str::from_utf8(payload).map_err(|_| SaslError::Malformed(KIND, "not UTF-8"))?;
+    if msg.contains('\0') {
+        return Err(SaslError::Malformed(KIND, "contains NUL"));
+    }
+
+    let after_flag = if let Some(rest) = msg.strip_prefix("n,").or_else(|| msg.strip_prefix("y,")) {
+        rest
+    } else if let Some(rest) = msg.strip_prefix("p=") {
+        let (cb_name, rest) = rest
+            .split_once(',')
+            .ok_or(SaslError::Malformed(KIND, "truncated gs2 header"))?;
+        let valid_cb_name = !cb_name.is_empty()
+            && cb_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if !valid_cb_name {
+            return Err(SaslError::Malformed(KIND, "invalid channel binding name"));
+        }
+        rest
+    } else {
+        return Err(SaslError::Malformed(
+            KIND,
+            "invalid gs2 channel binding flag",
+        ));
+    };
+
+    let (authzid_field, bare) = after_flag
+        .split_once(',')
+        .ok_or(SaslError::Malformed(KIND, "truncated gs2 header"))?;
+    let authzid = if authzid_field.is_empty() {
+        None
+    } else {
+        let raw = authzid_field
+            .strip_prefix("a=")
+            .ok_or(SaslError::Malformed(KIND, "invalid authzid field"))?;
+        Some(decode_saslname(raw, KIND)?)
+    };
+
+    let mut attrs = bare.split(',');
+    let mut first = attrs.next().unwrap_or_default();
+    // A mandatory extension makes the server fail the exchange, but the username that
+    // follows is still the name the client claims, so route on it like any other.
+    if first.starts_with("m=") {
+        first = attrs.next().unwrap_or_default();
+    }
+    let raw_username = first
+        .strip_prefix("n=")
+        .ok_or(SaslError::Malformed(KIND, "missing username"))?;
+    let username = decode_saslname(raw_username, KIND)?;
+    match attrs.next() {
+        Some(nonce) if nonce.len() > 2 && nonce.starts_with("r=") => {}
+        _ => return Err(SaslError::Malformed(KIND, "missing nonce")),
+    }
+
+    Ok(authzid.unwrap_or(username))
+}
+
+/// Undo RFC 5802 saslname escaping: `=2C` is `,` and `=3D` is `=`; any other use of `=`
+/// must make the server fail, so it is rejected here too.
+fn decode_saslname<'a>(raw: &'a str, kind: &'static str) -> Result<Cow<'a, str>, SaslError> {
+    if raw.is_empty() {
+        return Err(SaslError::Malformed(kind, "empty saslname"));
+    }
+    if !raw.contains('=') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(pos) = rest.find('=') {
+        out.push_str(&rest[..pos]);
+        let escape = rest.as_bytes().get(pos + 1..pos + 3);
+        match escape {
+            Some(b"2C") => out.push(','),
+            Some(b"3D") => out.push('='),
+            _ => return Err(SaslError::Malformed(kind, "invalid '=' escape in saslname")),
+        }
+        // The escape is three ASCII bytes, so this index is a char boundary.
+        rest = &rest[pos + 3..];
+    }
+    out.push_str(rest);
+    Ok(Cow::Owned(out))
+}
+
+/// XEP-0484 (FAST) `HT-*` mechanisms: `authcid NUL hmac`.
+///
+/// Only the part before the NUL is looked at; the token-derived HMAC is never copied.
+fn ht_identity(payload: &[u8]) -> Result<Cow<'_, str>, SaslError> {
+    const KIND: &str = "HT";
+    let nul = payload
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(SaslError::Malformed(KIND, "missing NUL separator"))?;
+    let authcid = &payload[..nul];
+    if authcid.is_empty() {
+        return Err(SaslError::Malformed(KIND, "empty authcid"));
+    }
+    std::str::from_utf8(authcid)
+        .map(Cow::Borrowed)
+        .map_err(|_| SaslError::Malformed(KIND, "authcid is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOMAIN: &str = "example.test";
+
+    fn ident(mech: &str, payload: &[u8]) -> Result<Option<String>, SaslError> {
+        claimed_identity(mech, payload, DOMAIN)
+    }
+
+    fn some(s: &str) -> Result<Option<String>, SaslError> {
+        Ok(Some(s.to_owned()))
+    }
+
+    fn malformed(kind: &'static str, why: &'static str) -> Result<Option<String>, SaslError> {
+        Err(SaslError::Malformed(kind, why))
+    }
+
+    // ---- decode_payload ----
+
+    #[test]
+    fn decode_plain_base64() {
+        assert_eq!(
+            decode_payload("AGp1bGlldABzZWNyZXQ="),
+            Ok(Some(b"\0juliet\0secret".to_vec()))
+        );
+    }
+
+    #[test]
+    fn decode_ignores_whitespace_anywhere() {
+        let wrapped = "  AGp1\nbGll\r\ndABz\tZWNy ZXQ=\n";
+        assert_eq!(
+            decode_payload(wrapped),
+            Ok(Some(b"\0juliet\0secret".to_vec()))
+        );
+    }
+
+    #[test]
+    fn decode_lone_equals_is_empty_response() {
+        assert_eq!(decode_payload("="), Ok(Some(Vec::new())));
+        assert_eq!(decode_payload(" = \n"), Ok(Some(Vec::new())));
+    }
+
+    #[test]
+    fn decode_empty_is_no_initial_response() {
+        assert_eq!(decode_payload(""), Ok(None));
+        assert_eq!(decode_payload(" \n\t "), Ok(None));
+    }
+
+    #[test]
+    fn decode_rejects_invalid_base64() {
+        assert_eq!(decode_payload("!!!!"), Err(SaslError::InvalidBase64));
+        assert_eq!(decode_payload("abc"), Err(SaslError::InvalidBase64));
+        assert_eq!(decode_payload("ab=c"), Err(SaslError::InvalidBase64));
+        assert_eq!(decode_payload("=="), Err(SaslError::InvalidBase64));
+    }
+
+    // ---- PLAIN ----
+
+    #[test]
+    fn plain_without_authzid_appends_stream_domain() {
+        assert_eq!(
+            ident("PLAIN", b"\0juliet\0secret"),
+            some("juliet@example.test")
+        );
+    }
+
+    #[test]
+    fn plain_authcid_with_domain_is_kept() {
+        assert_eq!(
+            ident("PLAIN", b"\0juliet@other.test\0secret"),
+            some("juliet@other.test")
+        );
+    }
+
+    #[test]
+    fn plain_authzid_wins() {
+        assert_eq!(
+            ident("PLAIN", b"admin@example.test\0juliet\0secret"),
+            some("admin@example.test")
+        );
+    }
+
+    #[test]
+    fn plain_authzid_without_at_gets_stream_domain() {
+        assert_eq!(
+            ident("PLAIN", b"admin\0juliet\0secret"),
+            some("admin@example.test")
+        );
+    }
+
+    #[test]
+    fn plain_wrong_nul_count_is_malformed() {
+        let why = "expected two NUL separators";
+        assert_eq!(ident("PLAIN", b"juliet"), malformed("PLAIN", why));
+        assert_eq!(ident("PLAIN", b"\0juliet"), malformed("PLAIN", why));
+        assert_eq!(
+            ident("PLAIN", b"\0juliet\0sec\0ret"),
+            malformed("PLAIN", why)
+        );
+    }
+
+    #[test]
+    fn plain_empty_authcid_is_malformed() {
+        assert_eq!(
+            ident("PLAIN", b"admin\0\0secret"),
+            malformed("PLAIN", "empty authcid")
+        );
+    }
+
+    #[test]
+    fn plain_non_utf8_is_malformed() {
+        assert_eq!(
+            ident("PLAIN", b"\0jul\xffiet\0secret"),
+            malformed("PLAIN", "identity is not UTF-8")
+        );
+    }
+
+    #[test]
+    fn plain_keeps_unicode_and_case() {
+        assert_eq!(
+            ident("PLAIN", "\0ÄNNE\0pässwörd".as_bytes()),
+            some("ÄNNE@example.test")
+        );
+        assert_eq!(ident("PLAIN", b"\0JuLiet\0x"), some("JuLiet@example.test"));
+    }
+
+    #[test]
+    fn plain_without_stream_domain_cannot_be_placed() {
+        assert_eq!(claimed_identity("PLAIN", b"\0juliet\0secret", ""), Ok(None));
+        assert_eq!(
+            claimed_identity("PLAIN", b"\0juliet@example.test\0secret", ""),
+            some("juliet@example.test")
+        );
+    }
+
+    #[test]
+    fn plain_round_trip_through_base64() {
+        let payload = decode_payload("AGp1bGlldABzZWNyZXQ=").unwrap().unwrap();
+        assert_eq!(ident("PLAIN", &payload), some("juliet@example.test"));
+    }
+
+    // ---- SCRAM ----
+
+    const SCRAM_KIND: &str = "SCRAM client-first";
+
+    #[test]
+    fn scram_basic() {
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,n=juliet,r=abc"),
+            some("juliet@example.test")
+        );
+    }
+
+    #[test]
+    fn scram_all_registered_variants() {
+        for mech in [
+            "SCRAM-SHA-1",
+            "SCRAM-SHA-1-PLUS",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-256-PLUS",
+            "SCRAM-SHA-512",
+            "SCRAM-SHA-512-PLUS",
+        ] {
+            assert_eq!(
+                ident(mech, b"n,,n=juliet,r=abc"),
+                some("juliet@example.test"),
+                "{mech}"
+            );
+        }
+    }
+
+    #[test]
+    fn scram_cbind_flag_y() {
+        assert_eq!(
+            ident("SCRAM-SHA-256", b"y,,n=juliet,r=abc"),
+            some("juliet@example.test")
+        );
+    }
+
+    #[test]
+    fn scram_cbind_flag_p() {
+        assert_eq!(
+            ident("SCRAM-SHA-256-PLUS", b"p=tls-unique,,n=juliet,r=abc"),
+            some("juliet@example.test")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-256-PLUS", b"p=tls-exporter,,n=romeo,r=abc,x=ext"),
+            some("romeo@example.test")
+        );
+    }
+
+    #[test]
+    fn scram_authzid_wins() {
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,a=admin@example.test,n=juliet,r=x"),
+            some("admin@example.test")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,a=admin,n=juliet,r=x"),
+            some("admin@example.test")
+        );
+    }
+
+    #[test]
+    fn scram_username_with_domain_is_kept() {
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,n=juliet@other.test,r=x"),
+            some("juliet@other.test")
+        );
+    }
+
+    #[test]
+    fn scram_saslname_escapes_are_decoded() {
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,n=a=2Cb=3Dc,r=x"),
+            some("a,b=c@example.test")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,a=x=3D=2C,n=juliet,r=x"),
+            some("x=,@example.test")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,n==3D,r=x"),
+            some("=@example.test")
+        );
+    }
+
+    #[test]
+    fn scram_bad_escapes_are_malformed() {
+        let why = "invalid '=' escape in saslname";
+        for payload in [
+            &b"n,,n=ab=41,r=x"[..],
+            b"n,,n=ab=,r=x",
+            b"n,,n=ab=2,r=x",
+            b"n,,n=ab=2c,r=x",
+            b"n,,n==,r=x",
+            b"n,a=x=,n=juliet,r=x",
+        ] {
+            assert_eq!(
+                ident("SCRAM-SHA-1", payload),
+                malformed(SCRAM_KIND, why),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        // A multi-byte character right after '=' must not cause a bad slice.
+        assert_eq!(
+            ident("SCRAM-SHA-1", "n,,n=a=äb,r=x".as_bytes()),
+            malformed(SCRAM_KIND, why)
+        );
+    }
+
+    #[test]
+    fn scram_missing_username_is_malformed() {
+        let why = "missing username";
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,r=abc"),
+            malformed(SCRAM_KIND, why)
+        );
+        assert_eq!(ident("SCRAM-SHA-1", b"n,,"), malformed(SCRAM_KIND, why));
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,m=ext"),
+            malformed(SCRAM_KIND, why)
+        );
+    }
+
+    #[test]
+    fn scram_empty_username_is_malformed() {
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,n=,r=abc"),
+            malformed(SCRAM_KIND, "empty saslname")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,a=,n=juliet,r=abc"),
+            malformed(SCRAM_KIND, "empty saslname")
+        );
+    }
+
+    #[test]
+    fn scram_missing_nonce_is_malformed() {
+        let why = "missing nonce";
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,n=juliet"),
+            malformed(SCRAM_KIND, why)
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,n=juliet,r="),
+            malformed(SCRAM_KIND, why)
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,n=juliet,x=abc"),
+            malformed(SCRAM_KIND, why)
+        );
+    }
+
+    #[test]
+    fn scram_mandatory_extension_is_skipped() {
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,m=foo,n=juliet,r=abc"),
+            some("juliet@example.test")
+        );
+    }
+
+    #[test]
+    fn scram_bad_gs2_header_is_malformed() {
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"x,,n=juliet,r=abc"),
+            malformed(SCRAM_KIND, "invalid gs2 channel binding flag")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n=juliet,r=abc"),
+            malformed(SCRAM_KIND, "invalid gs2 channel binding flag")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,"),
+            malformed(SCRAM_KIND, "truncated gs2 header")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"p=tls-unique"),
+            malformed(SCRAM_KIND, "truncated gs2 header")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1-PLUS", b"p=,,n=juliet,r=abc"),
+            malformed(SCRAM_KIND, "invalid channel binding name")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1-PLUS", b"p=tls_unique,,n=juliet,r=abc"),
+            malformed(SCRAM_KIND, "invalid channel binding name")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,z=admin,n=juliet,r=abc"),
+            malformed(SCRAM_KIND, "invalid authzid field")
+        );
+    }
+
+    #[test]
+    fn scram_non_utf8_or_nul_is_malformed() {
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,n=jul\xffiet,r=abc"),
+            malformed(SCRAM_KIND, "not UTF-8")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-1", b"n,,n=jul\0iet,r=abc"),
+            malformed(SCRAM_KIND, "contains NUL")
+        );
+    }
+
+    #[test]
+    fn scram_keeps_unicode_and_case() {
+        assert_eq!(
+            ident("SCRAM-SHA-256", "n,,n=Ünïcödé,r=abc".as_bytes()),
+            some("Ünïcödé@example.test")
+        );
+        assert_eq!(
+            ident("SCRAM-SHA-256", b"n,,n=RoMeo@Example.TEST,r=abc"),
+            some("RoMeo@Example.TEST")
+        );
+    }
+
+    #[test]
+    fn scram_never_panics_on_prefixes() {
+        let full = b"p=tls-unique,a=ad=2Cmin,n=ju=3Dliet,r=abc,x=y";
+        for end in 0..=full.len() {
+            let _ = ident("SCRAM-SHA-1-PLUS", &full[..end]);
+        }
+    }
+
+    // ---- HT (FAST) ----
+
+    #[test]
+    fn ht_name_before_nul() {
+        assert_eq!(
+            ident("HT-SHA-256-NONE", b"juliet\0\x01\x02\x00hmac"),
+            some("juliet@example.test")
+        );
+        assert_eq!(
+            ident("HT-SHA-256-NONE", b"juliet@other.test\0hmac"),
+            some("juliet@other.test")
+        );
+        assert_eq!(
+            ident("HT-SHA-256-ENDP", "Ĵuliet\0hmac".as_bytes()),
+            some("Ĵuliet@example.test")
+        );
+    }
+
+    #[test]
+    fn ht_without_nul_is_malformed() {
+        assert_eq!(
+            ident("HT-SHA-256-NONE", b"juliet"),
+            malformed("HT", "missing NUL separator")
+        );
+        assert_eq!(
+            ident("HT-SHA-256-NONE", b"\0hmac"),
+            malformed("HT", "empty authcid")
+        );
+    }
+
+    // ---- mechanisms without a username ----
+
+    #[test]
+    fn mechanisms_without_username() {
+        assert_eq!(ident("ANONYMOUS", b"trace"), Ok(None));
+        assert_eq!(ident("EXTERNAL", b"juliet@example.test"), Ok(None));
+        assert_eq!(ident("X-UNKNOWN", b"\0juliet\0secret"), Ok(None));
+    }
+
+    #[test]
+    fn mechanism_names_are_case_sensitive() {
+        assert_eq!(ident("plain", b"\0juliet\0secret"), Ok(None));
+        assert_eq!(ident("scram-sha-1", b"n,,n=juliet,r=abc"), Ok(None));
+    }
+
+    #[test]
+    fn empty_payload_has_no_identity() {
+        for mech in ["PLAIN", "SCRAM-SHA-1", "HT-SHA-256-NONE", "ANONYMOUS"] {
+            assert_eq!(ident(mech, b""), Ok(None), "{mech}");
+        }
+    }
+
+    #[test]
+    fn error_messages_do_not_echo_content() {
+        let err = ident("PLAIN", b"\0juliet\0sec\0ret").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "malformed PLAIN message: expected two NUL separators"
+        );
+        assert!(!err.to_string().contains("sec"));
+    }
+}
