@@ -18,20 +18,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
-if ! command -v prosody >/dev/null; then
-  say "installing Prosody (Debian package)"
-  sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody openssl
-fi
+bash scripts/install-deps.sh
 python=${XMPP_LB_PYTHON:-python3}
-if ! "$python" -c 'import slixmpp' 2>/dev/null; then
-  say "installing slixmpp into $demo/venv"
-  "$python" -m venv "$demo/venv" 2>/dev/null || { "$python" -m pip install -q --user virtualenv && "$python" -m virtualenv -q "$demo/venv"; }
-  "$demo/venv/bin/pip" install -q slixmpp
-  python=$demo/venv/bin/python
-fi
+"$python" -c 'import slixmpp' 2>/dev/null || python=$root/.venv/bin/python
 
 say "building xmpp-lb"
 cargo build --release --quiet

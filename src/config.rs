@@ -144,9 +144,9 @@ struct RawLimits {
     backend_connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     half_close_timeout: Duration,
-    max_header_bytes: usize,
-    max_prerouting_element_bytes: usize,
-    max_negotiation_element_bytes: usize,
+    max_header_bytes: Spanned<usize>,
+    max_prerouting_element_bytes: Spanned<usize>,
+    max_negotiation_element_bytes: Spanned<usize>,
     max_connections: usize,
 }
 
@@ -158,9 +158,9 @@ impl Default for RawLimits {
             tls_handshake_timeout: Duration::from_secs(10),
             backend_connect_timeout: Duration::from_secs(3),
             half_close_timeout: Duration::from_secs(30),
-            max_header_bytes: 4096,
-            max_prerouting_element_bytes: 16384,
-            max_negotiation_element_bytes: 65536,
+            max_header_bytes: Spanned::new(0..0, 4096),
+            max_prerouting_element_bytes: Spanned::new(0..0, 16384),
+            max_negotiation_element_bytes: Spanned::new(0..0, 65536),
             max_connections: 200_000,
         }
     }
@@ -296,30 +296,94 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             let message = e.message().to_string();
-            let key = key_from_message(&message)
-                .or_else(|| key_at(text, &span))
-                .unwrap_or_else(|| "-".into());
+            let key = key_path(text, &span, &message);
             invalid(path, text, &span, &key, message)
         })?;
         raw.validate(text, path)
     }
 }
 
-/// serde's "unknown field `x`" / "missing field `x`" messages name the key; use it.
-fn key_from_message(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
-    Some(message[start..start + len].to_string())
-}
-
-/// The key written on the line where `span` starts (`name = ...`), if any.
-fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
+/// The full key an error from the parser is about, in the form [`RawConfig::validate`] uses
+/// (`backend[1].address`, `limits.prerouting_timeout`): the table around the error, the key
+/// whose value the error points into, and the field serde names ("unknown field `x`",
+/// "missing field `x`"). Tables are found by scanning header lines, which is enough for this
+/// file's layout; `-` when nothing is known (a syntax error at top level).
+fn key_path(text: &str, span: &Range<usize>, message: &str) -> String {
+    let field = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(f, _)| f.to_string());
+    let missing = message.starts_with("missing field");
     let start = span.start.min(text.len());
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next()?;
-    let (k, _) = line.split_once('=')?;
-    let k = k.trim();
-    (!k.is_empty() && !k.starts_with('[')).then(|| k.to_string())
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let is_header = line.trim_start().starts_with('[');
+    let mut parts = Vec::new();
+    // A missing field is reported on the header of the table that lacks it (or nowhere, for
+    // the top level), an unknown table on its own header, which names it inside its parent;
+    // anything else lies inside the table of the headers above its line.
+    let through_line = &text[..line_start + line.len()];
+    let table = if missing && span.is_empty() {
+        None
+    } else if is_header && (missing || field.is_none()) {
+        table_at(through_line)
+    } else if is_header {
+        table_at(through_line).and_then(|t| t.rsplit_once('.').map(|(p, _)| p.to_string()))
+    } else {
+        table_at(&text[..line_start])
+    };
+    parts.extend(table);
+    if let Some(eq) = line.find('=').filter(|_| !is_header) {
+        let k = line[..eq].trim();
+        // The error points into the value, or at the key itself (a duplicate key).
+        let on_key = field.is_none() && text.get(span.clone()).is_some_and(|s| s.trim() == k);
+        if !k.is_empty() && (start > line_start + eq || on_key) {
+            parts.push(k.to_string());
+        }
+    }
+    parts.extend(field);
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(".")
+    }
+}
+
+/// The table the last header line of `text` opens, with array indices (`listener[0]`,
+/// `listener[1].extra_cert[0]`, `routing`), or `None` before any header.
+fn table_at(text: &str) -> Option<String> {
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    let mut current = None;
+    for line in text.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix('[') else {
+            continue;
+        };
+        let (rest, array) = match rest.trim_start().strip_prefix('[') {
+            Some(inner) => (inner, true),
+            None => (rest, false),
+        };
+        let Some((name, _)) = rest.split_once(']') else {
+            continue;
+        };
+        let segments: Vec<&str> = name.split('.').map(str::trim).collect();
+        let mut path = String::new();
+        for (i, seg) in segments.iter().enumerate() {
+            if i > 0 {
+                path.push('.');
+            }
+            path.push_str(seg);
+            if array && i + 1 == segments.len() {
+                let n = counts.entry(path.clone()).or_insert(0);
+                path = format!("{path}[{n}]");
+                *n += 1;
+            } else if let Some(n) = counts.get(&path) {
+                path = format!("{path}[{}]", n - 1);
+            }
+        }
+        current = Some(path);
+    }
+    current
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -522,18 +586,18 @@ impl RawConfig {
         };
         let l = &self.limits;
         for (name, v) in [
-            ("limits.max_header_bytes", l.max_header_bytes),
+            ("limits.max_header_bytes", &l.max_header_bytes),
             (
                 "limits.max_prerouting_element_bytes",
-                l.max_prerouting_element_bytes,
+                &l.max_prerouting_element_bytes,
             ),
             (
                 "limits.max_negotiation_element_bytes",
-                l.max_negotiation_element_bytes,
+                &l.max_negotiation_element_bytes,
             ),
         ] {
-            if v < 512 {
-                return Err(err(&(0..0), name, "must be at least 512 bytes".into()));
+            if *v.get_ref() < 512 {
+                return Err(err(&v.span(), name, "must be at least 512 bytes".into()));
             }
         }
         Ok(Config {
@@ -553,9 +617,9 @@ impl RawConfig {
                 tls_handshake_timeout: l.tls_handshake_timeout,
                 backend_connect_timeout: l.backend_connect_timeout,
                 half_close_timeout: l.half_close_timeout,
-                max_header_bytes: l.max_header_bytes,
-                max_prerouting_element_bytes: l.max_prerouting_element_bytes,
-                max_negotiation_element_bytes: l.max_negotiation_element_bytes,
+                max_header_bytes: *l.max_header_bytes.get_ref(),
+                max_prerouting_element_bytes: *l.max_prerouting_element_bytes.get_ref(),
+                max_negotiation_element_bytes: *l.max_negotiation_element_bytes.get_ref(),
                 max_connections: l.max_connections.max(1),
             },
             probe: ProbeConfig {

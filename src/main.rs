@@ -59,6 +59,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
+            // Certificates are part of the configuration: a key that does not match its
+            // certificate should fail here, not at the first client's handshake.
+            for l in &config.listeners {
+                xmpp_lb::tls::acceptor(&l.certs)
+                    .with_context(|| format!("listener {:?}", l.name))?;
+            }
             println!(
                 "{}: OK ({} listeners, {} backends)",
                 path.display(),

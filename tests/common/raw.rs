@@ -1,0 +1,168 @@
+//! A raw XMPP client over real TLS, for tests that must control every byte a client sends:
+//! malformed input, SASL retries as another user, dropping a connection without a stream close.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{self, RootCertStore, pki_types::ServerName};
+
+/// Any transport the raw client can speak over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A client connection: what it received so far is kept as text for assertions.
+pub struct Raw {
+    io: Box<dyn Io>,
+    /// Every byte received since the last `clear()`.
+    pub received: String,
+    /// Whether the peer closed.
+    pub closed: bool,
+}
+
+/// A TLS connector trusting only the test CA, offering ALPN `xmpp-client`.
+pub fn connector(ca: &Path) -> TlsConnector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA cert")).expect("CA cert accepted");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+/// A client stream header (no XML declaration), with an optional `from`.
+pub fn header(to: &str, from: Option<&str>) -> String {
+    let from = from.map(|f| format!(" from='{f}'")).unwrap_or_default();
+    format!(
+        "<stream:stream to='{to}'{from} version='1.0' xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams'>"
+    )
+}
+
+/// A SASL PLAIN `<auth/>` for `user` (a localpart) with `password`.
+pub fn plain_auth(user: &str, password: &str) -> String {
+    let payload = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>")
+}
+
+impl Raw {
+    /// Plain TCP, nothing sent yet.
+    pub async fn tcp(addr: SocketAddr) -> Raw {
+        let tcp = TcpStream::connect(addr).await.expect("connect proxy");
+        tcp.set_nodelay(true).unwrap();
+        Raw {
+            io: Box::new(tcp),
+            received: String::new(),
+            closed: false,
+        }
+    }
+
+    /// Direct TLS (XEP-0368) with SNI = `domain`.
+    pub async fn direct_tls(addr: SocketAddr, domain: &str, ca: &Path) -> Raw {
+        let tcp = TcpStream::connect(addr).await.expect("connect proxy");
+        tcp.set_nodelay(true).unwrap();
+        let name = ServerName::try_from(domain.to_string()).unwrap();
+        let tls = connector(ca).connect(name, tcp).await.expect("TLS handshake");
+        Raw {
+            io: Box::new(tls),
+            received: String::new(),
+            closed: false,
+        }
+    }
+
+    /// STARTTLS: clear-text header, `<starttls/>`, `<proceed/>`, TLS. Returns the client ready
+    /// to send its post-TLS header.
+    pub async fn starttls(addr: SocketAddr, domain: &str, ca: &Path) -> Raw {
+        let mut raw = Raw::tcp(addr).await;
+        raw.send(&header(domain, None)).await;
+        raw.expect("</stream:features>").await;
+        raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+        raw.expect("<proceed").await;
+        raw.upgrade(domain, ca).await;
+        raw
+    }
+
+    /// Switch this connection to TLS (after `<proceed/>`).
+    pub async fn upgrade(&mut self, domain: &str, ca: &Path) {
+        let io = std::mem::replace(&mut self.io, Box::new(tokio::io::duplex(1).0));
+        let name = ServerName::try_from(domain.to_string()).unwrap();
+        let tls = connector(ca).connect(name, io).await.expect("TLS handshake");
+        self.io = Box::new(tls);
+        self.received.clear();
+    }
+
+    /// Send text as is.
+    pub async fn send(&mut self, text: &str) {
+        self.send_bytes(text.as_bytes()).await;
+    }
+
+    /// Send bytes as is.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.expect("send");
+        self.io.flush().await.expect("flush");
+    }
+
+    /// Read until `needle` has been received (returns everything received), or panic after 10 s.
+    pub async fn expect(&mut self, needle: &str) -> String {
+        self.expect_within(needle, Duration::from_secs(10)).await
+    }
+
+    /// Read until `needle` has been received, or panic after `limit`.
+    pub async fn expect_within(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        while !self.received.contains(needle) {
+            assert!(
+                !self.closed,
+                "peer closed before sending {needle:?}; got {:?}",
+                self.received
+            );
+            let mut buf = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
+                Err(_) => panic!("timed out waiting for {needle:?}; got {:?}", self.received),
+                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
+                Ok(Ok(n)) => self.received.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        self.received.clone()
+    }
+
+    /// Read until the peer closes (or `limit` passes); returns everything received.
+    pub async fn read_to_close(&mut self, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        while !self.closed {
+            let mut buf = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
+                Err(_) => panic!("peer did not close within {limit:?}; got {:?}", self.received),
+                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
+                Ok(Ok(n)) => self.received.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        self.received.clone()
+    }
+
+    /// Forget what was received so far.
+    pub fn clear(&mut self) {
+        self.received.clear();
+    }
+
+    /// Drop the connection without a stream close or TLS close_notify: a vanished client.
+    pub fn vanish(self) {
+        drop(self);
+    }
+}
