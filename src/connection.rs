@@ -377,35 +377,6 @@ async fn serve(
                 .send(&captured.first, SEND_LIMIT)
                 .await
                 .map_err(|_| backend_lost())?;
-            if let Some(response) = captured.response {
-                // The proxy already sent the client an empty challenge; the node sends its own.
-                let deadline = started + limits.negotiation_timeout;
-                let (kind, bytes) = backend
-                    .next_non_ws(deadline)
-                    .await
-                    .map_err(backend_frame_failure)?;
-                let element = (kind == FrameKind::Element)
-                    .then(|| Element::parse(&bytes, &n.backend_ns).ok())
-                    .flatten();
-                match element {
-                    Some(e)
-                        if e.local_name() == "challenge"
-                            && (e.ns == NS_SASL || e.ns == NS_SASL2) =>
-                    {
-                        backend
-                            .send(&response, SEND_LIMIT)
-                            .await
-                            .map_err(|_| backend_lost())?;
-                    }
-                    _ => {
-                        // The node refused early (e.g. unknown mechanism): let the client hear it.
-                        client
-                            .send(&bytes, SEND_LIMIT)
-                            .await
-                            .map_err(|_| Failure::Quiet("client write failed"))?;
-                    }
-                }
-            }
             (backend, idx)
         }
     };
@@ -424,8 +395,6 @@ fn bare_from(header: &StreamHeader, domain: &str) -> Option<String> {
 struct Captured {
     /// The `<auth/>` or `<authenticate/>` element (or other first element), byte-exact.
     first: Bytes,
-    /// The `<response/>` answering the proxy's empty challenge, when there was no initial response.
-    response: Option<Bytes>,
     /// The SASL mechanism named (empty if none).
     mechanism: String,
     /// The JID the client claims, if it names one.
@@ -467,7 +436,6 @@ async fn capture_auth(
             let identity = registration_username(&element).map(|u| format!("{u}@{domain}"));
             return Ok(Captured {
                 first: bytes,
-                response: None,
                 mechanism: String::new(),
                 identity,
             });
@@ -487,7 +455,6 @@ async fn capture_auth(
             Some(Err(_)) => {
                 return Ok(Captured {
                     first: bytes,
-                    response: None,
                     mechanism,
                     identity: None,
                 });
@@ -499,12 +466,22 @@ async fn capture_auth(
                 .flatten();
             return Ok(Captured {
                 first: bytes,
-                response: None,
                 mechanism,
                 identity,
             });
         }
-        // No initial response: ask for it with an empty challenge, as the node would.
+        if !client_first(&mechanism) {
+            // The node speaks first in this mechanism: only it can; route without a name.
+            return Ok(Captured {
+                first: bytes,
+                mechanism,
+                identity: None,
+            });
+        }
+        // No initial response in a client-first mechanism: ask for it with an empty challenge,
+        // then hand the node one element with the response as its initial response. That is
+        // the same SASL exchange (RFC 6120 §6.4.2), and nodes that refuse an empty <auth/>
+        // (Prosody answers <malformed-request/>) still accept it.
         let challenge = format!("<challenge xmlns='{sasl_ns}'>=</challenge>");
         client
             .send(challenge.as_bytes(), SEND_LIMIT)
@@ -541,12 +518,72 @@ async fn capture_auth(
                     .flatten()
             });
         return Ok(Captured {
-            first: bytes,
-            response: Some(response),
+            first: with_initial_response(&bytes, &element, sasl_ns, &answer.text),
             mechanism,
             identity,
         });
     }
+}
+
+/// Mechanisms whose first message comes from the client, so an empty challenge asks for it.
+fn client_first(mechanism: &str) -> bool {
+    mechanism == "PLAIN" || mechanism.starts_with("SCRAM-") || mechanism.starts_with("HT-")
+}
+
+/// `auth` (an `<auth/>` or SASL2 `<authenticate/>` without initial response) rewritten to
+/// carry `response_text` as its initial response; every other byte and child is kept.
+fn with_initial_response(raw: &[u8], auth: &Element, sasl_ns: &str, response_text: &str) -> Bytes {
+    let text = match response_text.trim() {
+        "" => "=",
+        t => t,
+    };
+    let text = crate::xmpp::element::escape(text);
+    let inner = if sasl_ns == NS_SASL {
+        text
+    } else {
+        format!("<initial-response>{text}</initial-response>")
+    };
+    // An empty <initial-response/> child, if any, gives way to the real one.
+    let trimmed;
+    let raw = match auth.child("initial-response", NS_SASL2) {
+        Some(empty) => {
+            trimmed = crate::xmpp::element::without_spans(raw, std::slice::from_ref(&empty.span));
+            &trimmed[..]
+        }
+        None => raw,
+    };
+    let start_tag_end = start_tag_len(raw);
+    let mut out = Vec::with_capacity(raw.len() + inner.len() + auth.name.len() + 3);
+    if raw[..start_tag_end].ends_with(b"/>") {
+        out.extend_from_slice(&raw[..start_tag_end - 2]);
+        out.push(b'>');
+        out.extend_from_slice(inner.as_bytes());
+        out.extend_from_slice(format!("</{}>", auth.name).as_bytes());
+    } else if sasl_ns == NS_SASL {
+        // <auth ...></auth> or <auth ...>=</auth>-like empty forms: replace the content.
+        out.extend_from_slice(&raw[..start_tag_end]);
+        out.extend_from_slice(inner.as_bytes());
+        out.extend_from_slice(format!("</{}>", auth.name).as_bytes());
+    } else {
+        out.extend_from_slice(&raw[..start_tag_end]);
+        out.extend_from_slice(inner.as_bytes());
+        out.extend_from_slice(&raw[start_tag_end..]);
+    }
+    out.into()
+}
+
+/// Length of the start tag at the front of `raw` (through its `>`), quotes respected.
+fn start_tag_len(raw: &[u8]) -> usize {
+    let mut quote = None;
+    for (i, &b) in raw.iter().enumerate() {
+        match (quote, b) {
+            (None, b'\'' | b'"') => quote = Some(b),
+            (Some(q), c) if c == q => quote = None,
+            (None, b'>') => return i + 1,
+            _ => {}
+        }
+    }
+    raw.len()
 }
 
 /// The `<username/>` of an XEP-0077 registration form, if this is one.
@@ -967,4 +1004,61 @@ fn backend_lost() -> Failure {
 /// A fresh stream id for headers the proxy itself sends.
 fn new_stream_id() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(raw: &str, ns: &str) -> String {
+        let ctx = NsContext {
+            default_ns: "jabber:client".into(),
+            prefixes: vec![],
+        };
+        let el = Element::parse(raw.as_bytes(), &ctx).unwrap();
+        String::from_utf8(with_initial_response(raw.as_bytes(), &el, ns, " AGFsaWNlAHB3 ").to_vec())
+            .unwrap()
+    }
+
+    #[test]
+    fn response_becomes_the_initial_response() {
+        assert_eq!(
+            rewrite(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>",
+                NS_SASL
+            ),
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>"
+        );
+        assert_eq!(
+            rewrite(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'></auth>",
+                NS_SASL
+            ),
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>"
+        );
+        assert_eq!(
+            rewrite(
+                "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><user-agent id='x>y'/></authenticate>",
+                NS_SASL2
+            ),
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGFsaWNlAHB3</initial-response><user-agent id='x>y'/></authenticate>"
+        );
+        assert_eq!(
+            rewrite(
+                "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response/><user-agent/></authenticate>",
+                NS_SASL2
+            ),
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGFsaWNlAHB3</initial-response><user-agent/></authenticate>"
+        );
+    }
+
+    #[test]
+    fn only_client_first_mechanisms_get_an_empty_challenge() {
+        assert!(
+            client_first("PLAIN")
+                && client_first("SCRAM-SHA-256")
+                && client_first("HT-SHA-256-NONE")
+        );
+        assert!(!client_first("DIGEST-MD5") && !client_first("EXTERNAL") && !client_first(""));
+    }
 }

@@ -52,9 +52,19 @@ fn clear_text_refused(env: &Env, input: &[u8], condition: &str) {
         raw.send_bytes(input).await;
         raw.read_to_close(Duration::from_secs(5)).await
     });
-    assert!(got.contains("<stream:stream"), "{condition}: no header before the error: {got:?}");
-    assert!(got.contains(&cond(condition)), "expected {condition} for {:?}, got {got:?}", String::from_utf8_lossy(input));
-    assert!(got.ends_with("</stream:stream>"), "stream not closed: {got:?}");
+    assert!(
+        got.contains("<stream:stream"),
+        "{condition}: no header before the error: {got:?}"
+    );
+    assert!(
+        got.contains(&cond(condition)),
+        "expected {condition} for {:?}, got {got:?}",
+        String::from_utf8_lossy(input)
+    );
+    assert!(
+        got.ends_with("</stream:stream>"),
+        "stream not closed: {got:?}"
+    );
 }
 
 /// After TLS (direct), send `input`; expect `condition` and a close.
@@ -65,8 +75,14 @@ fn tls_refused(env: &Env, input: &str, condition: &str) -> String {
         let mut raw = Raw::direct_tls(addr, DOMAIN, &ca).await;
         raw.send(input).await;
         let got = raw.read_to_close(Duration::from_secs(5)).await;
-        assert!(got.contains(&cond(condition)), "expected {condition} for {input:?}, got {got:?}");
-        assert!(got.ends_with("</stream:stream>"), "stream not closed: {got:?}");
+        assert!(
+            got.contains(&cond(condition)),
+            "expected {condition} for {input:?}, got {got:?}"
+        );
+        assert!(
+            got.ends_with("</stream:stream>"),
+            "stream not closed: {got:?}"
+        );
         got
     })
 }
@@ -76,12 +92,32 @@ fn malformed_and_restricted_xml_get_the_right_stream_error() {
     let env = env();
     let h = header(DOMAIN, None);
     // Before TLS, on the STARTTLS port.
-    clear_text_refused(&env, b"<!-- hi --><stream:stream to='example.test'>", "restricted-xml");
-    clear_text_refused(&env, b"<!DOCTYPE foo [<!ENTITY x 'y'>]><stream:stream>", "restricted-xml");
-    clear_text_refused(&env, b"<?xml version='1.0'?><?evil pi?><stream:stream>", "restricted-xml");
+    clear_text_refused(
+        &env,
+        b"<!-- hi --><stream:stream to='example.test'>",
+        "restricted-xml",
+    );
+    clear_text_refused(
+        &env,
+        b"<!DOCTYPE foo [<!ENTITY x 'y'>]><stream:stream>",
+        "restricted-xml",
+    );
+    clear_text_refused(
+        &env,
+        b"<?xml version='1.0'?><?evil pi?><stream:stream>",
+        "restricted-xml",
+    );
     clear_text_refused(&env, b"<message>hi</message>", "not-well-formed");
-    clear_text_refused(&env, b"<stream:stream to='example.test' <<>", "not-well-formed");
-    clear_text_refused(&env, format!("{h}<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>&foo;</starttls>").as_bytes(), "restricted-xml");
+    clear_text_refused(
+        &env,
+        b"<stream:stream to='example.test' <<>",
+        "not-well-formed",
+    );
+    clear_text_refused(
+        &env,
+        format!("{h}<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>&foo;</starttls>").as_bytes(),
+        "restricted-xml",
+    );
     clear_text_refused(&env, format!("{h}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>").as_bytes(), "policy-violation");
     clear_text_refused(
         &env,
@@ -93,7 +129,11 @@ fn malformed_and_restricted_xml_get_the_right_stream_error() {
         b"<stream:stream to='example.test' version='1.0' xmlns='jabber:client' xmlns:stream='urn:wrong'>",
         "invalid-namespace",
     );
-    clear_text_refused(&env, header("nowhere.test", None).as_bytes(), "host-unknown");
+    clear_text_refused(
+        &env,
+        header("nowhere.test", None).as_bytes(),
+        "host-unknown",
+    );
     clear_text_refused(
         &env,
         b"<stream:stream version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
@@ -109,12 +149,32 @@ fn malformed_and_restricted_xml_get_the_right_stream_error() {
 
     // After TLS: the same checks apply to the restarted stream and to the SASL element.
     tls_refused(&env, &header("nowhere.test", None), "host-unknown");
-    tls_refused(&env, &format!("{h}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>&bad;</auth>"), "restricted-xml");
-    tls_refused(&env, &format!("{h}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'><x></auth>"), "not-well-formed");
+    tls_refused(
+        &env,
+        &format!(
+            "{h}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>&bad;</auth>"
+        ),
+        "restricted-xml",
+    );
+    tls_refused(
+        &env,
+        &format!("{h}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'><x></auth>"),
+        "not-well-formed",
+    );
     tls_refused(&env, &format!("{h}<!-- c -->"), "restricted-xml");
-    tls_refused(&env, &format!("{h}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>", "A".repeat(4000)), "policy-violation");
+    tls_refused(
+        &env,
+        &format!(
+            "{h}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            "A".repeat(4000)
+        ),
+        "policy-violation",
+    );
     let got = tls_refused(&env, "<foo/>", "not-well-formed");
-    assert!(got.starts_with("<?xml version='1.0'?><stream:stream"), "header first: {got:?}");
+    assert!(
+        got.starts_with("<?xml version='1.0'?><stream:stream"),
+        "header first: {got:?}"
+    );
 
     // The proxy counted what it sent, by condition.
     let scraped = env.proxy.scrape();
@@ -165,7 +225,10 @@ fn clear_text_after_starttls_never_reaches_the_stream() {
         .await;
         let got = raw.read_to_close(Duration::from_secs(5)).await;
         assert!(got.contains("<proceed"), "{got:?}");
-        assert!(!got.contains("success"), "injected auth must not be processed: {got:?}");
+        assert!(
+            !got.contains("success"),
+            "injected auth must not be processed: {got:?}"
+        );
     });
 }
 

@@ -26,7 +26,14 @@ pub struct Proxy {
 
 /// The usual test configuration: listeners `starttls` (IPv4 + IPv6), `direct`, `auto`, all
 /// on free ports; backends `node1..nodeN` at `backends`; routing `key`.
-pub fn config_text(cert: &Path, key: &Path, domain: &str, routing_key: &str, backends: &[SocketAddr], extra: &str) -> String {
+pub fn config_text(
+    cert: &Path,
+    key: &Path,
+    domain: &str,
+    routing_key: &str,
+    backends: &[SocketAddr],
+    extra: &str,
+) -> String {
     let mut s = format!(
         r#"
 [[listener]]
@@ -61,7 +68,10 @@ bind = "127.0.0.1:0"
         key = key.display(),
     );
     for (i, addr) in backends.iter().enumerate() {
-        s.push_str(&format!("\n[[backend]]\nname = \"node{}\"\naddress = \"{addr}\"\n", i + 1));
+        s.push_str(&format!(
+            "\n[[backend]]\nname = \"node{}\"\naddress = \"{addr}\"\n",
+            i + 1
+        ));
     }
     s.push_str(extra);
     s
@@ -73,13 +83,16 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("xmpp-lb.toml");
         std::fs::write(&config_path, text).unwrap();
-        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let config =
+            Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let server = runtime.block_on(Server::bind(config.clone())).expect("proxy binds");
+        let server = runtime
+            .block_on(Server::bind(config.clone()))
+            .expect("proxy binds");
         let listeners = server.local_addrs();
         let metrics = server.admin_addr().expect("metrics bound");
         let shutdown = CancellationToken::new();
@@ -128,7 +141,11 @@ impl Proxy {
             .arg(jid)
             .output()
             .expect("run xmpp-lb route");
-        assert!(out.status.success(), "route failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "route failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
@@ -136,7 +153,11 @@ impl Proxy {
     pub fn scrape(&self) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
@@ -146,7 +167,10 @@ impl Proxy {
     pub fn metric(&self, series: &str) -> f64 {
         self.scrape()
             .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 

@@ -78,7 +78,10 @@ impl Raw {
         let tcp = TcpStream::connect(addr).await.expect("connect proxy");
         tcp.set_nodelay(true).unwrap();
         let name = ServerName::try_from(domain.to_string()).unwrap();
-        let tls = connector(ca).connect(name, tcp).await.expect("TLS handshake");
+        let tls = connector(ca)
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
         Raw {
             io: Box::new(tls),
             received: String::new(),
@@ -92,7 +95,8 @@ impl Raw {
         let mut raw = Raw::tcp(addr).await;
         raw.send(&header(domain, None)).await;
         raw.expect("</stream:features>").await;
-        raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+        raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
         raw.expect("<proceed").await;
         raw.upgrade(domain, ca).await;
         raw
@@ -102,7 +106,10 @@ impl Raw {
     pub async fn upgrade(&mut self, domain: &str, ca: &Path) {
         let io = std::mem::replace(&mut self.io, Box::new(tokio::io::duplex(1).0));
         let name = ServerName::try_from(domain.to_string()).unwrap();
-        let tls = connector(ca).connect(name, io).await.expect("TLS handshake");
+        let tls = connector(ca)
+            .connect(name, io)
+            .await
+            .expect("TLS handshake");
         self.io = Box::new(tls);
         self.received.clear();
     }
@@ -142,13 +149,35 @@ impl Raw {
         self.received.clone()
     }
 
+    /// Read until one of `needles` has been received, or panic after `limit`.
+    pub async fn expect_any(&mut self, needles: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        while !needles.iter().any(|n| self.received.contains(n)) {
+            assert!(
+                !self.closed,
+                "peer closed before any of {needles:?}; got {:?}",
+                self.received
+            );
+            let mut buf = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
+                Err(_) => panic!("timed out waiting for {needles:?}; got {:?}", self.received),
+                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
+                Ok(Ok(n)) => self.received.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        self.received.clone()
+    }
+
     /// Read until the peer closes (or `limit` passes); returns everything received.
     pub async fn read_to_close(&mut self, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         while !self.closed {
             let mut buf = [0u8; 8192];
             match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
-                Err(_) => panic!("peer did not close within {limit:?}; got {:?}", self.received),
+                Err(_) => panic!(
+                    "peer did not close within {limit:?}; got {:?}",
+                    self.received
+                ),
                 Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
                 Ok(Ok(n)) => self.received.push_str(&String::from_utf8_lossy(&buf[..n])),
             }

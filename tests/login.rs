@@ -1,0 +1,325 @@
+//! Logging in through the proxy with a real client (slixmpp) to three real Prosody nodes:
+//! STARTTLS and direct TLS, with and without `from`, PLAIN and SCRAM, IPv4 and IPv6; each user
+//! lands on the node `xmpp-lb route` names, which the server itself confirms.
+
+mod common;
+
+use common::client::run_client;
+use common::pki::TestPki;
+use common::prosody::{ProsodyCluster, ProsodyOpts};
+use common::proxy::{Proxy, config_text};
+use serde_json::Value;
+
+const DOMAIN: &str = "example.test";
+/// With backends node1..node3 these spread over all three nodes (golden ring placement):
+/// alice → node1, bob → node2, carol → node3; juliet and romeo both → node2.
+const USERS: &[(&str, &str)] = &[
+    ("alice", "pw-alice"),
+    ("bob", "pw-bob"),
+    ("carol", "pw-carol"),
+    ("juliet", "pw-juliet"),
+    ("romeo", "pw-romeo"),
+];
+
+pub struct Env {
+    pub proxy: Proxy,
+    pub pki: TestPki,
+    pub cluster: ProsodyCluster,
+}
+
+fn env_with(opts: ProsodyOpts, routing_key: &str) -> Env {
+    let pki = TestPki::new(&[DOMAIN]);
+    let cluster = ProsodyCluster::start(3, DOMAIN, opts).expect("prosody nodes start");
+    cluster.register_many(USERS);
+    let backends: Vec<_> = (0..3).map(|i| cluster.addr(i)).collect();
+    let proxy = Proxy::start(&config_text(
+        &pki.cert_path(DOMAIN),
+        &pki.key_path(DOMAIN),
+        DOMAIN,
+        routing_key,
+        &backends,
+        "",
+    ));
+    Env {
+        proxy,
+        pki,
+        cluster,
+    }
+}
+
+fn env() -> Env {
+    env_with(ProsodyOpts::default(), "jid")
+}
+
+fn password(user: &str) -> &'static str {
+    USERS.iter().find(|(u, _)| *u == user).unwrap().1
+}
+
+/// Log `user` in through listener `listener` with the given TLS style and options.
+fn login(env: &Env, user: &str, listener: &str, tls: &str, ipv6: bool, extra: &[&str]) -> Value {
+    let addr = env.proxy.addr(listener, ipv6);
+    let jid = format!("{user}@{DOMAIN}");
+    let port = addr.port().to_string();
+    let host = addr.ip().to_string();
+    let ca = env.pki.ca_path();
+    let mut args = vec![
+        "login",
+        "--jid",
+        &jid,
+        "--password",
+        password(user),
+        "--host",
+        &host,
+        "--port",
+        &port,
+        "--tls",
+        tls,
+        "--ca",
+        ca.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run_client(&args);
+    assert_eq!(
+        out["ok"],
+        Value::Bool(true),
+        "login of {user} via {listener}/{tls} failed: {out}"
+    );
+    out
+}
+
+/// The node a client saw (its disco#info contact address names the node).
+fn node_seen(out: &Value) -> String {
+    let contact = out["node_contact"].as_str().unwrap_or_default();
+    contact
+        .trim_start_matches("xmpp:")
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn starttls_logins_land_where_route_says_with_plain_and_scram() {
+    let env = env();
+    for (user, mech) in [
+        ("alice", "PLAIN"),
+        ("bob", "SCRAM-SHA-1"),
+        ("carol", "PLAIN"),
+        ("alice", "SCRAM-SHA-1"),
+    ] {
+        let out = login(&env, user, "starttls", "starttls", false, &["--mech", mech]);
+        assert_eq!(out["mech"], mech, "{out}");
+        let expected = env.proxy.route_cli(&format!("{user}@{DOMAIN}"));
+        assert_eq!(node_seen(&out), expected, "{user} via STARTTLS/{mech}");
+    }
+    // Three users, three different nodes: the routing really spreads.
+    let nodes: std::collections::HashSet<_> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|u| env.proxy.route_cli(&format!("{u}@{DOMAIN}")))
+        .collect();
+    assert_eq!(nodes.len(), 3);
+    assert!(
+        env.proxy
+            .metric("xmpp_lb_routed_total{backend=\"node1\",source=\"sasl\"}")
+            >= 2.0
+    );
+}
+
+#[test]
+fn direct_tls_logins_land_where_route_says() {
+    let env = env();
+    for (user, mech) in [
+        ("alice", "SCRAM-SHA-1"),
+        ("bob", "PLAIN"),
+        ("carol", "SCRAM-SHA-1"),
+    ] {
+        let out = login(&env, user, "direct", "direct", false, &["--mech", mech]);
+        assert_eq!(
+            node_seen(&out),
+            env.proxy.route_cli(&format!("{user}@{DOMAIN}")),
+            "{user}"
+        );
+    }
+    let direct = env
+        .proxy
+        .metric("xmpp_lb_connections_total{listener=\"direct\",tls=\"direct\"}");
+    assert_eq!(direct, 3.0);
+}
+
+#[test]
+fn from_attribute_routes_at_the_header_over_both_tls_styles() {
+    let env = env();
+    for (user, listener, tls) in [
+        ("alice", "starttls", "starttls"),
+        ("carol", "direct", "direct"),
+        ("bob", "starttls", "starttls"),
+    ] {
+        let out = login(
+            &env,
+            user,
+            listener,
+            tls,
+            false,
+            &["--send-from", "--mech", "SCRAM-SHA-1"],
+        );
+        assert_eq!(
+            node_seen(&out),
+            env.proxy.route_cli(&format!("{user}@{DOMAIN}")),
+            "{user}"
+        );
+    }
+    let from: f64 = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| {
+            env.proxy.metric(&format!(
+                "xmpp_lb_routed_total{{backend=\"{n}\",source=\"from\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(from, 3.0, "all three were routed by the header's from");
+    let sasl: f64 = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| {
+            env.proxy.metric(&format!(
+                "xmpp_lb_routed_total{{backend=\"{n}\",source=\"sasl\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(sasl, 0.0);
+}
+
+#[test]
+fn auto_port_serves_starttls_and_direct_tls() {
+    let env = env();
+    let a = login(&env, "alice", "auto", "starttls", false, &[]);
+    let b = login(&env, "bob", "auto", "direct", false, &[]);
+    assert_eq!(
+        node_seen(&a),
+        env.proxy.route_cli(&format!("alice@{DOMAIN}"))
+    );
+    assert_eq!(node_seen(&b), env.proxy.route_cli(&format!("bob@{DOMAIN}")));
+    assert_eq!(
+        env.proxy
+            .metric("xmpp_lb_connections_total{listener=\"auto\",tls=\"starttls\"}"),
+        1.0
+    );
+    assert_eq!(
+        env.proxy
+            .metric("xmpp_lb_connections_total{listener=\"auto\",tls=\"direct\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn ipv6_clients_are_served() {
+    let env = env();
+    let out = login(&env, "carol", "starttls", "starttls", true, &[]);
+    assert_eq!(
+        node_seen(&out),
+        env.proxy.route_cli(&format!("carol@{DOMAIN}"))
+    );
+}
+
+#[test]
+fn the_server_itself_holds_each_session_on_the_routed_node() {
+    let env = env();
+    for user in ["alice", "bob", "carol"] {
+        let expected = env.proxy.route_cli(&format!("{user}@{DOMAIN}"));
+        let idx: usize = expected
+            .trim_start_matches("node")
+            .parse::<usize>()
+            .unwrap()
+            - 1;
+        let addr = env.proxy.addr("starttls", false);
+        let held = common::client::hold(
+            &format!("{user}@{DOMAIN}"),
+            password(user),
+            addr,
+            "starttls",
+            &env.pki.ca_path(),
+            5,
+        );
+        let jid = format!("{user}@{DOMAIN}");
+        for i in 0..3 {
+            let sessions = env.cluster.sessions(i);
+            let has = sessions.iter().any(|s| s.starts_with(&jid));
+            assert_eq!(
+                has,
+                i == idx,
+                "node{} sessions {sessions:?} (expected {user} on {expected})",
+                i + 1
+            );
+        }
+        drop(held);
+    }
+}
+
+#[test]
+fn two_users_on_one_node_chat_through_the_proxy() {
+    let env = env();
+    assert_eq!(
+        env.proxy.route_cli(&format!("juliet@{DOMAIN}")),
+        env.proxy.route_cli(&format!("romeo@{DOMAIN}"))
+    );
+    let addr = env.proxy.addr("starttls", false);
+    let port = addr.port().to_string();
+    let ca = env.pki.ca_path();
+    let out = run_client(&[
+        "chat",
+        "--a",
+        &format!("juliet@{DOMAIN}"),
+        "--pa",
+        password("juliet"),
+        "--b",
+        &format!("romeo@{DOMAIN}"),
+        "--pb",
+        password("romeo"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--tls",
+        "starttls",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--body",
+        "Wherefore art thou? <&> ünïcödé",
+    ]);
+    assert_eq!(out["ok"], Value::Bool(true), "{out}");
+    assert_eq!(out["received_by_b"], "Wherefore art thou? <&> ünïcödé");
+}
+
+#[test]
+fn a_dead_home_node_sends_its_users_to_the_next_node_on_the_ring() {
+    let mut env = env();
+    let jid = format!("alice@{DOMAIN}");
+    let preference = env.proxy.preference(&jid);
+    let home: usize = preference[0]
+        .trim_start_matches("node")
+        .parse::<usize>()
+        .unwrap()
+        - 1;
+    env.cluster.stop_node(home);
+    let out = login(&env, "alice", "starttls", "starttls", false, &[]);
+    assert_eq!(
+        node_seen(&out),
+        preference[1],
+        "alice falls over to her second node"
+    );
+    // Users of other nodes do not move.
+    let bob_home = env.proxy.route_cli(&format!("bob@{DOMAIN}"));
+    if bob_home != preference[0] {
+        let out = login(&env, "bob", "direct", "direct", false, &[]);
+        assert_eq!(node_seen(&out), bob_home);
+    }
+    assert!(
+        env.proxy.metric(&format!(
+            "xmpp_lb_backend_connect_failures_total{{backend=\"{}\"}}",
+            preference[0]
+        )) >= 1.0
+    );
+    // Back up: alice goes home again.
+    env.cluster.restart_node(home);
+    let out = login(&env, "alice", "starttls", "starttls", false, &[]);
+    assert_eq!(node_seen(&out), preference[0]);
+}
