@@ -144,6 +144,8 @@ struct RawLimits {
     backend_connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     half_close_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
     max_header_bytes: Spanned<usize>,
     max_prerouting_element_bytes: Spanned<usize>,
     max_negotiation_element_bytes: Spanned<usize>,
@@ -158,6 +160,7 @@ impl Default for RawLimits {
             tls_handshake_timeout: Duration::from_secs(10),
             backend_connect_timeout: Duration::from_secs(3),
             half_close_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
             max_header_bytes: Spanned::new(0..0, 4096),
             max_prerouting_element_bytes: Spanned::new(0..0, 16384),
             max_negotiation_element_bytes: Spanned::new(0..0, 65536),
@@ -262,6 +265,8 @@ pub struct Limits {
     pub backend_connect_timeout: Duration,
     /// After one side half-closes, how long the other may keep sending.
     pub half_close_timeout: Duration,
+    /// On shutdown, how long established connections may go on before the process exits.
+    pub shutdown_grace: Duration,
     /// Largest stream header accepted.
     pub max_header_bytes: usize,
     /// Largest element accepted before the connection is routed.
@@ -618,6 +623,7 @@ impl RawConfig {
                 tls_handshake_timeout: l.tls_handshake_timeout,
                 backend_connect_timeout: l.backend_connect_timeout,
                 half_close_timeout: l.half_close_timeout,
+                shutdown_grace: l.shutdown_grace,
                 max_header_bytes: *l.max_header_bytes.get_ref(),
                 max_prerouting_element_bytes: *l.max_prerouting_element_bytes.get_ref(),
                 max_negotiation_element_bytes: *l.max_negotiation_element_bytes.get_ref(),

@@ -161,8 +161,10 @@ impl Server {
         }
         shutdown.cancelled().await;
         connections.close();
-        // Established connections are left to finish; a later change bounds this by a grace period.
-        connections.wait().await;
+        let grace = shared.config.limits.shutdown_grace;
+        if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+            tracing::info!(open = connections.len(), "shutdown grace over; the remaining connections are dropped");
+        }
         tasks.shutdown().await;
     }
 }

@@ -818,6 +818,7 @@ fn defaults() {
     assert_eq!(l.tls_handshake_timeout, Duration::from_secs(10));
     assert_eq!(l.backend_connect_timeout, Duration::from_secs(3));
     assert_eq!(l.half_close_timeout, Duration::from_secs(30));
+    assert_eq!(l.shutdown_grace, Duration::from_secs(10));
     assert_eq!(l.max_header_bytes, 4096);
     assert_eq!(l.max_prerouting_element_bytes, 16384);
     assert_eq!(l.max_negotiation_element_bytes, 65536);
@@ -853,6 +854,7 @@ negotiation_timeout = "45s"
 tls_handshake_timeout = "2500ms"
 backend_connect_timeout = "1s"
 half_close_timeout = "1m"
+shutdown_grace = "2s"
 max_header_bytes = 2048
 max_prerouting_element_bytes = 8192
 max_negotiation_element_bytes = 131072
@@ -900,6 +902,7 @@ timeout = "500ms"
     assert_eq!(m.tls_handshake_timeout, Duration::from_millis(2500));
     assert_eq!(m.backend_connect_timeout, Duration::from_secs(1));
     assert_eq!(m.half_close_timeout, Duration::from_secs(60));
+    assert_eq!(m.shutdown_grace, Duration::from_secs(2));
     assert_eq!(m.max_header_bytes, 2048);
     assert_eq!(m.max_prerouting_element_bytes, 8192);
     assert_eq!(m.max_negotiation_element_bytes, 131_072);
