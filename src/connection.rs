@@ -525,6 +525,15 @@ async fn capture_auth(
     }
 }
 
+/// Whether two mechanism lists name the same mechanisms, in any order.
+fn same_set(a: &[String], b: &[String]) -> bool {
+    let mut a: Vec<&String> = a.iter().collect();
+    let mut b: Vec<&String> = b.iter().collect();
+    a.sort();
+    b.sort();
+    a == b
+}
+
 /// Mechanisms whose first message comes from the client, so an empty challenge asks for it.
 fn client_first(mechanism: &str) -> bool {
     mechanism == "PLAIN" || mechanism.starts_with("SCRAM-") || mechanism.starts_with("HT-")
@@ -675,8 +684,10 @@ impl Negotiation<'_> {
             backend_lost()
         })?;
         self.backend_ns = header.ns;
+        // Order is not significant (Prosody shuffles it per stream; XEP-0474 hashes a sorted
+        // list): only a different set of mechanisms is a mismatch.
         if let Some(shown) = shown
-            && shown != features.mechanisms.as_slice()
+            && !same_set(shown, &features.mechanisms)
         {
             let name = &self.shared.pool.backend(idx).name;
             self.shared
@@ -1050,6 +1061,17 @@ mod tests {
             ),
             "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGFsaWNlAHB3</initial-response><user-agent/></authenticate>"
         );
+    }
+
+    #[test]
+    fn mechanism_order_is_not_a_mismatch() {
+        let s = |v: &[&str]| v.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        assert!(same_set(
+            &s(&["PLAIN", "SCRAM-SHA-1"]),
+            &s(&["SCRAM-SHA-1", "PLAIN"])
+        ));
+        assert!(!same_set(&s(&["PLAIN", "SCRAM-SHA-1"]), &s(&["PLAIN"])));
+        assert!(!same_set(&s(&["PLAIN"]), &s(&["SCRAM-SHA-1"])));
     }
 
     #[test]

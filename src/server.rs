@@ -162,8 +162,14 @@ impl Server {
         shutdown.cancelled().await;
         connections.close();
         let grace = shared.config.limits.shutdown_grace;
-        if tokio::time::timeout(grace, connections.wait()).await.is_err() {
-            tracing::info!(open = connections.len(), "shutdown grace over; the remaining connections are dropped");
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                open = connections.len(),
+                "shutdown grace over; the remaining connections are dropped"
+            );
         }
         tasks.shutdown().await;
     }
