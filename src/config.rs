@@ -47,17 +47,7 @@ pub enum TlsMode {
     Auto,
 }
 
-/// What the routing key of a connection is made of.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyKind {
-    /// The bare JID: from the stream header's `from`, else the first SASL message.
-    Jid,
-    /// The domain the client asked for (`to`): every user of a domain on one node.
-    Domain,
-    /// The client's subnet (IPv4 /24 and IPv6 /64 by default).
-    Subnet,
-}
+pub use crate::route::policy::{PinEntry, RouteKey};
 
 /// The file as written (before checks). Public so tests can build one from text.
 #[derive(Debug, Deserialize)]
@@ -73,6 +63,14 @@ pub struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     probe: RawProbe,
+    #[serde(default)]
+    domain: Vec<RawDomain>,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    drain: RawDrain,
+    #[serde(default)]
+    admission: RawAdmission,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,12 +95,107 @@ struct RawCertPair {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRouting {
-    key: KeyKind,
+    key: Option<Spanned<RouteKey>>,
+    keys: Option<Spanned<Vec<RouteKey>>>,
+    #[serde(default = "no_domains")]
     domains: Spanned<Vec<Spanned<String>>>,
     #[serde(default = "default_v4_prefix")]
     ipv4_prefix: Spanned<u8>,
     #[serde(default = "default_v6_prefix")]
     ipv6_prefix: Spanned<u8>,
+    tenant_pattern: Option<Spanned<String>>,
+    balance_factor: Option<Spanned<f64>>,
+    pins: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pin: Vec<Spanned<PinEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDomain {
+    name: Spanned<String>,
+    backends: Option<Spanned<Vec<Spanned<String>>>>,
+    key: Option<Spanned<RouteKey>>,
+    keys: Option<Spanned<Vec<RouteKey>>>,
+    tenant_pattern: Option<Spanned<String>>,
+    balance_factor: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealth {
+    #[serde(with = "humantime_serde")]
+    interval: Duration,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+    rise: u32,
+    fall: u32,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+/// What draining does to the clients already connected to the node.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainMode {
+    /// Ask them to reconnect (`<see-other-host/>` pointing back at the proxy), a few per second.
+    Redirect,
+    /// Leave them until they log out by themselves.
+    Wait,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDrain {
+    mode: DrainMode,
+    rate: Spanned<f64>,
+    redirect_to: Option<Spanned<String>>,
+}
+
+impl Default for RawDrain {
+    fn default() -> Self {
+        RawDrain {
+            mode: DrainMode::Redirect,
+            rate: Spanned::new(0..0, 50.0),
+            redirect_to: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmission {
+    max_negotiations: Option<usize>,
+    max_logins_per_second: Option<Spanned<f64>>,
+    queue: usize,
+    #[serde(with = "humantime_serde")]
+    queue_timeout: Duration,
+    overflow_redirect: Option<Spanned<String>>,
+}
+
+impl Default for RawAdmission {
+    fn default() -> Self {
+        RawAdmission {
+            max_negotiations: None,
+            max_logins_per_second: None,
+            queue: 10_000,
+            queue_timeout: Duration::from_secs(30),
+            overflow_redirect: None,
+        }
+    }
+}
+
+fn no_domains() -> Spanned<Vec<Spanned<String>>> {
+    Spanned::new(0..0, Vec::new())
 }
 
 fn default_v4_prefix() -> Spanned<u8> {
@@ -119,6 +212,8 @@ struct RawBackend {
     address: Spanned<String>,
     #[serde(default = "default_weight")]
     weight: Spanned<u32>,
+    max_negotiations: Option<usize>,
+    max_logins_per_second: Option<Spanned<f64>>,
 }
 
 fn default_weight() -> Spanned<u32> {
@@ -204,6 +299,68 @@ pub struct Config {
     pub limits: Limits,
     /// How the backends' stream features are learned.
     pub probe: ProbeConfig,
+    /// One entry per served domain: its backends and routing policy (defaults from [routing]).
+    pub domains: Vec<DomainConfig>,
+    /// Active health checks.
+    pub health: HealthConfig,
+    /// What draining a node does.
+    pub drain: DrainConfig,
+    /// Login-storm shaping defaults (per-backend overrides are in [`BackendConfig`]).
+    pub admission: AdmissionDefaults,
+}
+
+/// The routing policy of one served domain.
+#[derive(Clone, Debug)]
+pub struct DomainConfig {
+    /// The domain (normalized).
+    pub name: String,
+    /// Names of the backends serving it (all backends unless restricted).
+    pub backends: Vec<String>,
+    /// Routing keys in fallback order.
+    pub keys: Vec<RouteKey>,
+    /// Regular expression with a `tenant` group over the localpart, for the `tenant` key.
+    pub tenant_pattern: Option<String>,
+    /// Bounded-load factor (> 1.0): no node takes more than this times the average load.
+    pub balance_factor: Option<f64>,
+}
+
+/// Active health checking of backends at the XMPP level.
+#[derive(Clone, Debug)]
+pub struct HealthConfig {
+    /// Time between two checks of one backend.
+    pub interval: Duration,
+    /// Time a check (connect, header, features) may take.
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy node healthy.
+    pub rise: u32,
+    /// Consecutive failures (checks or real connects) that make a node unhealthy.
+    pub fall: u32,
+}
+
+/// Draining settings.
+#[derive(Clone, Debug)]
+pub struct DrainConfig {
+    /// Move connected clients or wait for them to leave.
+    pub mode: DrainMode,
+    /// Clients asked to move per second.
+    pub rate: f64,
+    /// `host:port` put in `<see-other-host/>`; default: the domain and the listener's port.
+    pub redirect_to: Option<String>,
+}
+
+/// Admission defaults for every backend.
+#[derive(Clone, Debug)]
+pub struct AdmissionDefaults {
+    /// Concurrent logins per backend (None: unlimited).
+    pub max_negotiations: Option<usize>,
+    /// New logins per second per backend (None: unlimited).
+    pub max_logins_per_second: Option<f64>,
+    /// Clients that may wait per backend.
+    pub queue: usize,
+    /// How long one may wait.
+    pub queue_timeout: Duration,
+    /// `host:port` of another proxy to send clients to instead of `<resource-constraint/>`.
+    pub overflow_redirect: Option<String>,
 }
 
 /// One client-facing listener.
@@ -231,10 +388,18 @@ pub struct CertPair {
 /// Routing settings.
 #[derive(Clone, Debug)]
 pub struct RoutingConfig {
-    /// What the ring hashes.
-    pub key: KeyKind,
+    /// Default routing keys, in fallback order.
+    pub keys: Vec<RouteKey>,
     /// The XMPP domains served (normalized); any other `to` gets `<host-unknown/>`.
     pub domains: Vec<String>,
+    /// Default tenant pattern.
+    pub tenant_pattern: Option<String>,
+    /// Default bounded-load factor.
+    pub balance_factor: Option<f64>,
+    /// Pin file (reloaded with the configuration).
+    pub pins_file: Option<PathBuf>,
+    /// Pins written inline.
+    pub pins: Vec<PinEntry>,
     /// Prefix length of an IPv4 subnet group.
     pub ipv4_prefix: u8,
     /// Prefix length of an IPv6 subnet group.
@@ -250,6 +415,10 @@ pub struct BackendConfig {
     pub address: SocketAddr,
     /// Relative share of the keys (virtual nodes on the ring).
     pub weight: u32,
+    /// Concurrent logins allowed (overrides [admission]).
+    pub max_negotiations: Option<usize>,
+    /// New logins per second allowed (overrides [admission]).
+    pub max_logins_per_second: Option<f64>,
 }
 
 /// Bounds on every phase before the relay, so a slow or hostile client cannot hold resources.
@@ -498,7 +667,7 @@ impl RawConfig {
 
         let r = self.routing.get_ref();
         let mut domains = Vec::new();
-        if r.domains.get_ref().is_empty() {
+        if r.domains.get_ref().is_empty() && self.domain.is_empty() {
             return Err(err(
                 &r.domains.span(),
                 "routing.domains",
@@ -580,8 +749,141 @@ impl RawConfig {
                 name: name.clone(),
                 address,
                 weight: *b.weight.get_ref(),
+                max_negotiations: None,
+                max_logins_per_second: None,
             });
         }
+
+        let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
+        let routing_span = self.routing.span();
+        let default_keys = keys_of(&r.key, &r.keys, "routing", &routing_span, true)
+            .map_err(|(span, key, msg)| err(&span, &key, msg))?
+            .unwrap_or_default();
+        let default_tenant = match &r.tenant_pattern {
+            Some(p) => Some(check_tenant(p).map_err(|m| err(&p.span(), "routing.tenant_pattern", m))?),
+            None => None,
+        };
+        check_keys(&default_keys, default_tenant.is_some())
+            .map_err(|m| err(&routing_span, "routing.keys", m))?;
+        let default_factor = match &r.balance_factor {
+            Some(f) => Some(check_factor(f).map_err(|m| err(&f.span(), "routing.balance_factor", m))?),
+            None => None,
+        };
+        let pins_file = match &r.pins {
+            Some(p) => Some(resolve(p, "routing.pins")?),
+            None => None,
+        };
+        let mut pins = Vec::new();
+        for (i, pin) in r.pin.iter().enumerate() {
+            let entry = pin.get_ref();
+            if entry.pattern.trim().is_empty() || !names.contains(&entry.backend) {
+                return Err(err(
+                    &pin.span(),
+                    &format!("routing.pin[{i}]"),
+                    format!(
+                        "pin {:?} must name a pattern and one of the backends ({})",
+                        entry.pattern,
+                        names.join(", ")
+                    ),
+                ));
+            }
+            pins.push(entry.clone());
+        }
+
+        let mut domain_configs: Vec<DomainConfig> = domains
+            .iter()
+            .map(|d| DomainConfig {
+                name: d.clone(),
+                backends: names.clone(),
+                keys: default_keys.clone(),
+                tenant_pattern: default_tenant.clone(),
+                balance_factor: default_factor,
+            })
+            .collect();
+        let mut seen_tables = HashSet::new();
+        for (i, d) in self.domain.iter().enumerate() {
+            let key = |k: &str| format!("domain[{i}].{k}");
+            let name = crate::route::key::normalize_domain(d.name.get_ref()).ok_or_else(|| {
+                err(&d.name.span(), &key("name"), format!("{:?} is not a valid domain", d.name.get_ref()))
+            })?;
+            if !seen_tables.insert(name.clone()) {
+                return Err(err(&d.name.span(), &key("name"), format!("[[domain]] {name} is defined twice")));
+            }
+            let mut dc = DomainConfig {
+                name: name.clone(),
+                backends: names.clone(),
+                keys: default_keys.clone(),
+                tenant_pattern: default_tenant.clone(),
+                balance_factor: default_factor,
+            };
+            if let Some(list) = &d.backends {
+                let mut chosen = Vec::new();
+                for b in list.get_ref() {
+                    if !names.contains(b.get_ref()) {
+                        return Err(err(&b.span(), &key("backends"), format!("no backend named {:?}", b.get_ref())));
+                    }
+                    if !chosen.contains(b.get_ref()) {
+                        chosen.push(b.get_ref().clone());
+                    }
+                }
+                if chosen.is_empty() {
+                    return Err(err(&list.span(), &key("backends"), "list at least one backend".into()));
+                }
+                dc.backends = chosen;
+            }
+            if let Some(p) = &d.tenant_pattern {
+                dc.tenant_pattern = Some(check_tenant(p).map_err(|m| err(&p.span(), &key("tenant_pattern"), m))?);
+            }
+            if let Some(f) = &d.balance_factor {
+                dc.balance_factor = Some(check_factor(f).map_err(|m| err(&f.span(), &key("balance_factor"), m))?);
+            }
+            let table = format!("domain[{i}]");
+            if let Some(keys) = keys_of(&d.key, &d.keys, &table, &d.name.span(), false)
+                .map_err(|(span, k, msg)| err(&span, &k, msg))?
+            {
+                dc.keys = keys;
+            }
+            if dc.keys.is_empty() {
+                return Err(err(&d.name.span(), &key("keys"), "set `key` or `keys` here or in [routing]".into()));
+            }
+            check_keys(&dc.keys, dc.tenant_pattern.is_some()).map_err(|m| err(&d.name.span(), &key("keys"), m))?;
+            match domain_configs.iter_mut().find(|c| c.name == name) {
+                Some(existing) => *existing = dc,
+                None => {
+                    domains.push(name);
+                    domain_configs.push(dc);
+                }
+            }
+        }
+        if domain_configs.iter().any(|d| d.keys.is_empty()) {
+            return Err(err(&routing_span, "routing.key", "set `key` (or `keys`) in [routing]".into()));
+        }
+
+        let drain = &self.drain;
+        if !(*drain.rate.get_ref() > 0.0 && drain.rate.get_ref().is_finite()) {
+            return Err(err(&drain.rate.span(), "drain.rate", "must be a positive number of clients per second".into()));
+        }
+        let redirect_to = match &drain.redirect_to {
+            Some(h) => Some(check_host_port(h.get_ref()).map_err(|m| err(&h.span(), "drain.redirect_to", m))?),
+            None => None,
+        };
+        let adm = &self.admission;
+        let overflow_redirect = match &adm.overflow_redirect {
+            Some(h) => Some(check_host_port(h.get_ref()).map_err(|m| err(&h.span(), "admission.overflow_redirect", m))?),
+            None => None,
+        };
+        let adm_rate = match &adm.max_logins_per_second {
+            Some(r) => Some(check_rate(r).map_err(|m| err(&r.span(), "admission.max_logins_per_second", m))?),
+            None => None,
+        };
+        for (i, b) in self.backend.iter().enumerate() {
+            if let Some(r) = &b.max_logins_per_second {
+                backends[i].max_logins_per_second =
+                    Some(check_rate(r).map_err(|m| err(&r.span(), &format!("backend[{i}].max_logins_per_second"), m))?);
+            }
+            backends[i].max_negotiations = b.max_negotiations;
+        }
+        let health = &self.health;
 
         let metrics_bind = match &self.metrics {
             Some(m) => Some(
@@ -610,8 +912,12 @@ impl RawConfig {
             source: path.to_path_buf(),
             listeners,
             routing: RoutingConfig {
-                key: r.key,
+                keys: default_keys,
                 domains,
+                tenant_pattern: default_tenant,
+                balance_factor: default_factor,
+                pins_file,
+                pins,
                 ipv4_prefix: *r.ipv4_prefix.get_ref(),
                 ipv6_prefix: *r.ipv6_prefix.get_ref(),
             },
@@ -633,8 +939,101 @@ impl RawConfig {
                 interval: self.probe.interval,
                 timeout: self.probe.timeout,
             },
+            domains: domain_configs,
+            health: HealthConfig {
+                interval: health.interval,
+                timeout: health.timeout,
+                rise: health.rise.max(1),
+                fall: health.fall.max(1),
+            },
+            drain: DrainConfig {
+                mode: drain.mode,
+                rate: *drain.rate.get_ref(),
+                redirect_to,
+            },
+            admission: AdmissionDefaults {
+                max_negotiations: adm.max_negotiations,
+                max_logins_per_second: adm_rate,
+                queue: adm.queue,
+                queue_timeout: adm.queue_timeout,
+                overflow_redirect,
+            },
         })
     }
+}
+
+type SpannedError = (Range<usize>, String, String);
+
+/// `key = "x"` or `keys = ["x", "y"]` of a table (not both). `None` when neither is set.
+fn keys_of(
+    key: &Option<Spanned<RouteKey>>,
+    keys: &Option<Spanned<Vec<RouteKey>>>,
+    table: &str,
+    table_span: &Range<usize>,
+    required: bool,
+) -> Result<Option<Vec<RouteKey>>, SpannedError> {
+    match (key, keys) {
+        (Some(_), Some(k)) => Err((k.span(), format!("{table}.keys"), "set `key` or `keys`, not both".into())),
+        (Some(k), None) => Ok(Some(vec![*k.get_ref()])),
+        (None, Some(k)) => Ok(Some(k.get_ref().clone())),
+        (None, None) if required => Err((table_span.clone(), format!("{table}.key"), "set `key` (or `keys`)".into())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A fallback order that can work: not empty, no repeats, `tenant` only with a pattern, and
+/// nothing after a key that always applies (it could never be reached).
+fn check_keys(keys: &[RouteKey], has_tenant_pattern: bool) -> Result<(), String> {
+    if keys.is_empty() {
+        return Err("list at least one routing key".into());
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if keys[..i].contains(k) {
+            return Err(format!("{k:?} is listed twice").to_lowercase());
+        }
+        if *k == RouteKey::Tenant && !has_tenant_pattern {
+            return Err("the `tenant` key needs a `tenant_pattern`".into());
+        }
+        if matches!(k, RouteKey::Domain | RouteKey::Subnet | RouteKey::Random) && i + 1 < keys.len() {
+            return Err(format!("{:?} always applies, so the keys after it are never used", k).to_lowercase());
+        }
+    }
+    Ok(())
+}
+
+fn check_tenant(p: &Spanned<String>) -> Result<String, String> {
+    crate::route::policy::compile_tenant(p.get_ref())?;
+    Ok(p.get_ref().clone())
+}
+
+fn check_factor(f: &Spanned<f64>) -> Result<f64, String> {
+    let f = *f.get_ref();
+    if f.is_finite() && f > 1.0 {
+        Ok(f)
+    } else {
+        Err("must be a number above 1.0 (e.g. 1.25)".into())
+    }
+}
+
+fn check_rate(r: &Spanned<f64>) -> Result<f64, String> {
+    let r = *r.get_ref();
+    if r.is_finite() && r > 0.0 {
+        Ok(r)
+    } else {
+        Err("must be a positive number per second".into())
+    }
+}
+
+/// `host:port` as a client would connect to it (a name or an IP; IPv6 in brackets).
+fn check_host_port(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not host:port (IPv6 in brackets)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.is_empty() || (host.contains(':') && !bracketed) {
+        return Err(bad());
+    }
+    Ok(s.to_string())
 }
 
 /// A socket address written as `IP:PORT` (IPv6 in brackets); names are not resolved,

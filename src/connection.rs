@@ -13,18 +13,20 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
-use tokio_rustls::TlsAcceptor;
 
-use crate::backend::connect::connect_first;
-use crate::backend::probe::{FeatureCache, read_preamble};
-use crate::config::{Config, KeyKind, TlsMode};
+use crate::backend::admission::Permit;
+use crate::backend::connect::connect;
+use crate::backend::probe::read_preamble;
+use crate::backend::state::{ActiveGuard, Command};
+use crate::config::{Config, TlsMode};
 use crate::framed::{FrameError, Framed};
 use crate::metrics::Metrics;
 use crate::prefixed::Prefixed;
-use crate::relay::{self, RelayStats};
+use crate::relay::{self, Interrupt, RelayStats};
 use crate::route::KeySource;
-use crate::route::key::{normalize_bare_jid, normalize_domain, subnet_key};
-use crate::route::pool::Pool;
+use crate::route::key::{normalize_bare_jid, normalize_domain};
+use crate::route::policy::{Decision, RouteKey};
+use crate::runtime::{Runtime, Shared};
 use crate::xmpp::element::{Element, NsContext, XmlError};
 use crate::xmpp::features::{self, NS_SASL, NS_SASL2, NS_TLS};
 use crate::xmpp::header::{HeaderError, STREAM_NS, StreamHeader};
@@ -32,26 +34,12 @@ use crate::xmpp::sasl;
 use crate::xmpp::scanner::{FrameKind, ScanError};
 use crate::xmpp::stream_error::{Condition, proxy_header, render};
 
-/// What every connection shares: the running configuration and its derived state.
-pub struct Shared {
-    /// The checked configuration.
-    pub config: Config,
-    /// Backends and the ring over them.
-    pub pool: Pool,
-    /// Backend features shown to clients before routing.
-    pub features: FeatureCache,
-    /// Every metric.
-    pub metrics: Arc<Metrics>,
-}
-
 /// What a connection needs to know about the listener that accepted it.
 pub struct ListenerCtx {
-    /// Listener name (logs, metric labels).
+    /// Listener name (logs, metric labels, and the key of its TLS acceptor in the runtime).
     pub name: String,
     /// How TLS starts on it.
     pub tls: TlsMode,
-    /// Its TLS configuration (certificates by SNI).
-    pub acceptor: TlsAcceptor,
 }
 
 /// The client side once TLS is up.
@@ -86,6 +74,8 @@ struct Trace {
     source: Option<KeySource>,
     /// Relay counters, if the relay ran.
     relay: Option<RelayStats>,
+    /// Still counted in `Shared::negotiating`.
+    negotiating: bool,
 }
 
 /// Drive one accepted client connection to its end. Never panics on client input; every
@@ -100,8 +90,17 @@ pub async fn handle(
     let m = shared.metrics.clone();
     let open = m.connections_open.with_label_values(&[&listener.name]);
     open.inc();
-    let mut trace = Trace::default();
-    let result = drive(&shared, &listener, tcp, peer, started, &mut trace).await;
+    let mut trace = Trace {
+        negotiating: true,
+        ..Trace::default()
+    };
+    shared.negotiating.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // One snapshot for the whole connection: a reload never changes rules mid-login.
+    let rt = shared.runtime.load_full();
+    let result = drive(&shared, &rt, &listener, tcp, peer, started, &mut trace).await;
+    if trace.negotiating {
+        shared.negotiating.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
     open.dec();
     let (reason, side) = match (&result, &trace.relay) {
         (Ok(()), Some(stats)) => (stats.reason.reason(), stats.reason.side()),
@@ -139,13 +138,15 @@ pub async fn handle(
 
 async fn drive(
     shared: &Shared,
+    rt: &Runtime,
     listener: &ListenerCtx,
     tcp: TcpStream,
     peer: SocketAddr,
     started: Instant,
     trace: &mut Trace,
 ) -> Result<(), Failure> {
-    let limits = &shared.config.limits;
+    let limits = &rt.config.limits;
+    let local = tcp.local_addr().map_err(|_| Failure::Quiet("socket gone"))?;
     let prerouting_deadline = started + limits.prerouting_timeout;
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
@@ -166,10 +167,10 @@ async fn drive(
         Prefixed::new(tcp, Default::default())
     } else {
         let mut plain = Framed::new(tcp, limits.max_header_bytes);
-        match starttls(shared, &mut plain, prerouting_deadline, trace).await {
+        match starttls(rt, &mut plain, prerouting_deadline, trace).await {
             Ok(()) => {}
             Err(failure) => {
-                refuse(shared, &mut plain, trace, &failure).await;
+                refuse(shared, rt, &mut plain, trace, &failure).await;
                 return Err(failure);
             }
         }
@@ -177,7 +178,11 @@ async fn drive(
         Prefixed::new(tcp, read_ahead)
     };
 
-    let accept = listener.acceptor.accept(prefixed);
+    let acceptor = rt
+        .acceptors
+        .get(&listener.name)
+        .ok_or(Failure::Quiet("listener removed by a reload"))?;
+    let accept = acceptor.accept(prefixed);
     let tls = match tokio::time::timeout(limits.tls_handshake_timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -187,9 +192,17 @@ async fn drive(
         Err(_) => return Err(Failure::Quiet("TLS handshake timed out")),
     };
     let mut client = Framed::new(tls, limits.max_header_bytes);
-    match serve(shared, &mut client, peer, started, trace).await {
-        Ok(Some((backend, backend_idx))) => {
-            relay_to_end(shared, client, backend, backend_idx, trace).await;
+    let at = At {
+        shared,
+        rt,
+        peer,
+        local,
+        started,
+    };
+    match serve(&at, &mut client, trace).await {
+        Ok(Some((backend, backend_idx, guard))) => {
+            relay_to_end(&at, client, backend, backend_idx, trace).await;
+            drop(guard);
             Ok(())
         }
         Ok(None) => {
@@ -197,10 +210,24 @@ async fn drive(
             Ok(())
         }
         Err(failure) => {
-            refuse(shared, &mut client, trace, &failure).await;
+            refuse(shared, rt, &mut client, trace, &failure).await;
             Err(failure)
         }
     }
+}
+
+/// Where a connection stands: shared state, its runtime snapshot, its addresses and age.
+struct At<'a> {
+    /// Process-wide state.
+    shared: &'a Shared,
+    /// The configuration snapshot this connection lives by.
+    rt: &'a Runtime,
+    /// The client's address.
+    peer: SocketAddr,
+    /// The proxy's address the client reached (for `<see-other-host/>` back at the proxy).
+    local: SocketAddr,
+    /// When the connection was accepted.
+    started: Instant,
 }
 
 /// `tls = "auto"`: a TLS handshake record starts with 0x16; an XML stream never does.
@@ -215,7 +242,7 @@ async fn sniff_tls(tcp: &TcpStream, deadline: Instant) -> Result<bool, Failure> 
 
 /// The clear-text part of a STARTTLS connection, up to `<proceed/>`.
 async fn starttls(
-    shared: &Shared,
+    rt: &Runtime,
     plain: &mut Framed<TcpStream>,
     deadline: Instant,
     trace: &mut Trace,
@@ -224,7 +251,7 @@ async fn starttls(
         .next_non_ws(deadline)
         .await
         .map_err(client_frame_failure)?;
-    let header = check_header(&shared.config, &header_bytes, trace)?;
+    let header = check_header(&rt.config, &header_bytes, trace)?;
     let domain = trace.domain.clone().unwrap_or_default();
     let greeting = format!(
         "{}{FEATURES_STARTTLS}",
@@ -235,7 +262,7 @@ async fn starttls(
         .await
         .map_err(|_| Failure::Quiet("client write failed"))?;
     plain.header_sent = true;
-    plain.set_max_frame(shared.config.limits.max_prerouting_element_bytes);
+    plain.set_max_frame(rt.config.limits.max_prerouting_element_bytes);
     let (kind, bytes) = plain
         .next_non_ws(deadline)
         .await
@@ -288,57 +315,47 @@ fn check_header(config: &Config, bytes: &[u8], trace: &mut Trace) -> Result<Stre
     Ok(header)
 }
 
-/// A routed connection ready for the relay: the backend and its index in the pool.
-type Routed<S> = Option<(Framed<S>, usize)>;
+/// A routed connection ready for the relay: the backend, its index, and the load guard
+/// that keeps it counted on that backend until the connection ends.
+type Routed<S> = Option<(Framed<S>, usize, ActiveGuard)>;
 
 /// Everything after TLS up to the end of authentication. `Ok(None)` means the backend ended
 /// the stream during negotiation (its words were already relayed).
 async fn serve(
-    shared: &Shared,
+    at: &At<'_>,
     client: &mut Framed<ClientTls>,
-    peer: SocketAddr,
-    started: Instant,
     trace: &mut Trace,
 ) -> Result<Routed<TcpStream>, Failure> {
-    let config = &shared.config;
-    let limits = &config.limits;
-    let prerouting_deadline = started + limits.prerouting_timeout;
+    let (shared, rt) = (at.shared, at.rt);
+    let limits = &rt.config.limits;
+    let prerouting_deadline = at.started + limits.prerouting_timeout;
     let (_, header_bytes) = client
         .next_non_ws(prerouting_deadline)
         .await
         .map_err(client_frame_failure)?;
-    let header = check_header(config, &header_bytes, trace)?;
+    let header = check_header(&rt.config, &header_bytes, trace)?;
     let domain = trace.domain.clone().unwrap_or_default();
     client.set_max_frame(limits.max_prerouting_element_bytes);
 
-    let subnet = || {
-        subnet_key(
-            peer.ip(),
-            config.routing.ipv4_prefix,
-            config.routing.ipv6_prefix,
-        )
-    };
-    let immediate = match config.routing.key {
-        KeyKind::Jid => bare_from(&header, &domain).map(|jid| (jid, KeySource::From)),
-        KeyKind::Domain => Some((domain.clone(), KeySource::Domain)),
-        KeyKind::Subnet => Some((subnet(), KeySource::Subnet)),
-    };
-
+    let from = bare_from(&header, &domain);
+    let immediate = rt.decide(&domain, from.as_deref(), at.peer.ip(), from.is_some());
     let mut n = Negotiation {
-        shared,
+        at,
         header_bytes,
         client_ns: header.ns.clone(),
         backend_ns: NsContext::default(),
         domain: domain.clone(),
         mechanism: String::new(),
         authenticated: false,
-        reroute: config.routing.key == KeyKind::Jid,
-        started,
+        placement: None,
+        guard: None,
+        permit: None,
     };
     let (backend, idx) = match immediate {
-        Some((key, source)) => {
+        Some(decision) => {
             // The node answers the client directly: its header and features are relayed.
-            let (idx, tcp) = n.open_backend(&key, source, trace).await?;
+            let source = source_of(&decision, from.is_some());
+            let (idx, tcp) = n.open_backend(&decision, source, trace).await?;
             let mut backend = Framed::new(tcp, limits.max_negotiation_element_bytes);
             backend
                 .send(&n.header_bytes, SEND_LIMIT)
@@ -347,9 +364,15 @@ async fn serve(
             (backend, idx)
         }
         None => {
+            let members: Vec<(String, SocketAddr)> = rt.domains[&domain]
+                .pool
+                .members()
+                .iter()
+                .map(|&i| (rt.names[i].clone(), rt.config.backends[i].address))
+                .collect();
             let shown = shared
                 .features
-                .get(&shared.pool, &domain, config.probe.timeout, &shared.metrics)
+                .get(&members, &domain, rt.config.probe.timeout, &shared.metrics)
                 .await
                 .ok_or_else(|| {
                     Failure::Refuse(
@@ -366,12 +389,13 @@ async fn serve(
             client.header_sent = true;
             let captured = capture_auth(client, &header.ns, &domain, prerouting_deadline).await?;
             n.mechanism = captured.mechanism.clone();
-            let (key, source) = match captured.identity.as_deref().and_then(normalize_bare_jid) {
-                Some(jid) => (jid, KeySource::Sasl),
-                None => (subnet(), KeySource::Fallback),
-            };
+            let jid = captured.identity.as_deref().and_then(normalize_bare_jid);
+            let decision = rt
+                .decide(&domain, jid.as_deref(), at.peer.ip(), true)
+                .ok_or(Failure::Quiet("domain removed by a reload"))?;
+            let source = source_of(&decision, false);
             let (idx, mut backend) = n
-                .open_and_swallow(&key, source, Some(&shown.mechanisms), trace)
+                .open_and_swallow(&decision, source, Some(&shown.mechanisms), &members, trace)
                 .await?;
             backend
                 .send(&captured.first, SEND_LIMIT)
@@ -381,6 +405,20 @@ async fn serve(
         }
     };
     n.run(client, backend, idx, trace).await
+}
+
+/// The metric label for how a decision was reached.
+fn source_of(decision: &Decision, identity_from_header: bool) -> KeySource {
+    match decision.key {
+        RouteKey::Jid if identity_from_header => KeySource::From,
+        RouteKey::Jid => KeySource::Sasl,
+        RouteKey::Pin => KeySource::Pin,
+        RouteKey::Tenant => KeySource::Tenant,
+        RouteKey::Domain => KeySource::Domain,
+        RouteKey::Random => KeySource::Random,
+        RouteKey::Subnet if decision.skipped.is_empty() => KeySource::Subnet,
+        RouteKey::Subnet => KeySource::Fallback,
+    }
 }
 
 /// The `from` of a post-TLS header as a routing key: a valid bare JID of the requested domain.
@@ -607,7 +645,8 @@ fn registration_username(element: &Element) -> Option<String> {
 
 /// State of the negotiation after routing, until authentication ends.
 struct Negotiation<'a> {
-    shared: &'a Shared,
+    /// The connection's context.
+    at: &'a At<'a>,
     /// The client's post-TLS stream header, replayed byte-exact to every node tried.
     header_bytes: Bytes,
     /// Namespaces declared by the client's header.
@@ -620,45 +659,78 @@ struct Negotiation<'a> {
     mechanism: String,
     /// Legacy SASL succeeded; waiting for the restarted stream's features.
     authenticated: bool,
-    /// A retry as another user may move the client to another node (routing key = JID).
-    reroute: bool,
-    /// When the client connected.
-    started: Instant,
+    /// Where the current backend was chosen by (a retry with another placement moves).
+    placement: Option<crate::route::policy::Placement>,
+    /// Keeps the connection counted on its current backend (bounded load).
+    guard: Option<ActiveGuard>,
+    /// The admission slot held while authenticating (login-storm shaping).
+    permit: Option<Permit>,
 }
 
 impl Negotiation<'_> {
-    /// Connect the node the ring picks for `key` (or the next one that answers).
+    /// Connect the node the policy and the pool pick for `decision`: admission first (a node
+    /// under a login storm makes clients wait, never overloads), then TCP; a node that refuses
+    /// is marked (passive health) and the next candidate tried.
     async fn open_backend(
-        &self,
-        key: &str,
+        &mut self,
+        decision: &Decision,
         source: KeySource,
         trace: &mut Trace,
     ) -> Result<(usize, TcpStream), Failure> {
-        let shared = self.shared;
-        let preference = shared.pool.preference(key);
-        let (idx, tcp) = connect_first(
-            &shared.pool,
-            &preference,
-            shared.config.limits.backend_connect_timeout,
-            &shared.metrics,
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "no backend for a client");
-            Failure::Refuse(
-                Condition::RemoteConnectionFailed,
-                "no server node is reachable".into(),
-            )
-        })?;
-        let name = &shared.pool.backend(idx).name;
-        shared
-            .metrics
-            .routed_total
-            .with_label_values(&[name, source.as_str()])
-            .inc();
-        trace.backend = Some(name.clone());
-        trace.source = Some(source);
-        Ok((idx, tcp))
+        let (shared, rt) = (self.at.shared, self.at.rt);
+        let health = &rt.config.health;
+        let mut tried = Vec::new();
+        // Release what the previous backend held before asking for more.
+        self.guard = None;
+        self.permit = None;
+        while let Some((idx, guard)) = rt.pick(&self.domain, decision, &tried) {
+            tried.push(idx);
+            let state = &rt.states[idx];
+            let permit = match state.admission.admit().await {
+                Ok(p) => p,
+                Err(refused) => {
+                    shared
+                        .metrics
+                        .admission_refused_total
+                        .with_label_values(&[&rt.names[idx]])
+                        .inc();
+                    tracing::warn!(backend = %rt.names[idx], reason = %refused, "login refused by admission control");
+                    return Err(match &rt.config.admission.overflow_redirect {
+                        Some(other) => Failure::Refuse(Condition::SeeOtherHost(other.clone()), "this node is busy; try the other proxy".into()),
+                        None => Failure::Refuse(Condition::ResourceConstraint, "too many logins at once; try again shortly".into()),
+                    });
+                }
+            };
+            match connect(&rt.config.backends[idx], rt.config.limits.backend_connect_timeout, &shared.metrics).await {
+                Ok(tcp) => {
+                    if let Some(t) = state.record(true, health.rise, health.fall) {
+                        shared.note_transition(&rt.names[idx], t);
+                    }
+                    let name = &rt.names[idx];
+                    shared
+                        .metrics
+                        .routed_total
+                        .with_label_values(&[name, source.as_str()])
+                        .inc();
+                    trace.backend = Some(name.clone());
+                    trace.source = Some(source);
+                    self.guard = Some(guard);
+                    self.permit = Some(permit);
+                    self.placement = Some(decision.placement.clone());
+                    return Ok((idx, tcp));
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %rt.names[idx], error = %e, "backend connect failed; trying the next node");
+                    if let Some(t) = state.record(false, health.rise, health.fall) {
+                        shared.note_transition(&rt.names[idx], t);
+                    }
+                }
+            }
+        }
+        Err(Failure::Refuse(
+            Condition::RemoteConnectionFailed,
+            "no server node is reachable".into(),
+        ))
     }
 
     /// Connect a node, replay the client's header, and swallow the node's header and features
@@ -666,21 +738,23 @@ impl Negotiation<'_> {
     /// was shown is counted and the cache refreshed; the login goes on regardless.
     async fn open_and_swallow(
         &mut self,
-        key: &str,
+        decision: &Decision,
         source: KeySource,
         shown: Option<&[String]>,
+        members: &[(String, SocketAddr)],
         trace: &mut Trace,
     ) -> Result<(usize, Framed<TcpStream>), Failure> {
-        let (idx, tcp) = self.open_backend(key, source, trace).await?;
-        let limits = &self.shared.config.limits;
+        let (idx, tcp) = self.open_backend(decision, source, trace).await?;
+        let (shared, rt) = (self.at.shared, self.at.rt);
+        let limits = &rt.config.limits;
         let mut backend = Framed::new(tcp, limits.max_negotiation_element_bytes);
         backend
             .send(&self.header_bytes, SEND_LIMIT)
             .await
             .map_err(|_| backend_lost())?;
-        let deadline = self.started + limits.negotiation_timeout;
+        let deadline = self.at.started + limits.negotiation_timeout;
         let (header, features) = read_preamble(&mut backend, deadline).await.map_err(|e| {
-            tracing::warn!(backend = %self.shared.pool.backend(idx).name, error = %e, "backend preamble unusable");
+            tracing::warn!(backend = %rt.names[idx], error = %e, "backend preamble unusable");
             backend_lost()
         })?;
         self.backend_ns = header.ns;
@@ -689,21 +763,12 @@ impl Negotiation<'_> {
         if let Some(shown) = shown
             && !same_set(shown, &features.mechanisms)
         {
-            let name = &self.shared.pool.backend(idx).name;
-            self.shared
-                .metrics
-                .feature_mismatch_total
-                .with_label_values(&[name])
-                .inc();
+            let name = &rt.names[idx];
+            shared.metrics.feature_mismatch_total.with_label_values(&[name]).inc();
             tracing::warn!(backend = %name, shown = ?shown, offered = ?features.mechanisms, "backend offers other SASL mechanisms than the client was shown; refreshing");
-            self.shared
+            shared
                 .features
-                .refresh(
-                    &self.shared.pool,
-                    &self.domain,
-                    self.shared.config.probe.timeout,
-                    &self.shared.metrics,
-                )
+                .refresh(members, &self.domain, rt.config.probe.timeout, &shared.metrics)
                 .await;
         }
         Ok((idx, backend))
@@ -718,8 +783,9 @@ impl Negotiation<'_> {
         mut idx: usize,
         trace: &mut Trace,
     ) -> Result<Routed<TcpStream>, Failure> {
-        let deadline = self.started + self.shared.config.limits.negotiation_timeout;
-        client.set_max_frame(self.shared.config.limits.max_negotiation_element_bytes);
+        let limits = &self.at.rt.config.limits;
+        let deadline = self.at.started + limits.negotiation_timeout;
+        client.set_max_frame(limits.max_negotiation_element_bytes);
         loop {
             while let Some((kind, bytes)) =
                 backend.buffered_frame().map_err(backend_frame_failure)?
@@ -728,11 +794,15 @@ impl Negotiation<'_> {
                     .on_backend_frame(client, &mut backend, kind, bytes)
                     .await?
                 {
-                    self.shared
+                    self.at
+                        .shared
                         .metrics
                         .negotiation_seconds
-                        .observe(self.started.elapsed().as_secs_f64());
-                    return Ok(Some((backend, idx)));
+                        .observe(self.at.started.elapsed().as_secs_f64());
+                    // Authentication is over: the admission slot goes to the next login.
+                    self.permit = None;
+                    let guard = self.guard.take().expect("a routed negotiation holds a guard");
+                    return Ok(Some((backend, idx, guard)));
                 }
             }
             while let Some((kind, bytes)) = client.buffered_frame().map_err(client_frame_failure)? {
@@ -780,7 +850,7 @@ impl Negotiation<'_> {
             FrameKind::Element => {
                 let element =
                     Element::parse(&bytes, &self.backend_ns).map_err(|_| backend_lost())?;
-                let metrics = &self.shared.metrics;
+                let metrics = &self.at.shared.metrics;
                 let mech = Metrics::mechanism_label(&self.mechanism);
                 if element.is("features", STREAM_NS) {
                     out = features::filter(&bytes, &self.backend_ns)
@@ -856,17 +926,30 @@ impl Negotiation<'_> {
                             .flatten()
                     })
                     .and_then(|j| normalize_bare_jid(&j));
-                if let Some(key) = key.filter(|_| self.reroute)
-                    && self.shared.pool.preference(&key).first() != Some(&idx)
+                let rt = self.at.rt;
+                let decision = key
+                    .as_deref()
+                    .and_then(|jid| rt.decide(&self.domain, Some(jid), self.at.peer.ip(), true));
+                // Only a different placement moves the client: the same user (or a key that
+                // does not depend on the user) stays where it is, whatever the load is now.
+                if let Some(decision) = decision
+                    && self.placement.as_ref() != Some(&decision.placement)
                 {
+                    let members: Vec<(String, SocketAddr)> = rt.domains[&self.domain]
+                        .pool
+                        .members()
+                        .iter()
+                        .map(|&i| (rt.names[i].clone(), rt.config.backends[i].address))
+                        .collect();
+                    let source = source_of(&decision, false);
                     let (new_idx, mut new_backend) = self
-                        .open_and_swallow(&key, KeySource::Sasl, None, trace)
+                        .open_and_swallow(&decision, source, None, &members, trace)
                         .await?;
                     new_backend
                         .send(&bytes, SEND_LIMIT)
                         .await
                         .map_err(|_| backend_lost())?;
-                    tracing::debug!(backend = %self.shared.pool.backend(new_idx).name, "SASL retry re-routed");
+                    tracing::debug!(from = %rt.names[idx], to = %rt.names[new_idx], "SASL retry re-routed");
                     return Ok(Some((new_idx, new_backend)));
                 }
             }
@@ -879,15 +962,21 @@ impl Negotiation<'_> {
     }
 }
 
-/// After negotiation: flush what each side sent ahead, then relay bytes until the end.
+/// How long an interrupted relay (drain, shutdown) waits for an element boundary before it
+/// closes without a word rather than cut a stanza in half.
+const BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After negotiation: relay bytes until the end (bytes read ahead during negotiation first).
+/// The relay is registered on its backend so that draining or shutdown can ask it to leave.
 async fn relay_to_end(
-    shared: &Shared,
+    at: &At<'_>,
     client: Framed<ClientTls>,
     backend: Framed<TcpStream>,
     idx: usize,
     trace: &mut Trace,
 ) {
-    let name = shared.pool.backend(idx).name.clone();
+    let (shared, rt) = (at.shared, at.rt);
+    let name = rt.names[idx].clone();
     let m = &shared.metrics;
     let open = m.backend_connections_open.with_label_values(&[&name]);
     let up = m
@@ -898,38 +987,55 @@ async fn relay_to_end(
         .with_label_values(&[&name, "backend_to_client"]);
     let (mut client_io, client_ahead) = client.into_parts();
     let (mut backend_io, backend_ahead) = backend.into_parts();
-    open.inc();
-    // Bytes read past the last parsed frame belong to the stream: deliver them first, in order.
-    let flushed = async {
-        backend_io.write_all(&client_ahead).await?;
-        client_io.write_all(&backend_ahead).await?;
-        client_io.flush().await
-    };
-    let stats = match tokio::time::timeout(SEND_LIMIT, flushed).await {
-        Ok(Ok(())) => {
-            let (client_ahead_len, backend_ahead_len) =
-                (client_ahead.len() as u64, backend_ahead.len() as u64);
-            up.inc_by(client_ahead_len);
-            down.inc_by(backend_ahead_len);
-            drop((client_ahead, backend_ahead));
-            let mut stats = relay::relay(
-                &mut client_io,
-                &mut backend_io,
-                shared.config.limits.half_close_timeout,
-                |n| up.inc_by(n),
-                |n| down.inc_by(n),
-            )
-            .await;
-            stats.client_to_backend += client_ahead_len;
-            stats.backend_to_client += backend_ahead_len;
-            stats
+    let (_registration, commands) = rt.states[idx].register_relay();
+    shared.negotiating.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    trace.negotiating = false;
+    let redirect_to = rt.config.drain.redirect_to.clone().unwrap_or_else(|| {
+        let domain = trace.domain.clone().unwrap_or_default();
+        format!("{domain}:{}", at.local.port())
+    });
+    let everyone_out = shared.interrupt_all.clone();
+    let interrupt = async move {
+        let command = tokio::select! {
+            c = commands => match c {
+                Ok(c) => c,
+                // Unregistered without a command: nothing will ever interrupt this relay.
+                Err(_) => std::future::pending().await,
+            },
+            _ = everyone_out.cancelled() => Command::Shutdown,
+        };
+        match command {
+            Command::Drain => Interrupt {
+                to_client: render(
+                    &Condition::SeeOtherHost(redirect_to),
+                    Some("this server node is being drained; please reconnect"),
+                )
+                .into(),
+                // The session ends on the node: the client starts afresh on another one.
+                to_backend: Some(Bytes::from_static(b"</stream:stream>")),
+                reason: "drain",
+            },
+            Command::Shutdown => Interrupt {
+                to_client: render(&Condition::SystemShutdown, Some("the proxy is restarting")).into(),
+                // No stream close: an XEP-0198 session stays resumable through another proxy.
+                to_backend: None,
+                reason: "shutdown",
+            },
         }
-        _ => RelayStats {
-            client_to_backend: 0,
-            backend_to_client: 0,
-            reason: relay::CloseReason::Error(relay::Side::Client),
-        },
     };
+    open.inc();
+    let stats = relay::relay(
+        &mut client_io,
+        &mut backend_io,
+        &client_ahead,
+        &backend_ahead,
+        rt.config.limits.half_close_timeout,
+        BOUNDARY_TIMEOUT,
+        |n| up.inc_by(n),
+        |n| down.inc_by(n),
+        interrupt,
+    )
+    .await;
     open.dec();
     trace.relay = Some(stats);
 }
@@ -937,6 +1043,7 @@ async fn relay_to_end(
 /// Send a stream error (preceded by a header if the client has none yet) and close.
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
+    rt: &Runtime,
     client: &mut Framed<S>,
     trace: &Trace,
     failure: &Failure,
@@ -946,7 +1053,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
         let domain = trace
             .domain
             .clone()
-            .unwrap_or_else(|| shared.config.routing.domains[0].clone());
+            .unwrap_or_else(|| rt.config.routing.domains.first().cloned().unwrap_or_default());
         out.extend_from_slice(proxy_header(&domain, &new_stream_id()).as_bytes());
     }
     match failure {

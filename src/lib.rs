@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod prefixed;
 pub mod relay;
 pub mod route;
+pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod xmpp;

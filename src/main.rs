@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use xmpp_lb::route::pool::Pool;
+use xmpp_lb::runtime::{Runtime, StateRegistry};
 use xmpp_lb::{CancellationToken, Config};
 
 /// A protocol-aware XMPP load balancer: terminates TLS, learns who connects, and hashes each
@@ -38,6 +38,29 @@ enum Command {
         #[arg(long)]
         ip: Option<IpAddr>,
     },
+    /// Drain a backend of a running proxy: no new logins; connected clients are moved
+    /// (drain.mode = "redirect") or left until they leave ("wait").
+    Drain {
+        /// The running proxy's admin address (its [metrics] bind), e.g. 127.0.0.1:9464.
+        #[arg(long)]
+        admin: String,
+        /// The backend name.
+        backend: String,
+    },
+    /// Undo `drain`: the backend takes new logins again.
+    Undrain {
+        /// The running proxy's admin address.
+        #[arg(long)]
+        admin: String,
+        /// The backend name.
+        backend: String,
+    },
+    /// Ask a running proxy to reload its configuration file (as SIGHUP does).
+    Reload {
+        /// The running proxy's admin address.
+        #[arg(long)]
+        admin: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +75,12 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Some(Command::Drain { admin, backend }) => return admin_post(admin, &format!("/backends/{backend}/drain")),
+        Some(Command::Undrain { admin, backend }) => return admin_post(admin, &format!("/backends/{backend}/undrain")),
+        Some(Command::Reload { admin }) => return admin_post(admin, "/reload"),
+        _ => {}
+    }
     let path = cli
         .config
         .clone()
@@ -74,11 +103,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Route { jid, ip } => {
-            let pool = Pool::new(&config.backends);
-            let idx = pool.lookup(&config, &jid, ip)?;
-            println!("{}", pool.backend(idx).name);
+            // Pins and policies are loaded as the proxy loads them; no certificate is needed.
+            let runtime = Runtime::build(config, &StateRegistry::default())?;
+            let explained = runtime.explain(&jid, ip).map_err(anyhow::Error::msg)?;
+            print!("{explained}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Drain { .. } | Command::Undrain { .. } | Command::Reload { .. } => unreachable!("handled above"),
         Command::Run => {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
@@ -87,6 +118,29 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// POST to a running proxy's admin endpoint and print its answer.
+fn admin_post(admin: &str, path: &str) -> anyhow::Result<ExitCode> {
+    let url = format!("http://{admin}{path}");
+    let token = std::env::var("XMPP_LB_ADMIN_TOKEN").ok();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = agent.post(&url);
+    if let Some(t) = &token {
+        request = request.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut response = request.send_empty().with_context(|| url.clone())?;
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    if response.status().is_success() {
+        println!("{}", body.trim());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!("{url}: HTTP {}: {}", response.status(), body.trim())
     }
 }
 

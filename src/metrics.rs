@@ -38,6 +38,18 @@ pub struct Metrics {
     pub probes_total: IntCounterVec,
     /// Logins whose backend offered other SASL mechanisms than the ones the client was shown.
     pub feature_mismatch_total: IntCounterVec,
+    /// 1 while a backend passes its health checks, else 0.
+    pub backend_healthy: IntGaugeVec,
+    /// 1 while a backend is draining, else 0.
+    pub backend_draining: IntGaugeVec,
+    /// Health transitions, by backend and new state.
+    pub health_transitions_total: IntCounterVec,
+    /// Logins refused by admission control (queue full or waited too long), by backend.
+    pub admission_refused_total: IntCounterVec,
+    /// Configuration reloads, by result.
+    pub config_reloads_total: IntCounterVec,
+    /// Clients asked to move off a draining node, by backend.
+    pub drain_redirects_total: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -148,6 +160,42 @@ impl Metrics {
                 &registry,
                 "xmpp_lb_feature_mismatch_total",
                 "Logins whose backend offered other SASL mechanisms than the client was shown.",
+                &["backend"],
+            ),
+            backend_healthy: gauge(
+                &registry,
+                "xmpp_lb_backend_healthy",
+                "1 while the backend passes its health checks, else 0.",
+                &["backend"],
+            ),
+            backend_draining: gauge(
+                &registry,
+                "xmpp_lb_backend_draining",
+                "1 while the backend is draining, else 0.",
+                &["backend"],
+            ),
+            health_transitions_total: counter(
+                &registry,
+                "xmpp_lb_backend_health_transitions_total",
+                "Backends going up or down, by the state they went to.",
+                &["backend", "state"],
+            ),
+            admission_refused_total: counter(
+                &registry,
+                "xmpp_lb_admission_refused_total",
+                "Logins refused by admission control (queue full or waited too long).",
+                &["backend"],
+            ),
+            config_reloads_total: counter(
+                &registry,
+                "xmpp_lb_config_reloads_total",
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
+            drain_redirects_total: counter(
+                &registry,
+                "xmpp_lb_drain_redirects_total",
+                "Connected clients asked to move off a draining backend.",
                 &["backend"],
             ),
             registry,

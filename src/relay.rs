@@ -212,7 +212,7 @@ impl Direction {
 ///
 /// `on_up` / `on_down` are told of every chunk of bytes delivered client→backend and
 /// backend→client, so metrics move while a long-lived connection is still open.
-pub async fn relay<C, B>(
+pub async fn relay_basic<C, B>(
     client: &mut C,
     backend: &mut B,
     half_close_timeout: Duration,
@@ -297,6 +297,43 @@ where
     }
 }
 
+/// Placeholder of the interruptible relay (replaced by the real implementation).
+pub struct Interrupt {
+    pub to_client: bytes::Bytes,
+    pub to_backend: Option<bytes::Bytes>,
+    pub reason: &'static str,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn relay<C, B, I>(
+    client: &mut C,
+    backend: &mut B,
+    client_ahead: &[u8],
+    backend_ahead: &[u8],
+    half_close_timeout: Duration,
+    _boundary_timeout: Duration,
+    on_up: impl FnMut(u64),
+    on_down: impl FnMut(u64),
+    interrupt: I,
+) -> RelayStats
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    I: Future<Output = Interrupt>,
+{
+    use tokio::io::AsyncWriteExt;
+    let _ = backend.write_all(client_ahead).await;
+    let _ = client.write_all(backend_ahead).await;
+    tokio::select! {
+        s = relay_basic(client, backend, half_close_timeout, on_up, on_down) => s,
+        i = interrupt => {
+            let _ = client.write_all(&i.to_client).await;
+            let _ = client.shutdown().await;
+            RelayStats { client_to_backend: 0, backend_to_client: 0, reason: CloseReason::Closed(Side::Client) }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,7 +344,7 @@ mod tests {
         let (mut client_app, mut client_proxy) = duplex(64);
         let (mut backend_proxy, mut backend_app) = duplex(64);
         let relay_task = tokio::spawn(async move {
-            relay(
+            relay_basic(
                 &mut client_proxy,
                 &mut backend_proxy,
                 Duration::from_secs(5),
@@ -350,7 +387,7 @@ mod tests {
         let (mut client_app, mut client_proxy) = duplex(64);
         let (mut backend_proxy, _backend_app) = duplex(64);
         client_app.shutdown().await.unwrap();
-        let stats = relay(
+        let stats = relay_basic(
             &mut client_proxy,
             &mut backend_proxy,
             Duration::from_millis(50),

@@ -14,11 +14,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::probe::FeatureCache;
 use crate::config::Config;
-use crate::connection::{ListenerCtx, Shared, handle};
+use crate::connection::{ListenerCtx, handle};
 use crate::metrics::Metrics;
-use crate::route::pool::Pool;
+use crate::runtime::Shared;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +28,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// A listener's certificates could not be loaded.
-    #[error("listener {listener}: {source}")]
-    Tls {
-        listener: String,
-        source: crate::tls::TlsError,
-    },
+    /// The configuration could not be put into service (certificates, pins, policies).
+    #[error(transparent)]
+    Build(#[from] crate::runtime::BuildError),
 }
 
 /// A proxy whose sockets are bound but which does not accept yet; tests read the bound
@@ -54,20 +50,12 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            let acceptor = crate::tls::acceptor(&l.certs).map_err(|source| StartError::Tls {
-                listener: l.name.clone(),
-                source,
-            })?;
             let ctx = Arc::new(ListenerCtx {
                 name: l.name.clone(),
                 tls: l.tls,
-                acceptor,
             });
             for addr in &l.bind {
-                let socket = bind(*addr).map_err(|source| StartError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
+                let socket = bind(*addr).map_err(|source| StartError::Bind { addr: *addr, source })?;
                 listeners.push((socket, ctx.clone()));
             }
         }
@@ -79,17 +67,17 @@ impl Server {
             ),
             None => None,
         };
-        let shared = Arc::new(Shared {
-            pool: Pool::new(&config.backends),
-            features: FeatureCache::new(),
-            metrics,
-            config,
-        });
+        let shared = Arc::new(Shared::new(config, metrics)?);
         Ok(Server {
             shared,
             listeners,
             admin,
         })
+    }
+
+    /// The process-wide state (tests reload, drain and inspect through it).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// The bound client addresses, per listener name, in config order.
@@ -118,7 +106,13 @@ impl Server {
             tasks.spawn(crate::admin::serve(admin, shared.clone(), shutdown.clone()));
         }
         tasks.spawn(refresh_features(shared.clone(), shutdown.clone()));
-        let permits = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+        tasks.spawn(shared.clone().health_loop(shutdown.clone()));
+        tasks.spawn(reload_on_sighup(shared.clone(), shutdown.clone()));
+        let (max_connections, grace) = {
+            let rt = shared.runtime.load();
+            (rt.config.limits.max_connections, rt.config.limits.shutdown_grace)
+        };
+        let permits = Arc::new(Semaphore::new(max_connections));
         let connections = tokio_util::task::TaskTracker::new();
         for (listener, ctx) in listeners {
             let shared = shared.clone();
@@ -161,12 +155,22 @@ impl Server {
         }
         shutdown.cancelled().await;
         connections.close();
-        let grace = shared.config.limits.shutdown_grace;
-        if tokio::time::timeout(grace, connections.wait())
+        // Stop accepting (the accept loops saw the signal); let logins in progress finish for
+        // up to half the grace; then ask every relayed client to leave (`<system-shutdown/>`,
+        // its XEP-0198 session left resumable on the node) and wait out the rest.
+        let started = tokio::time::Instant::now();
+        let deadline = started + grace;
+        while shared.negotiating.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && started.elapsed() < grace / 2
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shared.interrupt_all.cancel();
+        if tokio::time::timeout_at(deadline, connections.wait())
             .await
             .is_err()
         {
-            tracing::info!(
+            tracing::warn!(
                 open = connections.len(),
                 "shutdown grace over; the remaining connections are dropped"
             );
@@ -194,20 +198,46 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// noticed without waiting for a mismatched login.
 async fn refresh_features(shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
-        for domain in &shared.config.routing.domains {
+        let rt = shared.runtime.load_full();
+        for (domain, route) in &rt.domains {
+            let members: Vec<(String, SocketAddr)> = route
+                .pool
+                .members()
+                .iter()
+                .map(|&i| (rt.names[i].clone(), rt.config.backends[i].address))
+                .collect();
             shared
                 .features
-                .refresh(
-                    &shared.pool,
-                    domain,
-                    shared.config.probe.timeout,
-                    &shared.metrics,
-                )
+                .refresh(&members, domain, rt.config.probe.timeout, &shared.metrics)
                 .await;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(shared.config.probe.interval) => {}
+            _ = tokio::time::sleep(rt.config.probe.interval) => {}
+        }
+    }
+}
+
+/// SIGHUP re-reads the configuration file (a bad file is logged and counted, never applied).
+async fn reload_on_sighup(shared: Arc<Shared>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload via the admin endpoint only");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _outcome = shared.reload().await;
+            }
         }
     }
 }

@@ -16,7 +16,6 @@ use tokio::time::Instant;
 
 use crate::framed::{FrameError, Framed};
 use crate::metrics::Metrics;
-use crate::route::pool::Pool;
 use crate::xmpp::element::XmlError;
 use crate::xmpp::features::{self, FilteredFeatures};
 use crate::xmpp::header::{HeaderError, StreamHeader};
@@ -133,7 +132,7 @@ impl FeatureCache {
     /// The cached features of `domain`, probing the backends (config order) if none are known.
     pub async fn get(
         &self,
-        pool: &Pool,
+        backends: &[(String, std::net::SocketAddr)],
         domain: &str,
         timeout: Duration,
         metrics: &Metrics,
@@ -141,23 +140,23 @@ impl FeatureCache {
         if let Some(f) = self.by_domain.read().expect("cache lock").get(domain) {
             return Some(f.clone());
         }
-        self.refresh(pool, domain, timeout, metrics).await
+        self.refresh(backends, domain, timeout, metrics).await
     }
 
     /// Probe the backends of `domain` in config order until one answers; cache and return it.
     pub async fn refresh(
         &self,
-        pool: &Pool,
+        backends: &[(String, std::net::SocketAddr)],
         domain: &str,
         timeout: Duration,
         metrics: &Metrics,
     ) -> Option<Arc<FilteredFeatures>> {
-        for backend in pool.backends() {
-            match probe(backend.address, domain, timeout).await {
+        for (name, address) in backends {
+            match probe(*address, domain, timeout).await {
                 Ok(features) => {
                     metrics
                         .probes_total
-                        .with_label_values(&[&backend.name, "ok"])
+                        .with_label_values(&[name, "ok"])
                         .inc();
                     let features = Arc::new(features);
                     let previous = self
@@ -166,16 +165,16 @@ impl FeatureCache {
                         .expect("cache lock")
                         .insert(domain.to_string(), features.clone());
                     if previous.is_some_and(|p| p.mechanisms != features.mechanisms) {
-                        tracing::info!(domain, backend = %backend.name, mechanisms = ?features.mechanisms, "backend SASL mechanisms changed");
+                        tracing::info!(domain, backend = %name, mechanisms = ?features.mechanisms, "backend SASL mechanisms changed");
                     }
                     return Some(features);
                 }
                 Err(e) => {
                     metrics
                         .probes_total
-                        .with_label_values(&[&backend.name, "failed"])
+                        .with_label_values(&[name, "failed"])
                         .inc();
-                    tracing::warn!(domain, backend = %backend.name, error = %e, "feature probe failed");
+                    tracing::warn!(domain, backend = %name, error = %e, "feature probe failed");
                 }
             }
         }

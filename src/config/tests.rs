@@ -245,7 +245,7 @@ fn example_toml_validates_and_shows_every_mode() {
         }
     }
 
-    assert_eq!(c.routing.key, KeyKind::Jid);
+    assert_eq!(c.routing.keys, vec![RouteKey::Jid]);
     assert!(c.routing.domains.contains(&"example.test".to_string()));
     assert!(c.backends.iter().any(|b| b.weight > 1), "weights are shown");
     assert!(c.backends.iter().any(|b| b.address.is_ipv6()));
@@ -627,7 +627,7 @@ fn prefix_bounds() {
 fn bad_routing_key_value() {
     assert_error(
         &edit(r#"key = "jid""#, r#"key = "ip""#),
-        "bad.toml:9:7: routing.key: unknown variant `ip`, expected one of `jid`, `domain`, `subnet`",
+        "bad.toml:9:7: routing.key: unknown variant `ip`, expected one of `pin`, `jid`, `domain`, `tenant`, `subnet`, `random`",
     );
 }
 
@@ -645,7 +645,7 @@ fn missing_routing_table() {
 fn missing_routing_key() {
     assert_error(
         &edit(r#"key = "jid""#, ""),
-        "bad.toml:8:1: routing.key: missing field `key`",
+        "bad.toml:8:1: routing.key: set `key` (or `keys`)",
     );
 }
 
@@ -888,7 +888,7 @@ timeout = "500ms"
     assert_eq!(l.certs.len(), 2);
     assert_eq!(l.certs[1].cert, fx.root().join("tls/extra.pem"));
     assert_eq!(l.certs[1].key, fx.root().join("tls/extra.key"));
-    assert_eq!(c.routing.key, KeyKind::Domain);
+    assert_eq!(c.routing.keys, vec![RouteKey::Domain]);
     assert_eq!((c.routing.ipv4_prefix, c.routing.ipv6_prefix), (16, 48));
     assert_eq!(c.backends[0].name, "node1");
     assert_eq!(c.backends[0].address, "127.0.0.1:5301".parse().unwrap());
@@ -922,12 +922,14 @@ fn every_tls_mode_and_key_kind_parses() {
         assert_eq!(c.listeners[0].tls, mode);
     }
     for (text, kind) in [
-        ("jid", KeyKind::Jid),
-        ("domain", KeyKind::Domain),
-        ("subnet", KeyKind::Subnet),
+        ("jid", RouteKey::Jid),
+        ("domain", RouteKey::Domain),
+        ("subnet", RouteKey::Subnet),
+        ("random", RouteKey::Random),
     ] {
         let c = Fixture::new().ok(&edit(r#"key = "jid""#, &format!("key = {text:?}")));
-        assert_eq!(c.routing.key, kind);
+        assert_eq!(c.routing.keys, vec![kind]);
+        assert_eq!(c.domains[0].keys, vec![kind]);
     }
 }
 

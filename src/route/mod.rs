@@ -1,6 +1,7 @@
 //! Choosing a backend: keys (`key`), the ring (`ring`, pure), and the pool that walks it (`pool`).
 
 pub mod key;
+pub mod policy;
 pub mod pool;
 pub mod ring;
 
@@ -15,7 +16,13 @@ pub enum KeySource {
     Domain,
     /// The client's subnet (routing key = subnet).
     Subnet,
-    /// No username could be learned (ANONYMOUS, registration, …): the client's subnet.
+    /// A static pin.
+    Pin,
+    /// A tenant group of the localpart.
+    Tenant,
+    /// A random node (ANONYMOUS, registration).
+    Random,
+    /// No configured key applied (ANONYMOUS, registration, …): the client's subnet.
     Fallback,
 }
 
@@ -27,6 +34,9 @@ impl KeySource {
             KeySource::Sasl => "sasl",
             KeySource::Domain => "domain",
             KeySource::Subnet => "subnet",
+            KeySource::Pin => "pin",
+            KeySource::Tenant => "tenant",
+            KeySource::Random => "random",
             KeySource::Fallback => "fallback",
         }
     }

@@ -1,79 +1,196 @@
-//! The backends of a deployment and the ring over them.
+//! The backends of one domain and the health- and load-aware walk over its ring.
+//!
+//! Selection follows pingora's shape: an immutable pool (rebuilt on reload) whose `pick`
+//! walks the ring from the key's position and takes the first node that accepts logins
+//! (healthy, not draining) and, with a balance factor, is under its load bound — consistent
+//! hashing with bounded loads, as HAProxy's `hash-balance-factor`. Only when no node qualifies
+//! are the others tried, in ring order: trying a node that may be down beats refusing a login.
 
-use crate::config::{BackendConfig, Config, KeyKind};
-use crate::route::key::{normalize_bare_jid, normalize_domain, subnet_key};
+use std::sync::{Arc, Mutex};
+
+use rand::seq::SliceRandom;
+
+use crate::backend::state::{ActiveGuard, BackendState};
+use crate::route::policy::Placement;
 use crate::route::ring::Ring;
-use std::net::IpAddr;
 
-/// Backends plus the consistent-hash ring that places keys on them. Immutable: a new
-/// configuration builds a new pool.
-pub struct Pool {
-    /// The backends in config order; ring indices point here.
-    backends: Vec<BackendConfig>,
-    /// Placement of keys on backends.
+/// One domain's backends.
+pub struct DomainPool {
+    /// Indices (into the runtime's backend list) of this domain's backends.
+    members: Vec<usize>,
+    /// Weight of each member (same order).
+    weights: Vec<u32>,
+    /// The ring over the members; ring index `i` is `members[i]`.
     ring: Ring,
+    /// Bounded-load factor, if enabled.
+    balance_factor: Option<f64>,
+    /// Serializes pick-and-count so concurrent logins cannot all slip under one bound.
+    pick_lock: Mutex<()>,
 }
 
-/// Why `xmpp-lb route` cannot answer.
-#[derive(Debug, thiserror::Error)]
-pub enum LookupError {
-    /// The JID is not a valid bare JID.
-    #[error("{0:?} is not a valid JID")]
-    BadJid(String),
-    /// Subnet routing needs a client address.
-    #[error("routing key is \"subnet\": give the client address with --ip")]
-    NeedIp,
-}
-
-impl Pool {
-    /// Build the pool of a configuration.
-    pub fn new(backends: &[BackendConfig]) -> Pool {
-        let spec: Vec<(String, u32)> = backends
-            .iter()
-            .map(|b| (b.name.clone(), b.weight))
-            .collect();
-        Pool {
-            backends: backends.to_vec(),
+impl DomainPool {
+    /// A pool over `members` (indices into `names`/`weights` of the whole backend list).
+    pub fn new(members: Vec<usize>, names: &[String], weights: &[u32], balance_factor: Option<f64>) -> DomainPool {
+        let spec: Vec<(String, u32)> = members.iter().map(|&i| (names[i].clone(), weights[i])).collect();
+        DomainPool {
+            weights: members.iter().map(|&i| weights[i]).collect(),
             ring: Ring::new(&spec),
+            members,
+            balance_factor,
+            pick_lock: Mutex::new(()),
         }
     }
 
-    /// Backend `i`.
-    pub fn backend(&self, i: usize) -> &BackendConfig {
-        &self.backends[i]
+    /// The member indices.
+    pub fn members(&self) -> &[usize] {
+        &self.members
     }
 
-    /// Every backend.
-    pub fn backends(&self) -> &[BackendConfig] {
-        &self.backends
+    /// The bounded-load factor.
+    pub fn balance_factor(&self) -> Option<f64> {
+        self.balance_factor
     }
 
-    /// Backends to try for `key`, home node first, then the next distinct nodes of the ring.
-    pub fn preference(&self, key: &str) -> Vec<usize> {
-        self.ring.preference(key)
+    /// The pure ring order for `key` (backend indices), ignoring health and load: where a key
+    /// lives when everything is up.
+    pub fn ring_order(&self, key: &str) -> Vec<usize> {
+        self.ring.preference(key).into_iter().map(|i| self.members[i]).collect()
     }
 
-    /// The backend a user would land on, as the proxy computes it (for `xmpp-lb route`).
-    pub fn lookup(
-        &self,
-        config: &Config,
-        jid: &str,
-        ip: Option<IpAddr>,
-    ) -> Result<usize, LookupError> {
-        let key = match config.routing.key {
-            KeyKind::Jid => {
-                normalize_bare_jid(jid).ok_or_else(|| LookupError::BadJid(jid.into()))?
+    /// Every candidate in the order they would be tried now: nodes accepting logins first
+    /// (under the load bound first of all), then the rest as a last resort.
+    pub fn order(&self, placement: &Placement, states: &[Arc<BackendState>], names: &[String]) -> Vec<usize> {
+        let base: Vec<usize> = match placement {
+            Placement::Pinned(name) => {
+                // Pins are strict: a pinned device never moves, even when its node is down.
+                return names.iter().position(|n| n == name).into_iter().collect();
             }
-            KeyKind::Domain => {
-                let domain = jid.rsplit_once('@').map_or(jid, |(_, d)| d);
-                let domain = domain.split('/').next().unwrap_or(domain);
-                normalize_domain(domain).ok_or_else(|| LookupError::BadJid(jid.into()))?
-            }
-            KeyKind::Subnet => {
-                let ip = ip.ok_or(LookupError::NeedIp)?;
-                subnet_key(ip, config.routing.ipv4_prefix, config.routing.ipv6_prefix)
+            Placement::Ring(key) => self.ring_order(key),
+            Placement::Random => {
+                let mut all = self.members.clone();
+                all.shuffle(&mut rand::rng());
+                all
             }
         };
-        Ok(self.preference(&key)[0])
+        let (mut accepting, rest): (Vec<usize>, Vec<usize>) =
+            base.into_iter().partition(|&i| states[i].accepts_logins());
+        if let Some(factor) = self.balance_factor
+            && let Some(pos) = self.first_under_bound(&accepting, states, factor)
+        {
+            let chosen = accepting.remove(pos);
+            accepting.insert(0, chosen);
+        }
+        accepting.extend(rest);
+        accepting
+    }
+
+    /// Choose the first candidate of [`order`](Self::order) not in `excluded`, counting it as
+    /// loaded before anyone else can look (the returned guard un-counts it).
+    pub fn pick(
+        &self,
+        placement: &Placement,
+        states: &[Arc<BackendState>],
+        names: &[String],
+        excluded: &[usize],
+    ) -> Option<(usize, ActiveGuard)> {
+        let _serial = self.pick_lock.lock().expect("pick lock");
+        let idx = self
+            .order(placement, states, names)
+            .into_iter()
+            .find(|i| !excluded.contains(i))?;
+        Some((idx, states[idx].track()))
+    }
+
+    /// Position in `candidates` (ring order) of the first node under its load bound:
+    /// `factor × (total + 1) × weight / total weight`, rounded up, over accepting nodes.
+    fn first_under_bound(&self, candidates: &[usize], states: &[Arc<BackendState>], factor: f64) -> Option<usize> {
+        let weight_of = |i: usize| {
+            let pos = self.members.iter().position(|&m| m == i).unwrap_or(0);
+            f64::from(self.weights[pos])
+        };
+        let total_weight: f64 = candidates.iter().map(|&i| weight_of(i)).sum();
+        if total_weight <= 0.0 {
+            return None;
+        }
+        let total_load: usize = candidates.iter().map(|&i| states[i].active()).sum();
+        candidates.iter().position(|&i| {
+            let bound = (factor * (total_load as f64 + 1.0) * weight_of(i) / total_weight).ceil();
+            (states[i].active() as f64) < bound
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::admission::AdmissionConfig;
+
+    fn states(n: usize) -> (Vec<Arc<BackendState>>, Vec<String>) {
+        let names: Vec<String> = (1..=n).map(|i| format!("node{i}")).collect();
+        let states = names
+            .iter()
+            .map(|n| {
+                BackendState::new(
+                    n,
+                    AdmissionConfig {
+                        max_negotiations: None,
+                        max_logins_per_second: None,
+                        queue: 1,
+                        queue_timeout: std::time::Duration::from_secs(1),
+                    },
+                )
+            })
+            .collect();
+        (states, names)
+    }
+
+    #[test]
+    fn unhealthy_and_draining_nodes_are_skipped_in_ring_order() {
+        let (states, names) = states(3);
+        let pool = DomainPool::new(vec![0, 1, 2], &names, &[1, 1, 1], None);
+        let key = Placement::Ring("juliet@example.test".into());
+        let ring = pool.ring_order("juliet@example.test");
+        assert_eq!(pool.order(&key, &states, &names), ring);
+        for _ in 0..2 {
+            states[ring[0]].record(false, 2, 2);
+        }
+        let order = pool.order(&key, &states, &names);
+        assert_eq!(order, vec![ring[1], ring[2], ring[0]], "the dead home node is tried last");
+        states[ring[1]].set_draining(true);
+        assert_eq!(pool.order(&key, &states, &names), vec![ring[2], ring[0], ring[1]]);
+    }
+
+    #[test]
+    fn bounded_load_caps_every_node_under_a_skewed_key_set() {
+        let (states, names) = states(3);
+        let pool = DomainPool::new(vec![0, 1, 2], &names, &[1, 1, 1], Some(1.25));
+        // A skewed set: every key is the same user, so plain hashing would put all on one node.
+        let mut guards = Vec::new();
+        for n in 1..=300usize {
+            let (_, g) = pool.pick(&Placement::Ring("hot@example.test".into()), &states, &names, &[]).unwrap();
+            guards.push(g);
+            let max = states.iter().map(|s| s.active()).max().unwrap() as f64;
+            let avg = n as f64 / 3.0;
+            assert!(max <= (1.25 * avg).ceil() + 1.0, "after {n}: max {max} > 1.25 × avg {avg}");
+        }
+        let loads: Vec<usize> = states.iter().map(|s| s.active()).collect();
+        assert!(loads.iter().all(|&l| l <= 125), "{loads:?}");
+        drop(guards);
+        assert!(states.iter().all(|s| s.active() == 0));
+    }
+
+    #[test]
+    fn pins_are_strict_and_random_covers_members() {
+        let (states, names) = states(3);
+        let pool = DomainPool::new(vec![0, 2], &names, &[1, 1, 1], None);
+        for _ in 0..2 {
+            states[1].record(false, 2, 2);
+        }
+        assert_eq!(pool.order(&Placement::Pinned("node2".into()), &states, &names), vec![1]);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            seen.insert(pool.order(&Placement::Random, &states, &names)[0]);
+        }
+        assert_eq!(seen, [0usize, 2].into_iter().collect());
     }
 }

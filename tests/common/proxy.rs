@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use xmpp_lb::route::pool::Pool;
+use std::sync::Arc;
+use xmpp_lb::runtime::{Runtime, Shared, StateRegistry};
 use xmpp_lb::{CancellationToken, Config, Server};
 
 /// A running proxy; dropping it shuts it down.
@@ -14,8 +15,10 @@ pub struct Proxy {
     pub listeners: Vec<(String, SocketAddr)>,
     /// The bound metrics address.
     pub metrics: SocketAddr,
-    /// The configuration it runs.
+    /// The configuration it started with.
     pub config: Config,
+    /// The running proxy's state (reload, drain, inspect).
+    pub shared: Arc<Shared>,
     /// Where the config file was written.
     pub config_path: PathBuf,
     shutdown: CancellationToken,
@@ -95,6 +98,7 @@ impl Proxy {
             .expect("proxy binds");
         let listeners = server.local_addrs();
         let metrics = server.admin_addr().expect("metrics bound");
+        let shared = server.shared();
         let shutdown = CancellationToken::new();
         let (tx, rx) = std::sync::mpsc::channel();
         let stop = shutdown.clone();
@@ -106,6 +110,7 @@ impl Proxy {
             listeners,
             metrics,
             config,
+            shared,
             config_path,
             shutdown,
             runtime: Some(runtime),
@@ -125,11 +130,14 @@ impl Proxy {
 
     /// The backend names a JID would try, home node first (as the proxy computes it).
     pub fn preference(&self, jid: &str) -> Vec<String> {
-        let pool = Pool::new(&self.config.backends);
+        let rt = Runtime::build(self.config.clone(), &StateRegistry::default()).expect("runtime");
         let key = xmpp_lb::route::key::normalize_bare_jid(jid).expect("valid JID");
-        pool.preference(&key)
+        let domain = key.rsplit_once('@').expect("a domain").1;
+        rt.domains[domain]
+            .pool
+            .ring_order(&key)
             .into_iter()
-            .map(|i| pool.backend(i).name.clone())
+            .map(|i| rt.names[i].clone())
             .collect()
     }
 
@@ -146,7 +154,14 @@ impl Proxy {
             "route failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        // The first line is the backend name; the rest explains it.
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     }
 
     /// The Prometheus text the proxy serves now.

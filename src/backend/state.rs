@@ -1,0 +1,235 @@
+//! What the proxy knows about a backend while it runs: health, drain, load, and the
+//! connections relayed to it.
+//!
+//! One [`BackendState`] exists per backend *name* and outlives configuration reloads, so a
+//! reload that reweights a node neither forgets that it is down nor loses the connections
+//! that drain must move. Everything here is shared by every connection task and the health
+//! checker, so it is atomics and short critical sections only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+
+/// Live state of one backend.
+pub struct BackendState {
+    /// The backend's name (stable across reloads).
+    pub name: String,
+    /// Passing health checks (optimistic at start: a node is tried until it fails).
+    healthy: AtomicBool,
+    /// Draining: takes no new logins.
+    draining: AtomicBool,
+    /// Consecutive check results: (successes, failures).
+    streak: Mutex<(u32, u32)>,
+    /// Client connections routed here and not closed yet (bounded-load input).
+    active: AtomicUsize,
+    /// Relayed connections that can be told to leave (drain, shutdown), by id.
+    relays: Mutex<HashMap<u64, oneshot::Sender<Command>>>,
+    /// Source of relay ids.
+    next_id: AtomicU64,
+    /// Login-storm shaping for this backend.
+    pub admission: crate::backend::admission::Admission,
+}
+
+/// What a relayed connection is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Its node is draining: send the client elsewhere (`<see-other-host/>`), end the session.
+    Drain,
+    /// The proxy is stopping: `<system-shutdown/>`, session left resumable.
+    Shutdown,
+}
+
+/// A health transition caused by one check result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The node went from healthy to unhealthy.
+    Down,
+    /// The node went from unhealthy to healthy.
+    Up,
+}
+
+impl BackendState {
+    /// A fresh state: healthy, not draining, idle.
+    pub fn new(name: &str, admission: crate::backend::admission::AdmissionConfig) -> Arc<BackendState> {
+        Arc::new(BackendState {
+            name: name.to_string(),
+            healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            streak: Mutex::new((0, 0)),
+            active: AtomicUsize::new(0),
+            relays: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            admission: crate::backend::admission::Admission::new(admission),
+        })
+    }
+
+    /// Whether health checks (and recent connects) say the node works.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node is being drained.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Start or stop draining; returns the previous value.
+    pub fn set_draining(&self, on: bool) -> bool {
+        self.draining.swap(on, Ordering::Relaxed)
+    }
+
+    /// Whether new logins may go here.
+    pub fn accepts_logins(&self) -> bool {
+        self.is_healthy() && !self.is_draining()
+    }
+
+    /// Count one check (active probe or a real connection attempt). `rise` consecutive
+    /// successes make an unhealthy node healthy, `fall` consecutive failures the reverse, so
+    /// one lost packet does not move users.
+    pub fn record(&self, ok: bool, rise: u32, fall: u32) -> Option<Transition> {
+        let mut streak = self.streak.lock().expect("streak lock");
+        if ok {
+            streak.0 = streak.0.saturating_add(1);
+            streak.1 = 0;
+            if !self.is_healthy() && streak.0 >= rise.max(1) {
+                self.healthy.store(true, Ordering::Relaxed);
+                return Some(Transition::Up);
+            }
+        } else {
+            streak.1 = streak.1.saturating_add(1);
+            streak.0 = 0;
+            if self.is_healthy() && streak.1 >= fall.max(1) {
+                self.healthy.store(false, Ordering::Relaxed);
+                return Some(Transition::Down);
+            }
+        }
+        None
+    }
+
+    /// Client connections routed here now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Count a connection as routed here until the guard drops.
+    pub fn track(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    /// Register a relayed connection that may be interrupted; it stays registered until the
+    /// returned guard drops.
+    pub fn register_relay(self: &Arc<Self>) -> (RelayRegistration, oneshot::Receiver<Command>) {
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.relays.lock().expect("relays lock").insert(id, tx);
+        (
+            RelayRegistration {
+                state: self.clone(),
+                id,
+            },
+            rx,
+        )
+    }
+
+    /// Ask up to `n` relayed connections to leave with `make()`'s interrupt; returns how many
+    /// were asked.
+    pub fn interrupt_some(&self, n: usize, command: Command) -> usize {
+        let picked: Vec<oneshot::Sender<Command>> = {
+            let mut relays = self.relays.lock().expect("relays lock");
+            let ids: Vec<u64> = relays.keys().take(n).copied().collect();
+            ids.iter().filter_map(|id| relays.remove(id)).collect()
+        };
+        let mut asked = 0;
+        for tx in picked {
+            if tx.send(command).is_ok() {
+                asked += 1;
+            }
+        }
+        asked
+    }
+
+    /// Relayed connections registered now.
+    pub fn relays(&self) -> usize {
+        self.relays.lock().expect("relays lock").len()
+    }
+}
+
+/// Keeps a connection counted in [`BackendState::active`].
+pub struct ActiveGuard(Arc<BackendState>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a relay registered for interrupts.
+pub struct RelayRegistration {
+    state: Arc<BackendState>,
+    id: u64,
+}
+
+impl Drop for RelayRegistration {
+    fn drop(&mut self) {
+        self.state.relays.lock().expect("relays lock").remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::admission::AdmissionConfig;
+
+    fn state() -> Arc<BackendState> {
+        BackendState::new(
+            "n",
+            AdmissionConfig {
+                max_negotiations: None,
+                max_logins_per_second: None,
+                queue: 10,
+                queue_timeout: std::time::Duration::from_secs(1),
+            },
+        )
+    }
+
+    #[test]
+    fn rise_and_fall_need_consecutive_results() {
+        let s = state();
+        assert!(s.is_healthy());
+        assert_eq!(s.record(false, 2, 3), None);
+        assert_eq!(s.record(false, 2, 3), None);
+        assert_eq!(s.record(true, 2, 3), None, "a success resets the failure streak");
+        assert_eq!(s.record(false, 2, 3), None);
+        assert_eq!(s.record(false, 2, 3), None);
+        assert_eq!(s.record(false, 2, 3), Some(Transition::Down));
+        assert!(!s.is_healthy() && !s.accepts_logins());
+        assert_eq!(s.record(true, 2, 3), None);
+        assert_eq!(s.record(true, 2, 3), Some(Transition::Up));
+        assert!(s.accepts_logins());
+    }
+
+    #[test]
+    fn guards_count_and_registrations_interrupt() {
+        let s = state();
+        let g1 = s.track();
+        let g2 = s.track();
+        assert_eq!(s.active(), 2);
+        drop(g1);
+        assert_eq!(s.active(), 1);
+        drop(g2);
+        assert_eq!(s.active(), 0);
+        let (r1, mut rx1) = s.register_relay();
+        let (r2, mut rx2) = s.register_relay();
+        assert_eq!(s.relays(), 2);
+        assert_eq!(s.interrupt_some(1, Command::Drain), 1);
+        assert_eq!(s.relays(), 1);
+        let got: Vec<_> = [rx1.try_recv().ok(), rx2.try_recv().ok()].into_iter().flatten().collect();
+        assert_eq!(got, vec![Command::Drain], "exactly one relay was asked");
+        drop((r1, r2));
+        assert_eq!(s.relays(), 0, "guards unregister");
+    }
+}

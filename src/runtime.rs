@@ -1,0 +1,397 @@
+//! Everything the proxy derives from one configuration, swapped whole on reload.
+//!
+//! A connection takes one [`Runtime`] snapshot when it is accepted and keeps it to the end, so
+//! a reload can never change the rules under a login in progress, and never drops an
+//! established connection. Backend *state* (health, drain, load) lives outside, keyed by name
+//! in [`StateRegistry`], so it survives reloads.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio_rustls::TlsAcceptor;
+
+use crate::backend::admission::AdmissionConfig;
+use crate::backend::state::{ActiveGuard, BackendState};
+use crate::config::{BackendConfig, Config};
+use crate::route::policy::{Decision, PinTable, Policy, PolicySpec, Who, parse_pin_file};
+use crate::route::pool::DomainPool;
+
+/// Why a configuration could not be put into service.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A listener's certificates could not be loaded.
+    #[error("listener {listener}: {source}")]
+    Tls {
+        listener: String,
+        source: crate::tls::TlsError,
+    },
+    /// The pin file could not be read or is invalid.
+    #[error("{file}: {message}")]
+    Pins { file: String, message: String },
+    /// A routing policy is inconsistent.
+    #[error("domain {domain}: {message}")]
+    Policy { domain: String, message: String },
+}
+
+/// Backend states by name, shared by every runtime generation.
+#[derive(Default)]
+pub struct StateRegistry {
+    /// Name → state; entries of removed backends stay (their connections may still run).
+    by_name: Mutex<HashMap<String, Arc<BackendState>>>,
+}
+
+impl StateRegistry {
+    /// The state of `b`, created on first sight; admission limits follow the current config.
+    fn get(&self, b: &BackendConfig, config: &Config) -> Arc<BackendState> {
+        let adm = AdmissionConfig {
+            max_negotiations: b.max_negotiations.or(config.admission.max_negotiations),
+            max_logins_per_second: b.max_logins_per_second.or(config.admission.max_logins_per_second),
+            queue: config.admission.queue,
+            queue_timeout: config.admission.queue_timeout,
+        };
+        let mut map = self.by_name.lock().expect("state registry lock");
+        match map.get(&b.name) {
+            Some(s) => {
+                s.admission.reconfigure(adm);
+                s.clone()
+            }
+            None => {
+                let s = BackendState::new(&b.name, adm);
+                map.insert(b.name.clone(), s.clone());
+                s
+            }
+        }
+    }
+}
+
+/// One domain's routing: its policy and its pool.
+pub struct DomainRoute {
+    /// Which key applies to a connection.
+    pub policy: Policy,
+    /// Where keys land.
+    pub pool: DomainPool,
+}
+
+/// A configuration made ready to serve.
+pub struct Runtime {
+    /// The configuration.
+    pub config: Config,
+    /// Backend names, by index (the index used everywhere below).
+    pub names: Vec<String>,
+    /// Backend states, by index.
+    pub states: Vec<Arc<BackendState>>,
+    /// Routing of each served domain.
+    pub domains: HashMap<String, DomainRoute>,
+    /// TLS acceptor of each listener, by listener name.
+    pub acceptors: HashMap<String, TlsAcceptor>,
+    /// The pin table every domain shares.
+    pub pins: Arc<PinTable>,
+}
+
+impl Runtime {
+    /// Build everything a configuration needs; nothing is swapped in if this fails.
+    pub fn build(config: Config, registry: &StateRegistry) -> Result<Runtime, BuildError> {
+        let names: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
+        let weights: Vec<u32> = config.backends.iter().map(|b| b.weight).collect();
+        let states = config.backends.iter().map(|b| registry.get(b, &config)).collect();
+        let mut acceptors = HashMap::new();
+        for l in &config.listeners {
+            let acceptor = crate::tls::acceptor(&l.certs).map_err(|source| BuildError::Tls {
+                listener: l.name.clone(),
+                source,
+            })?;
+            acceptors.insert(l.name.clone(), acceptor);
+        }
+        let mut entries = config.routing.pins.clone();
+        if let Some(file) = &config.routing.pins_file {
+            let text = std::fs::read_to_string(file).map_err(|e| BuildError::Pins {
+                file: file.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let parsed = parse_pin_file(&text).map_err(|e| BuildError::Pins {
+                file: file.display().to_string(),
+                message: e.to_string(),
+            })?;
+            entries.extend(parsed);
+        }
+        let pins = Arc::new(PinTable::new(&entries, &names).map_err(|message| BuildError::Pins {
+            file: config
+                .routing
+                .pins_file
+                .as_ref()
+                .map_or_else(|| config.source.display().to_string(), |f| f.display().to_string()),
+            message,
+        })?);
+        let mut domains = HashMap::new();
+        for d in &config.domains {
+            let policy_err = |message: String| BuildError::Policy {
+                domain: d.name.clone(),
+                message,
+            };
+            let tenant = match &d.tenant_pattern {
+                Some(p) => Some(crate::route::policy::compile_tenant(p).map_err(policy_err)?),
+                None => None,
+            };
+            let policy = Policy::new(
+                PolicySpec {
+                    keys: &d.keys,
+                    tenant: tenant.as_ref(),
+                    ipv4_prefix: config.routing.ipv4_prefix,
+                    ipv6_prefix: config.routing.ipv6_prefix,
+                },
+                pins.clone(),
+            )
+            .map_err(policy_err)?;
+            let members = d
+                .backends
+                .iter()
+                .filter_map(|n| names.iter().position(|m| m == n))
+                .collect();
+            let pool = DomainPool::new(members, &names, &weights, d.balance_factor);
+            domains.insert(d.name.clone(), DomainRoute { policy, pool });
+        }
+        Ok(Runtime {
+            config,
+            names,
+            states,
+            domains,
+            acceptors,
+            pins,
+        })
+    }
+
+    /// Decide which key applies (None: wait for SASL to learn the user).
+    pub fn decide(&self, domain: &str, jid: Option<&str>, ip: IpAddr, identity_final: bool) -> Option<Decision> {
+        let route = self.domains.get(domain)?;
+        route.policy.decide(&Who {
+            jid,
+            domain,
+            ip,
+            identity_final,
+        })
+    }
+
+    /// Pick the node for a decision, skipping `excluded` (nodes that already refused).
+    pub fn pick(&self, domain: &str, decision: &Decision, excluded: &[usize]) -> Option<(usize, ActiveGuard)> {
+        let route = self.domains.get(domain)?;
+        route.pool.pick(&decision.placement, &self.states, &self.names, excluded)
+    }
+
+    /// The order nodes would be tried in now, without counting anything.
+    pub fn order(&self, domain: &str, decision: &Decision) -> Vec<usize> {
+        match self.domains.get(domain) {
+            Some(route) => route.pool.order(&decision.placement, &self.states, &self.names),
+            None => Vec::new(),
+        }
+    }
+
+    /// Index of a backend by name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// The domains a backend serves (its first one is used to health-check it).
+    pub fn domains_of(&self, idx: usize) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .config
+            .domains
+            .iter()
+            .filter(|d| d.backends.contains(&self.names[idx]))
+            .map(|d| d.name.as_str())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A human explanation of where `jid` (from `ip`) lands and why, for `xmpp-lb route`.
+    /// The first line is the backend name alone, so scripts can read it.
+    pub fn explain(&self, jid: &str, ip: Option<IpAddr>) -> Result<String, String> {
+        let bare = crate::route::key::normalize_bare_jid(jid).ok_or_else(|| format!("{jid:?} is not a valid JID"))?;
+        let (_, domain) = bare.rsplit_once('@').ok_or_else(|| format!("{jid:?} has no domain"))?;
+        let route = self
+            .domains
+            .get(domain)
+            .ok_or_else(|| format!("domain {domain} is not served by this configuration"))?;
+        let decision = self
+            .decide(domain, Some(&bare), ip.unwrap_or(IpAddr::from([0, 0, 0, 0])), true)
+            .ok_or("no routing decision")?;
+        if decision.key == crate::route::policy::RouteKey::Subnet && ip.is_none() {
+            return Err("this user is routed by subnet: give the client address with --ip".into());
+        }
+        let order = self.order(domain, &decision);
+        let first = order.first().ok_or("no backend serves this domain")?;
+        let mut out = format!("{}\n", self.names[*first]);
+        let keys: Vec<&str> = route.policy.keys().iter().map(|k| k.as_str()).collect();
+        out.push_str(&format!("  domain:   {domain} (keys = {keys:?})\n"));
+        out.push_str(&format!("  key:      {}\n", decision.key.as_str()));
+        out.push_str(&format!("  rule:     {}\n", decision.rule));
+        for (k, why) in &decision.skipped {
+            out.push_str(&format!("  skipped:  {} ({why})\n", k.as_str()));
+        }
+        if let Some(f) = route.pool.balance_factor() {
+            out.push_str(&format!("  load:     bounded, factor {f} (a node over its bound passes users on)\n"));
+        }
+        let rest: Vec<&str> = order[1..].iter().map(|&i| self.names[i].as_str()).collect();
+        if !rest.is_empty() {
+            out.push_str(&format!("  fallback: {} (if {} is down, draining or full)\n", rest.join(", "), self.names[*first]));
+        }
+        Ok(out)
+    }
+}
+
+/// Process-wide state: the current runtime (swapped on reload) and what outlives it.
+pub struct Shared {
+    /// The runtime new connections take.
+    pub runtime: arc_swap::ArcSwap<Runtime>,
+    /// Backend states by name (survive reloads).
+    pub registry: StateRegistry,
+    /// Backend features shown to clients before routing.
+    pub features: crate::backend::probe::FeatureCache,
+    /// Every metric.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Cancelled when every relayed connection must leave (last phase of shutdown).
+    pub interrupt_all: tokio_util::sync::CancellationToken,
+    /// Serializes reloads.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Connections accepted and not yet relaying (shutdown lets them finish first).
+    pub negotiating: std::sync::atomic::AtomicUsize,
+}
+
+/// A reload that was refused; the running configuration is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not parse or validate.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The configuration could not be put into service.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+impl Shared {
+    /// Shared state for a first configuration.
+    pub fn new(config: Config, metrics: Arc<crate::metrics::Metrics>) -> Result<Shared, BuildError> {
+        let registry = StateRegistry::default();
+        let runtime = Runtime::build(config, &registry)?;
+        let shared = Shared {
+            runtime: arc_swap::ArcSwap::from_pointee(runtime),
+            registry,
+            features: crate::backend::probe::FeatureCache::new(),
+            metrics,
+            interrupt_all: tokio_util::sync::CancellationToken::new(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            negotiating: std::sync::atomic::AtomicUsize::new(0),
+        };
+        shared.publish_states();
+        Ok(shared)
+    }
+
+    /// Re-read the configuration file and swap it in if it is good. New connections use it;
+    /// established ones keep the runtime they started with. Listener addresses are not
+    /// re-bound: a changed `bind` needs a restart (logged).
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.runtime.load_full();
+        let result = Config::load(&current.config.source)
+            .map_err(ReloadError::from)
+            .and_then(|config| Runtime::build(config, &self.registry).map_err(ReloadError::from));
+        match result {
+            Ok(next) => {
+                for (old, new) in current.config.listeners.iter().zip(&next.config.listeners) {
+                    if old.bind != new.bind {
+                        tracing::warn!(listener = %new.name, "listener addresses changed: restart to re-bind");
+                    }
+                }
+                let removed: Vec<&String> = current.names.iter().filter(|n| !next.names.contains(n)).collect();
+                tracing::info!(backends = ?next.names, removed = ?removed, "configuration reloaded");
+                self.runtime.store(Arc::new(next));
+                self.metrics.config_reloads_total.with_label_values(&["ok"]).inc();
+                self.publish_states();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused; keeping the running one");
+                self.metrics.config_reloads_total.with_label_values(&["failed"]).inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Log and count a health transition.
+    pub fn note_transition(&self, backend: &str, t: crate::backend::state::Transition) {
+        use crate::backend::state::Transition;
+        let (state, up) = match t {
+            Transition::Up => ("up", 1),
+            Transition::Down => ("down", 0),
+        };
+        tracing::warn!(backend, state, "backend health changed");
+        self.metrics.health_transitions_total.with_label_values(&[backend, state]).inc();
+        self.metrics.backend_healthy.with_label_values(&[backend]).set(up);
+    }
+
+    /// Put every backend's health and drain state into the gauges.
+    fn publish_states(&self) {
+        let rt = self.runtime.load();
+        for (name, s) in rt.names.iter().zip(&rt.states) {
+            self.metrics.backend_healthy.with_label_values(&[name]).set(i64::from(s.is_healthy()));
+            self.metrics.backend_draining.with_label_values(&[name]).set(i64::from(s.is_draining()));
+        }
+    }
+
+    /// Start or stop draining a backend. Draining in `redirect` mode asks its relayed clients
+    /// to move, `rate` per second, until none is left or the drain is lifted.
+    pub fn set_draining(self: &Arc<Self>, name: &str, on: bool) -> Result<(), String> {
+        let rt = self.runtime.load_full();
+        let idx = rt.index_of(name).ok_or_else(|| format!("no backend named {name:?}"))?;
+        let state = rt.states[idx].clone();
+        let was = state.set_draining(on);
+        self.metrics.backend_draining.with_label_values(&[name]).set(i64::from(on));
+        tracing::warn!(backend = name, draining = on, "drain state changed");
+        if on && !was && rt.config.drain.mode == crate::config::DrainMode::Redirect {
+            let shared = self.clone();
+            let period = std::time::Duration::from_secs_f64(1.0 / rt.config.drain.rate);
+            let name = name.to_string();
+            tokio::spawn(async move {
+                while state.is_draining() && state.relays() > 0 {
+                    let asked = state.interrupt_some(1, crate::backend::state::Command::Drain);
+                    shared.metrics.drain_redirects_total.with_label_values(&[&name]).inc_by(asked as u64);
+                    tokio::time::sleep(period).await;
+                }
+                tracing::info!(backend = %name, "drain: no relayed client left to move");
+            });
+        }
+        Ok(())
+    }
+
+    /// Check every backend at the XMPP level, forever (until `shutdown`): a stream header must
+    /// get a header and features within the timeout. Results feed the rise/fall counters.
+    pub async fn health_loop(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            let rt = self.runtime.load_full();
+            let checks = (0..rt.names.len()).map(|idx| {
+                let rt = rt.clone();
+                let shared = self.clone();
+                async move {
+                    let domain = rt.domains_of(idx).first().map(|d| d.to_string());
+                    let Some(domain) = domain else { return };
+                    let health = &rt.config.health;
+                    let ok = crate::backend::probe::probe(rt.config.backends[idx].address, &domain, health.timeout)
+                        .await
+                        .is_ok();
+                    if let Some(t) = rt.states[idx].record(ok, health.rise, health.fall) {
+                        shared.note_transition(&rt.names[idx], t);
+                    }
+                }
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = futures_util::future::join_all(checks) => {}
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(rt.config.health.interval) => {}
+            }
+        }
+    }
+}
