@@ -395,7 +395,7 @@ fn unknown_key_in_backend_names_the_backend() {
 fn unknown_key_in_routing() {
     assert_error_starts(
         &edit(r#"key = "jid""#, "key = \"jid\"\nprefix = 24"),
-        "bad.toml:10:1: routing.prefix: unknown field `prefix`, expected one of `key`, `domains`,",
+        "bad.toml:10:1: routing.prefix: unknown field `prefix`, expected one of `key`, `keys`, `domains`,",
     );
 }
 

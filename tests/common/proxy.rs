@@ -28,7 +28,8 @@ pub struct Proxy {
 }
 
 /// The usual test configuration: listeners `starttls` (IPv4 + IPv6), `direct`, `auto`, all
-/// on free ports; backends `node1..nodeN` at `backends`; routing `key`.
+/// on free ports; backends `node1..nodeN` at `backends`; routing `key` (a key name, or the
+/// lines of [routing] other than `domains`); `extra` appended (more tables).
 pub fn config_text(
     cert: &Path,
     key: &Path,
@@ -61,14 +62,20 @@ cert = "{cert}"
 key = "{key}"
 
 [routing]
-key = "{routing_key}"
 domains = ["{domain}"]
+{routing}
 
 [metrics]
 bind = "127.0.0.1:0"
 "#,
         cert = cert.display(),
         key = key.display(),
+        // A bare key name ("jid"), or the body of [routing] written out ("keys = [...]\n...").
+        routing = if routing_key.contains('=') {
+            routing_key.to_string()
+        } else {
+            format!("key = \"{routing_key}\"")
+        },
     );
     for (i, addr) in backends.iter().enumerate() {
         s.push_str(&format!(

@@ -190,8 +190,40 @@ impl Raw {
         self.received.clear();
     }
 
+    /// Direct TLS, SASL PLAIN as `user@domain`, restart, bind: a logged-in client.
+    pub async fn login(addr: SocketAddr, domain: &str, ca: &Path, user: &str, password: &str) -> Raw {
+        let mut raw = Raw::direct_tls(addr, domain, ca).await;
+        raw.send(&header(domain, None)).await;
+        raw.expect("</stream:features>").await;
+        raw.clear();
+        raw.send(&plain_auth(user, password)).await;
+        raw.expect_any(&["<success", "<failure"], Duration::from_secs(15)).await;
+        assert!(raw.received.contains("<success"), "login of {user} failed: {}", raw.received);
+        raw.clear();
+        raw.send(&header(domain, None)).await;
+        raw.expect("</stream:features>").await;
+        raw.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>raw</resource></bind></iq>").await;
+        raw.expect("</iq>").await;
+        raw.clear();
+        raw
+    }
+
+    /// Ask the server for a ping (XEP-0199) and wait for its answer: the stream is alive.
+    pub async fn ping(&mut self, domain: &str) {
+        let id = format!("ping{}", rand_id());
+        self.send(&format!("<iq type='get' id='{id}' to='{domain}'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
+        self.expect(&format!("id='{id}'")).await;
+    }
+
     /// Drop the connection without a stream close or TLS close_notify: a vanished client.
     pub fn vanish(self) {
         drop(self);
     }
+}
+
+/// A short unique-enough id for stanzas.
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
