@@ -76,7 +76,10 @@ fn set_drain(shared: &Arc<Shared>, name: &str, on: bool) -> (StatusCode, String)
     match shared.set_draining(name, on) {
         Ok(()) => (
             StatusCode::OK,
-            format!("{name}: {}\n", if on { "draining" } else { "taking new logins" }),
+            format!(
+                "{name}: {}\n",
+                if on { "draining" } else { "taking new logins" }
+            ),
         ),
         Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")),
     }
@@ -85,6 +88,9 @@ fn set_drain(shared: &Arc<Shared>, name: &str, on: bool) -> (StatusCode, String)
 async fn reload(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     match shared.reload().await {
         Ok(()) => (StatusCode::OK, "reloaded\n".to_string()),
-        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused: {e}\n")),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reload refused: {e}\n"),
+        ),
     }
 }

@@ -760,13 +760,17 @@ impl RawConfig {
             .map_err(|(span, key, msg)| err(&span, &key, msg))?
             .unwrap_or_default();
         let default_tenant = match &r.tenant_pattern {
-            Some(p) => Some(check_tenant(p).map_err(|m| err(&p.span(), "routing.tenant_pattern", m))?),
+            Some(p) => {
+                Some(check_tenant(p).map_err(|m| err(&p.span(), "routing.tenant_pattern", m))?)
+            }
             None => None,
         };
         check_keys(&default_keys, default_tenant.is_some())
             .map_err(|m| err(&routing_span, "routing.keys", m))?;
         let default_factor = match &r.balance_factor {
-            Some(f) => Some(check_factor(f).map_err(|m| err(&f.span(), "routing.balance_factor", m))?),
+            Some(f) => {
+                Some(check_factor(f).map_err(|m| err(&f.span(), "routing.balance_factor", m))?)
+            }
             None => None,
         };
         let pins_file = match &r.pins {
@@ -804,10 +808,18 @@ impl RawConfig {
         for (i, d) in self.domain.iter().enumerate() {
             let key = |k: &str| format!("domain[{i}].{k}");
             let name = crate::route::key::normalize_domain(d.name.get_ref()).ok_or_else(|| {
-                err(&d.name.span(), &key("name"), format!("{:?} is not a valid domain", d.name.get_ref()))
+                err(
+                    &d.name.span(),
+                    &key("name"),
+                    format!("{:?} is not a valid domain", d.name.get_ref()),
+                )
             })?;
             if !seen_tables.insert(name.clone()) {
-                return Err(err(&d.name.span(), &key("name"), format!("[[domain]] {name} is defined twice")));
+                return Err(err(
+                    &d.name.span(),
+                    &key("name"),
+                    format!("[[domain]] {name} is defined twice"),
+                ));
             }
             let mut dc = DomainConfig {
                 name: name.clone(),
@@ -820,22 +832,32 @@ impl RawConfig {
                 let mut chosen = Vec::new();
                 for b in list.get_ref() {
                     if !names.contains(b.get_ref()) {
-                        return Err(err(&b.span(), &key("backends"), format!("no backend named {:?}", b.get_ref())));
+                        return Err(err(
+                            &b.span(),
+                            &key("backends"),
+                            format!("no backend named {:?}", b.get_ref()),
+                        ));
                     }
                     if !chosen.contains(b.get_ref()) {
                         chosen.push(b.get_ref().clone());
                     }
                 }
                 if chosen.is_empty() {
-                    return Err(err(&list.span(), &key("backends"), "list at least one backend".into()));
+                    return Err(err(
+                        &list.span(),
+                        &key("backends"),
+                        "list at least one backend".into(),
+                    ));
                 }
                 dc.backends = chosen;
             }
             if let Some(p) = &d.tenant_pattern {
-                dc.tenant_pattern = Some(check_tenant(p).map_err(|m| err(&p.span(), &key("tenant_pattern"), m))?);
+                dc.tenant_pattern =
+                    Some(check_tenant(p).map_err(|m| err(&p.span(), &key("tenant_pattern"), m))?);
             }
             if let Some(f) = &d.balance_factor {
-                dc.balance_factor = Some(check_factor(f).map_err(|m| err(&f.span(), &key("balance_factor"), m))?);
+                dc.balance_factor =
+                    Some(check_factor(f).map_err(|m| err(&f.span(), &key("balance_factor"), m))?);
             }
             let table = format!("domain[{i}]");
             if let Some(keys) = keys_of(&d.key, &d.keys, &table, &d.name.span(), false)
@@ -844,9 +866,14 @@ impl RawConfig {
                 dc.keys = keys;
             }
             if dc.keys.is_empty() {
-                return Err(err(&d.name.span(), &key("keys"), "set `key` or `keys` here or in [routing]".into()));
+                return Err(err(
+                    &d.name.span(),
+                    &key("keys"),
+                    "set `key` or `keys` here or in [routing]".into(),
+                ));
             }
-            check_keys(&dc.keys, dc.tenant_pattern.is_some()).map_err(|m| err(&d.name.span(), &key("keys"), m))?;
+            check_keys(&dc.keys, dc.tenant_pattern.is_some())
+                .map_err(|m| err(&d.name.span(), &key("keys"), m))?;
             match domain_configs.iter_mut().find(|c| c.name == name) {
                 Some(existing) => *existing = dc,
                 None => {
@@ -856,30 +883,46 @@ impl RawConfig {
             }
         }
         if domain_configs.iter().any(|d| d.keys.is_empty()) {
-            return Err(err(&routing_span, "routing.key", "set `key` (or `keys`) in [routing]".into()));
+            return Err(err(
+                &routing_span,
+                "routing.key",
+                "set `key` (or `keys`) in [routing]".into(),
+            ));
         }
 
         let drain = &self.drain;
         if !(*drain.rate.get_ref() > 0.0 && drain.rate.get_ref().is_finite()) {
-            return Err(err(&drain.rate.span(), "drain.rate", "must be a positive number of clients per second".into()));
+            return Err(err(
+                &drain.rate.span(),
+                "drain.rate",
+                "must be a positive number of clients per second".into(),
+            ));
         }
         let redirect_to = match &drain.redirect_to {
-            Some(h) => Some(check_host_port(h.get_ref()).map_err(|m| err(&h.span(), "drain.redirect_to", m))?),
+            Some(h) => Some(
+                check_host_port(h.get_ref()).map_err(|m| err(&h.span(), "drain.redirect_to", m))?,
+            ),
             None => None,
         };
         let adm = &self.admission;
         let overflow_redirect = match &adm.overflow_redirect {
-            Some(h) => Some(check_host_port(h.get_ref()).map_err(|m| err(&h.span(), "admission.overflow_redirect", m))?),
+            Some(h) => Some(
+                check_host_port(h.get_ref())
+                    .map_err(|m| err(&h.span(), "admission.overflow_redirect", m))?,
+            ),
             None => None,
         };
         let adm_rate = match &adm.max_logins_per_second {
-            Some(r) => Some(check_rate(r).map_err(|m| err(&r.span(), "admission.max_logins_per_second", m))?),
+            Some(r) => Some(
+                check_rate(r).map_err(|m| err(&r.span(), "admission.max_logins_per_second", m))?,
+            ),
             None => None,
         };
         for (i, b) in self.backend.iter().enumerate() {
             if let Some(r) = &b.max_logins_per_second {
-                backends[i].max_logins_per_second =
-                    Some(check_rate(r).map_err(|m| err(&r.span(), &format!("backend[{i}].max_logins_per_second"), m))?);
+                backends[i].max_logins_per_second = Some(check_rate(r).map_err(|m| {
+                    err(&r.span(), &format!("backend[{i}].max_logins_per_second"), m)
+                })?);
             }
             backends[i].max_negotiations = b.max_negotiations;
         }
@@ -973,10 +1016,18 @@ fn keys_of(
     required: bool,
 ) -> Result<Option<Vec<RouteKey>>, SpannedError> {
     match (key, keys) {
-        (Some(_), Some(k)) => Err((k.span(), format!("{table}.keys"), "set `key` or `keys`, not both".into())),
+        (Some(_), Some(k)) => Err((
+            k.span(),
+            format!("{table}.keys"),
+            "set `key` or `keys`, not both".into(),
+        )),
         (Some(k), None) => Ok(Some(vec![*k.get_ref()])),
         (None, Some(k)) => Ok(Some(k.get_ref().clone())),
-        (None, None) if required => Err((table_span.clone(), format!("{table}.key"), "set `key` (or `keys`)".into())),
+        (None, None) if required => Err((
+            table_span.clone(),
+            format!("{table}.key"),
+            "set `key` (or `keys`)".into(),
+        )),
         (None, None) => Ok(None),
     }
 }
@@ -994,8 +1045,13 @@ fn check_keys(keys: &[RouteKey], has_tenant_pattern: bool) -> Result<(), String>
         if *k == RouteKey::Tenant && !has_tenant_pattern {
             return Err("the `tenant` key needs a `tenant_pattern`".into());
         }
-        if matches!(k, RouteKey::Domain | RouteKey::Subnet | RouteKey::Random) && i + 1 < keys.len() {
-            return Err(format!("{:?} always applies, so the keys after it are never used", k).to_lowercase());
+        if matches!(k, RouteKey::Domain | RouteKey::Subnet | RouteKey::Random) && i + 1 < keys.len()
+        {
+            return Err(format!(
+                "{:?} always applies, so the keys after it are never used",
+                k
+            )
+            .to_lowercase());
         }
     }
     Ok(())

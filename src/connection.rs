@@ -74,8 +74,38 @@ struct Trace {
     source: Option<KeySource>,
     /// Relay counters, if the relay ran.
     relay: Option<RelayStats>,
-    /// Still counted in `Shared::negotiating`.
-    negotiating: bool,
+    /// Keeps the connection counted in `Shared::negotiating` until the relay starts.
+    negotiating: Option<NegotiatingGuard>,
+}
+
+/// Counts a connection as negotiating until dropped, so even a panicking connection task
+/// cannot leave shutdown waiting for a login that will never finish.
+struct NegotiatingGuard(Arc<Shared>);
+
+impl NegotiatingGuard {
+    fn new(shared: &Arc<Shared>) -> NegotiatingGuard {
+        shared
+            .negotiating
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        NegotiatingGuard(shared.clone())
+    }
+}
+
+impl Drop for NegotiatingGuard {
+    fn drop(&mut self) {
+        self.0
+            .negotiating
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Decrements a gauge when dropped (panic-safe open-connection counts).
+struct GaugeGuard(prometheus::IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Drive one accepted client connection to its end. Never panics on client input; every
@@ -90,18 +120,16 @@ pub async fn handle(
     let m = shared.metrics.clone();
     let open = m.connections_open.with_label_values(&[&listener.name]);
     open.inc();
+    let open = GaugeGuard(open);
     let mut trace = Trace {
-        negotiating: true,
+        negotiating: Some(NegotiatingGuard::new(&shared)),
         ..Trace::default()
     };
-    shared.negotiating.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // One snapshot for the whole connection: a reload never changes rules mid-login.
     let rt = shared.runtime.load_full();
     let result = drive(&shared, &rt, &listener, tcp, peer, started, &mut trace).await;
-    if trace.negotiating {
-        shared.negotiating.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    open.dec();
+    trace.negotiating = None;
+    drop(open);
     let (reason, side) = match (&result, &trace.relay) {
         (Ok(()), Some(stats)) => (stats.reason.reason(), stats.reason.side()),
         (Ok(()), None) => ("closed_in_negotiation", "backend"),
@@ -146,7 +174,9 @@ async fn drive(
     trace: &mut Trace,
 ) -> Result<(), Failure> {
     let limits = &rt.config.limits;
-    let local = tcp.local_addr().map_err(|_| Failure::Quiet("socket gone"))?;
+    let local = tcp
+        .local_addr()
+        .map_err(|_| Failure::Quiet("socket gone"))?;
     let prerouting_deadline = started + limits.prerouting_timeout;
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
@@ -175,6 +205,12 @@ async fn drive(
             }
         }
         let (tcp, read_ahead) = plain.into_parts();
+        // Usually nothing was read past <starttls/>: drop the buffer's capacity with it.
+        let read_ahead = if read_ahead.is_empty() {
+            Default::default()
+        } else {
+            read_ahead
+        };
         Prefixed::new(tcp, read_ahead)
     };
 
@@ -392,7 +428,7 @@ async fn serve(
             let jid = captured.identity.as_deref().and_then(normalize_bare_jid);
             let decision = rt
                 .decide(&domain, jid.as_deref(), at.peer.ip(), true)
-                .ok_or(Failure::Quiet("domain removed by a reload"))?;
+                .ok_or(Failure::Quiet("no routing policy for the domain"))?;
             let source = source_of(&decision, false);
             let (idx, mut backend) = n
                 .open_and_swallow(&decision, source, Some(&shown.mechanisms), &members, trace)
@@ -696,12 +732,24 @@ impl Negotiation<'_> {
                         .inc();
                     tracing::warn!(backend = %rt.names[idx], reason = %refused, "login refused by admission control");
                     return Err(match &rt.config.admission.overflow_redirect {
-                        Some(other) => Failure::Refuse(Condition::SeeOtherHost(other.clone()), "this node is busy; try the other proxy".into()),
-                        None => Failure::Refuse(Condition::ResourceConstraint, "too many logins at once; try again shortly".into()),
+                        Some(other) => Failure::Refuse(
+                            Condition::SeeOtherHost(other.clone()),
+                            "this node is busy; try the other proxy".into(),
+                        ),
+                        None => Failure::Refuse(
+                            Condition::ResourceConstraint,
+                            "too many logins at once; try again shortly".into(),
+                        ),
                     });
                 }
             };
-            match connect(&rt.config.backends[idx], rt.config.limits.backend_connect_timeout, &shared.metrics).await {
+            match connect(
+                &rt.config.backends[idx],
+                rt.config.limits.backend_connect_timeout,
+                &shared.metrics,
+            )
+            .await
+            {
                 Ok(tcp) => {
                     if let Some(t) = state.record(true, health.rise, health.fall) {
                         shared.note_transition(&rt.names[idx], t);
@@ -764,11 +812,20 @@ impl Negotiation<'_> {
             && !same_set(shown, &features.mechanisms)
         {
             let name = &rt.names[idx];
-            shared.metrics.feature_mismatch_total.with_label_values(&[name]).inc();
+            shared
+                .metrics
+                .feature_mismatch_total
+                .with_label_values(&[name])
+                .inc();
             tracing::warn!(backend = %name, shown = ?shown, offered = ?features.mechanisms, "backend offers other SASL mechanisms than the client was shown; refreshing");
             shared
                 .features
-                .refresh(members, &self.domain, rt.config.probe.timeout, &shared.metrics)
+                .refresh(
+                    members,
+                    &self.domain,
+                    rt.config.probe.timeout,
+                    &shared.metrics,
+                )
                 .await;
         }
         Ok((idx, backend))
@@ -801,7 +858,10 @@ impl Negotiation<'_> {
                         .observe(self.at.started.elapsed().as_secs_f64());
                     // Authentication is over: the admission slot goes to the next login.
                     self.permit = None;
-                    let guard = self.guard.take().expect("a routed negotiation holds a guard");
+                    let guard = self
+                        .guard
+                        .take()
+                        .expect("a routed negotiation holds a guard");
                     return Ok(Some((backend, idx, guard)));
                 }
             }
@@ -988,8 +1048,7 @@ async fn relay_to_end(
     let (mut client_io, client_ahead) = client.into_parts();
     let (mut backend_io, backend_ahead) = backend.into_parts();
     let (_registration, commands) = rt.states[idx].register_relay();
-    shared.negotiating.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    trace.negotiating = false;
+    trace.negotiating = None;
     let redirect_to = rt.config.drain.redirect_to.clone().unwrap_or_else(|| {
         let domain = trace.domain.clone().unwrap_or_default();
         format!("{domain}:{}", at.local.port())
@@ -1016,7 +1075,8 @@ async fn relay_to_end(
                 reason: "drain",
             },
             Command::Shutdown => Interrupt {
-                to_client: render(&Condition::SystemShutdown, Some("the proxy is restarting")).into(),
+                to_client: render(&Condition::SystemShutdown, Some("the proxy is restarting"))
+                    .into(),
                 // No stream close: an XEP-0198 session stays resumable through another proxy.
                 to_backend: None,
                 reason: "shutdown",
@@ -1024,6 +1084,7 @@ async fn relay_to_end(
         }
     };
     open.inc();
+    let open = GaugeGuard(open);
     let stats = relay::relay(
         &mut client_io,
         &mut backend_io,
@@ -1036,7 +1097,7 @@ async fn relay_to_end(
         interrupt,
     )
     .await;
-    open.dec();
+    drop(open);
     trace.relay = Some(stats);
 }
 
@@ -1050,10 +1111,14 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut out = Vec::new();
     if !client.header_sent && !matches!(failure, Failure::Quiet(_)) {
-        let domain = trace
-            .domain
-            .clone()
-            .unwrap_or_else(|| rt.config.routing.domains.first().cloned().unwrap_or_default());
+        let domain = trace.domain.clone().unwrap_or_else(|| {
+            rt.config
+                .routing
+                .domains
+                .first()
+                .cloned()
+                .unwrap_or_default()
+        });
         out.extend_from_slice(proxy_header(&domain, &new_stream_id()).as_bytes());
     }
     match failure {

@@ -76,8 +76,12 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Some(Command::Drain { admin, backend }) => return admin_post(admin, &format!("/backends/{backend}/drain")),
-        Some(Command::Undrain { admin, backend }) => return admin_post(admin, &format!("/backends/{backend}/undrain")),
+        Some(Command::Drain { admin, backend }) => {
+            return admin_post(admin, &format!("/backends/{backend}/drain"));
+        }
+        Some(Command::Undrain { admin, backend }) => {
+            return admin_post(admin, &format!("/backends/{backend}/undrain"));
+        }
         Some(Command::Reload { admin }) => return admin_post(admin, "/reload"),
         _ => {}
     }
@@ -109,7 +113,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{explained}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Drain { .. } | Command::Undrain { .. } | Command::Reload { .. } => unreachable!("handled above"),
+        Command::Drain { .. } | Command::Undrain { .. } | Command::Reload { .. } => {
+            unreachable!("handled above")
+        }
         Command::Run => {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)

@@ -22,7 +22,7 @@ pub struct Metrics {
     pub routed_total: IntCounterVec,
     /// Connections closed, by reason and by the side that ended them.
     pub closed_total: IntCounterVec,
-    /// Time from accept to the first relayed byte of the backend's answer.
+    /// Time from accept to the end of authentication (when the byte relay takes over).
     pub negotiation_seconds: Histogram,
     /// Time to open a TCP connection to a backend.
     pub backend_connect_seconds: HistogramVec,
@@ -73,7 +73,7 @@ impl Metrics {
         let negotiation_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "xmpp_lb_negotiation_duration_seconds",
-                "Time from accepting a client to relaying the chosen backend's first answer.",
+                "Time from accepting a client to the end of its authentication.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )

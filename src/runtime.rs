@@ -46,7 +46,9 @@ impl StateRegistry {
     fn get(&self, b: &BackendConfig, config: &Config) -> Arc<BackendState> {
         let adm = AdmissionConfig {
             max_negotiations: b.max_negotiations.or(config.admission.max_negotiations),
-            max_logins_per_second: b.max_logins_per_second.or(config.admission.max_logins_per_second),
+            max_logins_per_second: b
+                .max_logins_per_second
+                .or(config.admission.max_logins_per_second),
             queue: config.admission.queue,
             queue_timeout: config.admission.queue_timeout,
         };
@@ -94,7 +96,11 @@ impl Runtime {
     pub fn build(config: Config, registry: &StateRegistry) -> Result<Runtime, BuildError> {
         let names: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
         let weights: Vec<u32> = config.backends.iter().map(|b| b.weight).collect();
-        let states = config.backends.iter().map(|b| registry.get(b, &config)).collect();
+        let states = config
+            .backends
+            .iter()
+            .map(|b| registry.get(b, &config))
+            .collect();
         let mut acceptors = HashMap::new();
         for l in &config.listeners {
             let acceptor = crate::tls::acceptor(&l.certs).map_err(|source| BuildError::Tls {
@@ -115,14 +121,16 @@ impl Runtime {
             })?;
             entries.extend(parsed);
         }
-        let pins = Arc::new(PinTable::new(&entries, &names).map_err(|message| BuildError::Pins {
-            file: config
-                .routing
-                .pins_file
-                .as_ref()
-                .map_or_else(|| config.source.display().to_string(), |f| f.display().to_string()),
-            message,
-        })?);
+        let pins =
+            Arc::new(
+                PinTable::new(&entries, &names).map_err(|message| BuildError::Pins {
+                    file: config.routing.pins_file.as_ref().map_or_else(
+                        || config.source.display().to_string(),
+                        |f| f.display().to_string(),
+                    ),
+                    message,
+                })?,
+            );
         let mut domains = HashMap::new();
         for d in &config.domains {
             let policy_err = |message: String| BuildError::Policy {
@@ -162,7 +170,13 @@ impl Runtime {
     }
 
     /// Decide which key applies (None: wait for SASL to learn the user).
-    pub fn decide(&self, domain: &str, jid: Option<&str>, ip: IpAddr, identity_final: bool) -> Option<Decision> {
+    pub fn decide(
+        &self,
+        domain: &str,
+        jid: Option<&str>,
+        ip: IpAddr,
+        identity_final: bool,
+    ) -> Option<Decision> {
         let route = self.domains.get(domain)?;
         route.policy.decide(&Who {
             jid,
@@ -173,15 +187,24 @@ impl Runtime {
     }
 
     /// Pick the node for a decision, skipping `excluded` (nodes that already refused).
-    pub fn pick(&self, domain: &str, decision: &Decision, excluded: &[usize]) -> Option<(usize, ActiveGuard)> {
+    pub fn pick(
+        &self,
+        domain: &str,
+        decision: &Decision,
+        excluded: &[usize],
+    ) -> Option<(usize, ActiveGuard)> {
         let route = self.domains.get(domain)?;
-        route.pool.pick(&decision.placement, &self.states, &self.names, excluded)
+        route
+            .pool
+            .pick(&decision.placement, &self.states, &self.names, excluded)
     }
 
     /// The order nodes would be tried in now, without counting anything.
     pub fn order(&self, domain: &str, decision: &Decision) -> Vec<usize> {
         match self.domains.get(domain) {
-            Some(route) => route.pool.order(&decision.placement, &self.states, &self.names),
+            Some(route) => route
+                .pool
+                .order(&decision.placement, &self.states, &self.names),
             None => Vec::new(),
         }
     }
@@ -207,14 +230,22 @@ impl Runtime {
     /// A human explanation of where `jid` (from `ip`) lands and why, for `xmpp-lb route`.
     /// The first line is the backend name alone, so scripts can read it.
     pub fn explain(&self, jid: &str, ip: Option<IpAddr>) -> Result<String, String> {
-        let bare = crate::route::key::normalize_bare_jid(jid).ok_or_else(|| format!("{jid:?} is not a valid JID"))?;
-        let (_, domain) = bare.rsplit_once('@').ok_or_else(|| format!("{jid:?} has no domain"))?;
+        let bare = crate::route::key::normalize_bare_jid(jid)
+            .ok_or_else(|| format!("{jid:?} is not a valid JID"))?;
+        let (_, domain) = bare
+            .rsplit_once('@')
+            .ok_or_else(|| format!("{jid:?} has no domain"))?;
         let route = self
             .domains
             .get(domain)
             .ok_or_else(|| format!("domain {domain} is not served by this configuration"))?;
         let decision = self
-            .decide(domain, Some(&bare), ip.unwrap_or(IpAddr::from([0, 0, 0, 0])), true)
+            .decide(
+                domain,
+                Some(&bare),
+                ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                true,
+            )
             .ok_or("no routing decision")?;
         if decision.key == crate::route::policy::RouteKey::Subnet && ip.is_none() {
             return Err("this user is routed by subnet: give the client address with --ip".into());
@@ -230,11 +261,17 @@ impl Runtime {
             out.push_str(&format!("  skipped:  {} ({why})\n", k.as_str()));
         }
         if let Some(f) = route.pool.balance_factor() {
-            out.push_str(&format!("  load:     bounded, factor {f} (a node over its bound passes users on)\n"));
+            out.push_str(&format!(
+                "  load:     bounded, factor {f} (a node over its bound passes users on)\n"
+            ));
         }
         let rest: Vec<&str> = order[1..].iter().map(|&i| self.names[i].as_str()).collect();
         if !rest.is_empty() {
-            out.push_str(&format!("  fallback: {} (if {} is down, draining or full)\n", rest.join(", "), self.names[*first]));
+            out.push_str(&format!(
+                "  fallback: {} (if {} is down, draining or full)\n",
+                rest.join(", "),
+                self.names[*first]
+            ));
         }
         Ok(out)
     }
@@ -267,11 +304,17 @@ pub enum ReloadError {
     /// The configuration could not be put into service.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// Listeners were added, removed or changed: their sockets are bound once, at start.
+    #[error("listeners changed ({0}); restart the proxy to apply listener changes")]
+    Listeners(String),
 }
 
 impl Shared {
     /// Shared state for a first configuration.
-    pub fn new(config: Config, metrics: Arc<crate::metrics::Metrics>) -> Result<Shared, BuildError> {
+    pub fn new(
+        config: Config,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Shared, BuildError> {
         let registry = StateRegistry::default();
         let runtime = Runtime::build(config, &registry)?;
         let shared = Shared {
@@ -296,23 +339,50 @@ impl Shared {
         let result = Config::load(&current.config.source)
             .map_err(ReloadError::from)
             .and_then(|config| Runtime::build(config, &self.registry).map_err(ReloadError::from));
+        let result = result.and_then(|next| {
+            let shape = |c: &Config| {
+                let mut v: Vec<String> = c
+                    .listeners
+                    .iter()
+                    .map(|l| format!("{} {:?} {:?}", l.name, l.bind, l.tls))
+                    .collect();
+                v.sort();
+                v
+            };
+            let (old, new) = (shape(&current.config), shape(&next.config));
+            if old == new {
+                Ok(next)
+            } else {
+                let diff: Vec<&String> = new
+                    .iter()
+                    .filter(|l| !old.contains(l))
+                    .chain(old.iter().filter(|l| !new.contains(l)))
+                    .collect();
+                Err(ReloadError::Listeners(format!("{diff:?}")))
+            }
+        });
         match result {
             Ok(next) => {
-                for (old, new) in current.config.listeners.iter().zip(&next.config.listeners) {
-                    if old.bind != new.bind {
-                        tracing::warn!(listener = %new.name, "listener addresses changed: restart to re-bind");
-                    }
-                }
-                let removed: Vec<&String> = current.names.iter().filter(|n| !next.names.contains(n)).collect();
+                let removed: Vec<&String> = current
+                    .names
+                    .iter()
+                    .filter(|n| !next.names.contains(n))
+                    .collect();
                 tracing::info!(backends = ?next.names, removed = ?removed, "configuration reloaded");
                 self.runtime.store(Arc::new(next));
-                self.metrics.config_reloads_total.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["ok"])
+                    .inc();
                 self.publish_states();
                 Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload refused; keeping the running one");
-                self.metrics.config_reloads_total.with_label_values(&["failed"]).inc();
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["failed"])
+                    .inc();
                 Err(e)
             }
         }
@@ -326,16 +396,28 @@ impl Shared {
             Transition::Down => ("down", 0),
         };
         tracing::warn!(backend, state, "backend health changed");
-        self.metrics.health_transitions_total.with_label_values(&[backend, state]).inc();
-        self.metrics.backend_healthy.with_label_values(&[backend]).set(up);
+        self.metrics
+            .health_transitions_total
+            .with_label_values(&[backend, state])
+            .inc();
+        self.metrics
+            .backend_healthy
+            .with_label_values(&[backend])
+            .set(up);
     }
 
     /// Put every backend's health and drain state into the gauges.
     fn publish_states(&self) {
         let rt = self.runtime.load();
         for (name, s) in rt.names.iter().zip(&rt.states) {
-            self.metrics.backend_healthy.with_label_values(&[name]).set(i64::from(s.is_healthy()));
-            self.metrics.backend_draining.with_label_values(&[name]).set(i64::from(s.is_draining()));
+            self.metrics
+                .backend_healthy
+                .with_label_values(&[name])
+                .set(i64::from(s.is_healthy()));
+            self.metrics
+                .backend_draining
+                .with_label_values(&[name])
+                .set(i64::from(s.is_draining()));
         }
     }
 
@@ -343,10 +425,15 @@ impl Shared {
     /// to move, `rate` per second, until none is left or the drain is lifted.
     pub fn set_draining(self: &Arc<Self>, name: &str, on: bool) -> Result<(), String> {
         let rt = self.runtime.load_full();
-        let idx = rt.index_of(name).ok_or_else(|| format!("no backend named {name:?}"))?;
+        let idx = rt
+            .index_of(name)
+            .ok_or_else(|| format!("no backend named {name:?}"))?;
         let state = rt.states[idx].clone();
         let was = state.set_draining(on);
-        self.metrics.backend_draining.with_label_values(&[name]).set(i64::from(on));
+        self.metrics
+            .backend_draining
+            .with_label_values(&[name])
+            .set(i64::from(on));
         tracing::warn!(backend = name, draining = on, "drain state changed");
         if on && !was && rt.config.drain.mode == crate::config::DrainMode::Redirect {
             let shared = self.clone();
@@ -355,7 +442,11 @@ impl Shared {
             tokio::spawn(async move {
                 while state.is_draining() && state.relays() > 0 {
                     let asked = state.interrupt_some(1, crate::backend::state::Command::Drain);
-                    shared.metrics.drain_redirects_total.with_label_values(&[&name]).inc_by(asked as u64);
+                    shared
+                        .metrics
+                        .drain_redirects_total
+                        .with_label_values(&[&name])
+                        .inc_by(asked as u64);
                     tokio::time::sleep(period).await;
                 }
                 tracing::info!(backend = %name, "drain: no relayed client left to move");
@@ -376,9 +467,13 @@ impl Shared {
                     let domain = rt.domains_of(idx).first().map(|d| d.to_string());
                     let Some(domain) = domain else { return };
                     let health = &rt.config.health;
-                    let ok = crate::backend::probe::probe(rt.config.backends[idx].address, &domain, health.timeout)
-                        .await
-                        .is_ok();
+                    let ok = crate::backend::probe::probe(
+                        rt.config.backends[idx].address,
+                        &domain,
+                        health.timeout,
+                    )
+                    .await
+                    .is_ok();
                     if let Some(t) = rt.states[idx].record(ok, health.rise, health.fall) {
                         shared.note_transition(&rt.names[idx], t);
                     }

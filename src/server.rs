@@ -55,7 +55,10 @@ impl Server {
                 tls: l.tls,
             });
             for addr in &l.bind {
-                let socket = bind(*addr).map_err(|source| StartError::Bind { addr: *addr, source })?;
+                let socket = bind(*addr).map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
                 listeners.push((socket, ctx.clone()));
             }
         }
@@ -110,7 +113,10 @@ impl Server {
         tasks.spawn(reload_on_sighup(shared.clone(), shutdown.clone()));
         let (max_connections, grace) = {
             let rt = shared.runtime.load();
-            (rt.config.limits.max_connections, rt.config.limits.shutdown_grace)
+            (
+                rt.config.limits.max_connections,
+                rt.config.limits.shutdown_grace,
+            )
         };
         let permits = Arc::new(Semaphore::new(max_connections));
         let connections = tokio_util::task::TaskTracker::new();
@@ -160,7 +166,10 @@ impl Server {
         // its XEP-0198 session left resumable on the node) and wait out the rest.
         let started = tokio::time::Instant::now();
         let deadline = started + grace;
-        while shared.negotiating.load(std::sync::atomic::Ordering::Relaxed) > 0
+        while shared
+            .negotiating
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
             && started.elapsed() < grace / 2
         {
             tokio::time::sleep(Duration::from_millis(20)).await;

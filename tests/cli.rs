@@ -106,8 +106,15 @@ fn route_prints_the_pinned_node_for_a_jid() {
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(stdout.lines().next().unwrap_or_default(), node, "{jid}: {stdout}");
-        assert!(stdout.contains("key:      jid"), "route explains its answer: {stdout}");
+        assert_eq!(
+            stdout.lines().next().unwrap_or_default(),
+            node,
+            "{jid}: {stdout}"
+        );
+        assert!(
+            stdout.contains("key:      jid"),
+            "route explains its answer: {stdout}"
+        );
     }
     let out = xmpp_lb()
         .args(["route", "--config"])
@@ -138,7 +145,11 @@ fn route_by_subnet_needs_and_uses_the_client_address() {
             .output()
             .unwrap();
         assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
     };
     // One /24 (or /64) is one key: every address in it lands together.
     assert_eq!(node_of("192.0.2.1"), node_of("192.0.2.254"));

@@ -14,7 +14,9 @@ use common::raw::Raw;
 const DOMAIN: &str = "example.test";
 
 fn users(prefix: &str, n: usize) -> Vec<(String, String)> {
-    (0..n).map(|i| (format!("{prefix}{i}"), format!("pw-{prefix}{i}"))).collect()
+    (0..n)
+        .map(|i| (format!("{prefix}{i}"), format!("pw-{prefix}{i}")))
+        .collect()
 }
 
 fn register(cluster: &ProsodyCluster, list: &[(String, String)]) {
@@ -46,15 +48,31 @@ fn a_killed_node_moves_only_its_users_and_takes_logins_again_when_back() {
     register(&cluster, &people);
     let backends: Vec<_> = (0..3).map(|i| cluster.addr(i)).collect();
     let health = "\n[health]\ninterval = \"300ms\"\ntimeout = \"1s\"\nrise = 2\nfall = 2\n";
-    let proxy = Proxy::start(&config_text(&pki.cert_path(DOMAIN), &pki.key_path(DOMAIN), DOMAIN, "jid", &backends, health));
+    let proxy = Proxy::start(&config_text(
+        &pki.cert_path(DOMAIN),
+        &pki.key_path(DOMAIN),
+        DOMAIN,
+        "jid",
+        &backends,
+        health,
+    ));
     let addr = proxy.addr("direct", false);
     let ca = pki.ca_path();
     let home: HashMap<String, usize> = people
         .iter()
-        .map(|(u, _)| (u.clone(), node_index(&proxy.preference(&format!("{u}@{DOMAIN}"))[0])))
+        .map(|(u, _)| {
+            (
+                u.clone(),
+                node_index(&proxy.preference(&format!("{u}@{DOMAIN}"))[0]),
+            )
+        })
         .collect();
     let victim = 1usize;
-    let victims: Vec<&String> = home.iter().filter(|(_, n)| **n == victim).map(|(u, _)| u).collect();
+    let victims: Vec<&String> = home
+        .iter()
+        .filter(|(_, n)| **n == victim)
+        .map(|(u, _)| u)
+        .collect();
     assert!(!victims.is_empty(), "some users live on the victim node");
 
     cluster.kill_node(victim);
@@ -68,22 +86,34 @@ fn a_killed_node_moves_only_its_users_and_takes_logins_again_when_back() {
                 let second = node_index(&proxy.preference(&format!("{u}@{DOMAIN}"))[1]);
                 assert_eq!(on, second, "{u} falls over to the next node on the ring");
             } else {
-                assert_eq!(on, home[u], "{u} did not live on the dead node and must not move");
+                assert_eq!(
+                    on, home[u],
+                    "{u} did not live on the dead node and must not move"
+                );
             }
         }
     });
-    assert!(killed_at.elapsed() < Duration::from_secs(3 + people.len() as u64), "logins kept working");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(3 + people.len() as u64),
+        "logins kept working"
+    );
     // Health checks notice the death too.
     let t0 = Instant::now();
     while proxy.metric("xmpp_lb_backend_healthy{backend=\"node2\"}") != 0.0 {
-        assert!(t0.elapsed() < Duration::from_secs(5), "health checks never marked node2 down");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "health checks never marked node2 down"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
     cluster.restart_node(victim);
     let t0 = Instant::now();
     while proxy.metric("xmpp_lb_backend_healthy{backend=\"node2\"}") != 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(5), "health checks never marked node2 up again");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "health checks never marked node2 up again"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     proxy.block_on(async {
@@ -102,7 +132,14 @@ fn draining_a_node_moves_its_clients_and_undrain_restores_it() {
     register(&cluster, &people);
     let backends: Vec<_> = (0..3).map(|i| cluster.addr(i)).collect();
     let drain = "\n[drain]\nmode = \"redirect\"\nrate = 50\n";
-    let proxy = Proxy::start(&config_text(&pki.cert_path(DOMAIN), &pki.key_path(DOMAIN), DOMAIN, "jid", &backends, drain));
+    let proxy = Proxy::start(&config_text(
+        &pki.cert_path(DOMAIN),
+        &pki.key_path(DOMAIN),
+        DOMAIN,
+        "jid",
+        &backends,
+        drain,
+    ));
     let addr = proxy.addr("direct", false);
     let ca = pki.ca_path();
     let target = 0usize;
@@ -162,7 +199,9 @@ fn a_reload_adding_a_node_moves_a_quarter_of_keys_and_drops_nobody() {
     let proxy = Proxy::start(&config_text(&cert, &key, DOMAIN, "jid", &three, ""));
     let addr = proxy.addr("direct", false);
     let ca = pki.ca_path();
-    let before: Vec<String> = (0..2000).map(|i| proxy.preference(&format!("k{i}@{DOMAIN}"))[0].clone()).collect();
+    let before: Vec<String> = (0..2000)
+        .map(|i| proxy.preference(&format!("k{i}@{DOMAIN}"))[0].clone())
+        .collect();
     proxy.block_on(async {
         let mut held = Vec::new();
         for (u, pw) in &people {
@@ -170,7 +209,10 @@ fn a_reload_adding_a_node_moves_a_quarter_of_keys_and_drops_nobody() {
         }
         // Rewrite the file with a fourth node (same listeners: bound ports stay) and reload.
         let text = std::fs::read_to_string(&proxy.config_path).unwrap();
-        let added = format!("{text}\n[[backend]]\nname = \"node4\"\naddress = \"{}\"\n", four[3]);
+        let added = format!(
+            "{text}\n[[backend]]\nname = \"node4\"\naddress = \"{}\"\n",
+            four[3]
+        );
         std::fs::write(&proxy.config_path, added).unwrap();
         proxy.shared.reload().await.expect("reload accepted");
         // Nobody established was dropped.
@@ -184,8 +226,14 @@ fn a_reload_adding_a_node_moves_a_quarter_of_keys_and_drops_nobody() {
             raw.ping(DOMAIN).await;
         }
     });
-    assert_eq!(proxy.metric("xmpp_lb_config_reloads_total{result=\"ok\"}"), 1.0);
-    assert_eq!(proxy.metric("xmpp_lb_config_reloads_total{result=\"failed\"}"), 1.0);
+    assert_eq!(
+        proxy.metric("xmpp_lb_config_reloads_total{result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric("xmpp_lb_config_reloads_total{result=\"failed\"}"),
+        1.0
+    );
     let rt = proxy.shared.runtime.load();
     let pool = &rt.domains[DOMAIN].pool;
     let mut moved = 0;
@@ -197,7 +245,10 @@ fn a_reload_adding_a_node_moves_a_quarter_of_keys_and_drops_nobody() {
         }
     }
     let share = moved as f64 / before.len() as f64;
-    assert!((0.17..=0.33).contains(&share), "about 1/4 of keys move, got {share}");
+    assert!(
+        (0.17..=0.33).contains(&share),
+        "about 1/4 of keys move, got {share}"
+    );
     // A new login of a user whose home moved lands on node4.
     let (u, pw) = people
         .iter()
@@ -210,7 +261,10 @@ fn a_reload_adding_a_node_moves_a_quarter_of_keys_and_drops_nobody() {
             raw.ping(DOMAIN).await;
             let jid = format!("{u}@{DOMAIN}");
             let on_node4 = cluster.sessions(3);
-            assert!(on_node4.iter().any(|s| s.starts_with(&jid)), "{u} now logs in on node4: {on_node4:?}");
+            assert!(
+                on_node4.iter().any(|s| s.starts_with(&jid)),
+                "{u} now logs in on node4: {on_node4:?}"
+            );
         });
     }
 }
@@ -222,7 +276,14 @@ fn a_login_storm_waits_its_turn_and_every_login_succeeds() {
     let people = users("s", 500);
     register(&cluster, &people);
     let limits = "\n[admission]\nmax_negotiations = 50\nqueue = 1000\nqueue_timeout = \"60s\"\n";
-    let proxy = Proxy::start(&config_text(&pki.cert_path(DOMAIN), &pki.key_path(DOMAIN), DOMAIN, "jid", &[cluster.addr(0)], limits));
+    let proxy = Proxy::start(&config_text(
+        &pki.cert_path(DOMAIN),
+        &pki.key_path(DOMAIN),
+        DOMAIN,
+        "jid",
+        &[cluster.addr(0)],
+        limits,
+    ));
     let addr = proxy.addr("direct", false);
     let ca = pki.ca_path();
     let shared = proxy.shared.clone();
@@ -235,7 +296,10 @@ fn a_login_storm_waits_its_turn_and_every_login_succeeds() {
                     let rt = shared.runtime.load();
                     peak = peak.max(rt.states[0].admission.negotiating());
                     tokio::time::sleep(Duration::from_millis(2)).await;
-                    if peak > 0 && rt.states[0].admission.negotiating() == 0 && rt.states[0].admission.waiting() == 0 {
+                    if peak > 0
+                        && rt.states[0].admission.negotiating() == 0
+                        && rt.states[0].admission.waiting() == 0
+                    {
                         return peak;
                     }
                 }
@@ -254,25 +318,50 @@ fn a_login_storm_waits_its_turn_and_every_login_succeeds() {
         }
         watcher.await.unwrap()
     });
-    assert!(peak <= 50, "never more than 50 logins negotiating at once on the node, saw {peak}");
-    assert!(peak >= 10, "the limit was actually reached under the storm, saw {peak}");
-    assert_eq!(proxy.metric("xmpp_lb_admission_refused_total{backend=\"node1\"}"), 0.0);
+    assert!(
+        peak <= 50,
+        "never more than 50 logins negotiating at once on the node, saw {peak}"
+    );
+    assert!(
+        peak >= 10,
+        "the limit was actually reached under the storm, saw {peak}"
+    );
+    assert_eq!(
+        proxy.metric("xmpp_lb_admission_refused_total{backend=\"node1\"}"),
+        0.0
+    );
 }
 
 #[test]
 fn tenants_and_pins_put_the_expected_devices_together() {
     let pki = TestPki::new(&[DOMAIN]);
     let cluster = ProsodyCluster::start(3, DOMAIN, ProsodyOpts::default()).expect("prosody");
-    let devices: Vec<(String, String)> = ["acme-1", "acme-2", "acme-3", "acme-4", "globex-1", "globex-2", "sensor-9", "initech-7"]
-        .iter()
-        .map(|d| (d.to_string(), format!("pw-{d}")))
-        .collect();
+    let devices: Vec<(String, String)> = [
+        "acme-1",
+        "acme-2",
+        "acme-3",
+        "acme-4",
+        "globex-1",
+        "globex-2",
+        "sensor-9",
+        "initech-7",
+    ]
+    .iter()
+    .map(|d| (d.to_string(), format!("pw-{d}")))
+    .collect();
     register(&cluster, &devices);
     let backends: Vec<_> = (0..3).map(|i| cluster.addr(i)).collect();
     let routing = "keys = [\"pin\", \"tenant\", \"jid\"]\ntenant_pattern = \"^(?<tenant>[a-z]+)-\"\n\
                    [[routing.pin]]\nmatch = \"sensor-9@example.test\"\nbackend = \"node3\"\n\
                    [[routing.pin]]\nmatch = \"tenant:initech\"\nbackend = \"node1\"\n";
-    let proxy = Proxy::start(&config_text(&pki.cert_path(DOMAIN), &pki.key_path(DOMAIN), DOMAIN, routing, &backends, ""));
+    let proxy = Proxy::start(&config_text(
+        &pki.cert_path(DOMAIN),
+        &pki.key_path(DOMAIN),
+        DOMAIN,
+        routing,
+        &backends,
+        "",
+    ));
     let addr = proxy.addr("direct", false);
     let ca = pki.ca_path();
     proxy.block_on(async {
@@ -285,7 +374,11 @@ fn tenants_and_pins_put_the_expected_devices_together() {
         for d in ["acme-2", "acme-3", "acme-4"] {
             assert_eq!(on(d), acme, "every acme device shares a node");
         }
-        assert_eq!(on("globex-1"), on("globex-2"), "every globex device shares a node");
+        assert_eq!(
+            on("globex-1"),
+            on("globex-2"),
+            "every globex device shares a node"
+        );
         assert_eq!(on("sensor-9"), 2, "a JID pin wins");
         assert_eq!(on("initech-7"), 0, "a tenant pin wins");
         drop(held);
@@ -313,7 +406,14 @@ fn bounded_load_spreads_a_hot_key_over_the_nodes() {
     let backends: Vec<_> = (0..3).map(|i| cluster.addr(i)).collect();
     // Routing by domain puts everyone on one key: the most skewed key set there is.
     let routing = "key = \"domain\"\nbalance_factor = 1.25\n";
-    let proxy = Proxy::start(&config_text(&pki.cert_path(DOMAIN), &pki.key_path(DOMAIN), DOMAIN, routing, &backends, ""));
+    let proxy = Proxy::start(&config_text(
+        &pki.cert_path(DOMAIN),
+        &pki.key_path(DOMAIN),
+        DOMAIN,
+        routing,
+        &backends,
+        "",
+    ));
     let addr = proxy.addr("direct", false);
     let ca = pki.ca_path();
     proxy.block_on(async {
@@ -325,7 +425,10 @@ fn bounded_load_spreads_a_hot_key_over_the_nodes() {
         let total: usize = counts.iter().sum();
         assert_eq!(total, people.len(), "{counts:?}");
         let cap = (1.25 * total as f64 / 3.0).ceil() as usize;
-        assert!(counts.iter().all(|&c| c <= cap), "no node above 1.25 × average ({cap}): {counts:?}");
+        assert!(
+            counts.iter().all(|&c| c <= cap),
+            "no node above 1.25 × average ({cap}): {counts:?}"
+        );
         drop(held);
     });
 }
@@ -358,7 +461,10 @@ fn sigterm_moves_clients_off_with_system_shutdown_and_exits_zero() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let t0 = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "proxy never listened");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "proxy never listened"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -369,10 +475,18 @@ fn sigterm_moves_clients_off_with_system_shutdown_and_exits_zero() {
         let stopped_at = Instant::now();
         sigterm(child.id()).unwrap();
         let got = raw.read_to_close(Duration::from_secs(6)).await;
-        assert!(got.contains("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{got}");
-        let status = wait_timeout(&mut child, Duration::from_secs(6)).unwrap().expect("exited");
+        assert!(
+            got.contains("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+            "{got}"
+        );
+        let status = wait_timeout(&mut child, Duration::from_secs(6))
+            .unwrap()
+            .expect("exited");
         assert!(status.success(), "exit status {status:?}");
-        assert!(stopped_at.elapsed() < Duration::from_secs(5), "within the grace");
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(5),
+            "within the grace"
+        );
         // New connections are refused once it stopped.
         assert!(std::net::TcpStream::connect(addr).is_err());
     });

@@ -10,7 +10,11 @@ use crate::metrics::Metrics;
 /// Connect `backend` within `timeout`, with TCP_NODELAY (stanzas are small and
 /// latency-bound; never wait to coalesce them). Failures are counted per backend; the caller
 /// decides what to try next.
-pub async fn connect(backend: &BackendConfig, timeout: Duration, metrics: &Metrics) -> std::io::Result<TcpStream> {
+pub async fn connect(
+    backend: &BackendConfig,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> std::io::Result<TcpStream> {
     let started = Instant::now();
     let attempt = tokio::time::timeout(timeout, TcpStream::connect(backend.address)).await;
     let result = match attempt {

@@ -154,10 +154,7 @@ impl FeatureCache {
         for (name, address) in backends {
             match probe(*address, domain, timeout).await {
                 Ok(features) => {
-                    metrics
-                        .probes_total
-                        .with_label_values(&[name, "ok"])
-                        .inc();
+                    metrics.probes_total.with_label_values(&[name, "ok"]).inc();
                     let features = Arc::new(features);
                     let previous = self
                         .by_domain

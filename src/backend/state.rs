@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-
 /// Live state of one backend.
 pub struct BackendState {
     /// The backend's name (stable across reloads).
@@ -53,7 +52,10 @@ pub enum Transition {
 
 impl BackendState {
     /// A fresh state: healthy, not draining, idle.
-    pub fn new(name: &str, admission: crate::backend::admission::AdmissionConfig) -> Arc<BackendState> {
+    pub fn new(
+        name: &str,
+        admission: crate::backend::admission::AdmissionConfig,
+    ) -> Arc<BackendState> {
         Arc::new(BackendState {
             name: name.to_string(),
             healthy: AtomicBool::new(true),
@@ -175,7 +177,11 @@ pub struct RelayRegistration {
 
 impl Drop for RelayRegistration {
     fn drop(&mut self) {
-        self.state.relays.lock().expect("relays lock").remove(&self.id);
+        self.state
+            .relays
+            .lock()
+            .expect("relays lock")
+            .remove(&self.id);
     }
 }
 
@@ -202,7 +208,11 @@ mod tests {
         assert!(s.is_healthy());
         assert_eq!(s.record(false, 2, 3), None);
         assert_eq!(s.record(false, 2, 3), None);
-        assert_eq!(s.record(true, 2, 3), None, "a success resets the failure streak");
+        assert_eq!(
+            s.record(true, 2, 3),
+            None,
+            "a success resets the failure streak"
+        );
         assert_eq!(s.record(false, 2, 3), None);
         assert_eq!(s.record(false, 2, 3), None);
         assert_eq!(s.record(false, 2, 3), Some(Transition::Down));
@@ -227,7 +237,10 @@ mod tests {
         assert_eq!(s.relays(), 2);
         assert_eq!(s.interrupt_some(1, Command::Drain), 1);
         assert_eq!(s.relays(), 1);
-        let got: Vec<_> = [rx1.try_recv().ok(), rx2.try_recv().ok()].into_iter().flatten().collect();
+        let got: Vec<_> = [rx1.try_recv().ok(), rx2.try_recv().ok()]
+            .into_iter()
+            .flatten()
+            .collect();
         assert_eq!(got, vec![Command::Drain], "exactly one relay was asked");
         drop((r1, r2));
         assert_eq!(s.relays(), 0, "guards unregister");

@@ -30,8 +30,16 @@ pub struct DomainPool {
 
 impl DomainPool {
     /// A pool over `members` (indices into `names`/`weights` of the whole backend list).
-    pub fn new(members: Vec<usize>, names: &[String], weights: &[u32], balance_factor: Option<f64>) -> DomainPool {
-        let spec: Vec<(String, u32)> = members.iter().map(|&i| (names[i].clone(), weights[i])).collect();
+    pub fn new(
+        members: Vec<usize>,
+        names: &[String],
+        weights: &[u32],
+        balance_factor: Option<f64>,
+    ) -> DomainPool {
+        let spec: Vec<(String, u32)> = members
+            .iter()
+            .map(|&i| (names[i].clone(), weights[i]))
+            .collect();
         DomainPool {
             weights: members.iter().map(|&i| weights[i]).collect(),
             ring: Ring::new(&spec),
@@ -54,12 +62,22 @@ impl DomainPool {
     /// The pure ring order for `key` (backend indices), ignoring health and load: where a key
     /// lives when everything is up.
     pub fn ring_order(&self, key: &str) -> Vec<usize> {
-        self.ring.preference(key).into_iter().map(|i| self.members[i]).collect()
+        self.ring
+            .preference(key)
+            .into_iter()
+            .map(|i| self.members[i])
+            .collect()
     }
 
     /// Every candidate in the order they would be tried now: nodes accepting logins first
-    /// (under the load bound first of all), then the rest as a last resort.
-    pub fn order(&self, placement: &Placement, states: &[Arc<BackendState>], names: &[String]) -> Vec<usize> {
+    /// (under the load bound first of all), then unhealthy ones as a last resort; draining
+    /// nodes never (a pin still names its node: pinned devices never move).
+    pub fn order(
+        &self,
+        placement: &Placement,
+        states: &[Arc<BackendState>],
+        names: &[String],
+    ) -> Vec<usize> {
         let base: Vec<usize> = match placement {
             Placement::Pinned(name) => {
                 // Pins are strict: a pinned device never moves, even when its node is down.
@@ -72,8 +90,12 @@ impl DomainPool {
                 all
             }
         };
-        let (mut accepting, rest): (Vec<usize>, Vec<usize>) =
-            base.into_iter().partition(|&i| states[i].accepts_logins());
+        // Draining nodes take no new logins at all; unhealthy ones are a last resort (a check
+        // may lag behind a node that just came back).
+        let (mut accepting, rest): (Vec<usize>, Vec<usize>) = base
+            .into_iter()
+            .filter(|&i| !states[i].is_draining())
+            .partition(|&i| states[i].accepts_logins());
         if let Some(factor) = self.balance_factor
             && let Some(pos) = self.first_under_bound(&accepting, states, factor)
         {
@@ -103,7 +125,12 @@ impl DomainPool {
 
     /// Position in `candidates` (ring order) of the first node under its load bound:
     /// `factor × (total + 1) × weight / total weight`, rounded up, over accepting nodes.
-    fn first_under_bound(&self, candidates: &[usize], states: &[Arc<BackendState>], factor: f64) -> Option<usize> {
+    fn first_under_bound(
+        &self,
+        candidates: &[usize],
+        states: &[Arc<BackendState>],
+        factor: f64,
+    ) -> Option<usize> {
         let weight_of = |i: usize| {
             let pos = self.members.iter().position(|&m| m == i).unwrap_or(0);
             f64::from(self.weights[pos])
@@ -155,9 +182,17 @@ mod tests {
             states[ring[0]].record(false, 2, 2);
         }
         let order = pool.order(&key, &states, &names);
-        assert_eq!(order, vec![ring[1], ring[2], ring[0]], "the dead home node is tried last");
+        assert_eq!(
+            order,
+            vec![ring[1], ring[2], ring[0]],
+            "the dead home node is tried last"
+        );
         states[ring[1]].set_draining(true);
-        assert_eq!(pool.order(&key, &states, &names), vec![ring[2], ring[0], ring[1]]);
+        assert_eq!(
+            pool.order(&key, &states, &names),
+            vec![ring[2], ring[0]],
+            "a draining node takes no new login"
+        );
     }
 
     #[test]
@@ -167,11 +202,21 @@ mod tests {
         // A skewed set: every key is the same user, so plain hashing would put all on one node.
         let mut guards = Vec::new();
         for n in 1..=300usize {
-            let (_, g) = pool.pick(&Placement::Ring("hot@example.test".into()), &states, &names, &[]).unwrap();
+            let (_, g) = pool
+                .pick(
+                    &Placement::Ring("hot@example.test".into()),
+                    &states,
+                    &names,
+                    &[],
+                )
+                .unwrap();
             guards.push(g);
             let max = states.iter().map(|s| s.active()).max().unwrap() as f64;
             let avg = n as f64 / 3.0;
-            assert!(max <= (1.25 * avg).ceil() + 1.0, "after {n}: max {max} > 1.25 × avg {avg}");
+            assert!(
+                max <= (1.25 * avg).ceil() + 1.0,
+                "after {n}: max {max} > 1.25 × avg {avg}"
+            );
         }
         let loads: Vec<usize> = states.iter().map(|s| s.active()).collect();
         assert!(loads.iter().all(|&l| l <= 125), "{loads:?}");
@@ -186,7 +231,10 @@ mod tests {
         for _ in 0..2 {
             states[1].record(false, 2, 2);
         }
-        assert_eq!(pool.order(&Placement::Pinned("node2".into()), &states, &names), vec![1]);
+        assert_eq!(
+            pool.order(&Placement::Pinned("node2".into()), &states, &names),
+            vec![1]
+        );
         let mut seen = std::collections::HashSet::new();
         for _ in 0..64 {
             seen.insert(pool.order(&Placement::Random, &states, &names)[0]);

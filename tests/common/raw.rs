@@ -191,14 +191,25 @@ impl Raw {
     }
 
     /// Direct TLS, SASL PLAIN as `user@domain`, restart, bind: a logged-in client.
-    pub async fn login(addr: SocketAddr, domain: &str, ca: &Path, user: &str, password: &str) -> Raw {
+    pub async fn login(
+        addr: SocketAddr,
+        domain: &str,
+        ca: &Path,
+        user: &str,
+        password: &str,
+    ) -> Raw {
         let mut raw = Raw::direct_tls(addr, domain, ca).await;
         raw.send(&header(domain, None)).await;
         raw.expect("</stream:features>").await;
         raw.clear();
         raw.send(&plain_auth(user, password)).await;
-        raw.expect_any(&["<success", "<failure"], Duration::from_secs(15)).await;
-        assert!(raw.received.contains("<success"), "login of {user} failed: {}", raw.received);
+        raw.expect_any(&["<success", "<failure"], Duration::from_secs(15))
+            .await;
+        assert!(
+            raw.received.contains("<success"),
+            "login of {user} failed: {}",
+            raw.received
+        );
         raw.clear();
         raw.send(&header(domain, None)).await;
         raw.expect("</stream:features>").await;
@@ -211,7 +222,10 @@ impl Raw {
     /// Ask the server for a ping (XEP-0199) and wait for its answer: the stream is alive.
     pub async fn ping(&mut self, domain: &str) {
         let id = format!("ping{}", rand_id());
-        self.send(&format!("<iq type='get' id='{id}' to='{domain}'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
+        self.send(&format!(
+            "<iq type='get' id='{id}' to='{domain}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
         self.expect(&format!("id='{id}'")).await;
     }
 
