@@ -179,6 +179,14 @@ impl Ctx {
         }
     }
 
+    fn echo_fail(&self, text: String) {
+        let mut s = self.stats.lock().unwrap();
+        s.rtt_failed += 1;
+        if s.errors.len() < KEEP_ERRORS {
+            s.errors.push(text);
+        }
+    }
+
     fn user(&self, i: usize) -> String {
         format!("{}{}", self.args.user_prefix, self.args.first_user + i)
     }
@@ -507,13 +515,7 @@ async fn echo_pair(ctx: Arc<Ctx>, p: usize) {
         }
     }
     if let Some(e) = failure {
-        let mut st = ctx.stats.lock().unwrap();
-        st.rtt_failed += 1;
-        if st.errors.len() < KEEP_ERRORS {
-            st.errors
-                .push(format!("{}: echo: {e:#}", ctx.user(p)));
-        }
-        drop(st);
+        ctx.echo_fail(format!("{}: echo: {e:#}", ctx.user(p)));
         answerer.abort();
         a.close().await;
         return;
@@ -521,13 +523,7 @@ async fn echo_pair(ctx: Arc<Ctx>, p: usize) {
     a.close().await;
     match tokio::time::timeout(ctx.step, answerer).await {
         Ok(Ok(Ok(b))) => b.close().await,
-        Ok(Ok(Err(e))) => {
-            let mut st = ctx.stats.lock().unwrap();
-            st.rtt_failed += 1;
-            if st.errors.len() < KEEP_ERRORS {
-                st.errors.push(format!("{}: echo answerer: {e:#}", ctx.user(p)));
-            }
-        }
+        Ok(Ok(Err(e))) => ctx.echo_fail(format!("{}: echo answerer: {e:#}", ctx.user(p))),
         _ => {}
     }
 }
@@ -754,6 +750,7 @@ fn main() -> anyhow::Result<()> {
         (Some(ca), Tls::Starttls) => (None, Some(tls_connector(ca, false, args.tls_resume)?)),
         _ => (None, None),
     };
+    let cpu0 = cpu_seconds();
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -789,6 +786,24 @@ fn main() -> anyhow::Result<()> {
             st.login_phase = Some(total);
         }
     }
-    println!("{}", summary(&ctx, timed_out));
+    let mut out = summary(&ctx, timed_out);
+    out["client_cpu_s"] = json!(cpu_seconds() - cpu0);
+    println!("{out}");
     Ok(())
+}
+
+/// User + system CPU time this process has used so far (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // USER_HZ is 100 on every Linux architecture this runs on.
+    ticks / 100.0
 }

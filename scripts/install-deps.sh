@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the demo and the tests need on a Debian machine: Prosody (the real XMPP server
-# the tests run), openssl (demo certificates), curl, and slixmpp (the real XMPP client).
+# the tests run), Prometheus and promtool (the tests scrape the proxy with a real server and lint
+# its exposition), openssl (demo certificates), curl, and slixmpp (the real XMPP client).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,16 +12,27 @@ missing=()
 command -v prosody >/dev/null || missing+=(prosody)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+# promtool ships in the same package as the server.
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
   sudo_if_needed apt-get update -qq
-  # policy-rc.d keeps the package's own system-wide Prosody service from starting: tests run
-  # their own nodes on free loopback ports and must not share the machine with a stray one.
+  # policy-rc.d keeps the packages' own system-wide Prosody and Prometheus services from
+  # starting: tests run their own on free loopback ports, each Prometheus with its own storage
+  # in a temporary directory, and must not share the machine with a stray one (or with a
+  # Prometheus scraping on :9090).
   if [ ! -e /usr/sbin/policy-rc.d ] && [ "$(id -u)" -eq 0 ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Where no policy-rc.d could be put in place (not root), the package may have started its
+  # service anyway: stop the one just installed, so nothing is left listening on :9090.
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+      sudo_if_needed systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 # The client: the given interpreter if it has slixmpp, else pip, else a project venv (.venv,

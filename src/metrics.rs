@@ -1,20 +1,62 @@
 //! Every metric the proxy exports, defined in one place on one registry.
 //!
-//! Labels are bounded sets (listener names, backend names, fixed reason words): never a JID
-//! or an IP address, so a scrape stays small however many users connect.
+//! Labels are bounded sets (listener names, backend names, configured domains, fixed reason
+//! words): never a JID or an IP address, so a scrape stays small however many users connect.
+//! Every metric is registered through one helper that also records its [`Definition`], so
+//! the documentation test (docs/metrics.md) and the dashboard test (grafana/xmpp-lb.json) see
+//! every metric, including the labelled ones a fresh process has no series of yet.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The Prometheus type of a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (name ends in `_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Observations in buckets (`_bucket`, `_sum` and `_count` series).
+    Histogram,
+}
+
+impl Kind {
+    /// The word the exposition format's `# TYPE` line uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// What one registered metric is: enough to document it and to check queries against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Definition {
+    /// The metric family name (without `_bucket`/`_sum`/`_count` for histograms).
+    pub name: String,
+    /// Its type.
+    pub kind: Kind,
+    /// Its help text.
+    pub help: String,
+    /// Its label names, in declaration order.
+    pub labels: Vec<String>,
+}
 
 /// The proxy's metrics. Cheap to clone handles live inside; share it behind an `Arc`.
 pub struct Metrics {
     /// The registry `/metrics` renders; private so nothing registers behind our back.
     registry: Registry,
+    /// What was registered, in registration order.
+    definitions: Vec<Definition>,
     /// Client connections accepted, by listener and TLS style.
     pub connections_total: IntCounterVec,
-    /// Client connections open now, by listener.
+    /// Client connections open now, by listener and TLS style (`pending` on a `tls = "auto"`
+    /// listener until the first byte shows which).
     pub connections_open: IntGaugeVec,
     /// Relayed connections open now, by backend.
     pub backend_connections_open: IntGaugeVec,
@@ -50,6 +92,13 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     /// Clients asked to move off a draining node, by backend.
     pub drain_redirects_total: IntCounterVec,
+    /// Each backend's share (0..=1) of its domain's ring, i.e. of the users it is home to
+    /// when every node is up; set from the running configuration.
+    pub backend_ring_share: GaugeVec,
+    /// Always 1, labelled with the version, so dashboards can show what runs where.
+    pub build_info: IntGaugeVec,
+    /// Log lines dropped because the log output could not keep up (logging never blocks).
+    pub log_lines_dropped_total: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -60,16 +109,7 @@ impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("unique metric");
-            c
-        }
-        fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
-        }
+        let mut definitions = Vec::new();
         let negotiation_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "xmpp_lb_negotiation_duration_seconds",
@@ -78,9 +118,12 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(negotiation_seconds.clone()))
-            .expect("unique metric");
+        let negotiation_seconds = register(
+            &registry,
+            &mut definitions,
+            Kind::Histogram,
+            negotiation_seconds,
+        );
         let backend_connect_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "xmpp_lb_backend_connect_duration_seconds",
@@ -90,120 +133,180 @@ impl Metrics {
             &["backend"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(backend_connect_seconds.clone()))
-            .expect("unique metric");
+        let backend_connect_seconds = register(
+            &registry,
+            &mut definitions,
+            Kind::Histogram,
+            backend_connect_seconds,
+        );
+        let registry_ref = &registry;
+        let defs = &mut definitions;
+        let mut counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            register(registry_ref, defs, Kind::Counter, c)
+        };
+        let connections_total = counter(
+            "xmpp_lb_connections_total",
+            "Client connections accepted.",
+            &["listener", "tls"],
+        );
+        let routed_total = counter(
+            "xmpp_lb_routed_total",
+            "Connections routed to a backend, by the source of the routing key.",
+            &["backend", "source"],
+        );
+        let closed_total = counter(
+            "xmpp_lb_connections_closed_total",
+            "Client connections closed, by reason and the side that ended them.",
+            &["reason", "side"],
+        );
+        let backend_connect_failures_total = counter(
+            "xmpp_lb_backend_connect_failures_total",
+            "Failed attempts to connect a backend.",
+            &["backend"],
+        );
+        let relayed_bytes_total = counter(
+            "xmpp_lb_relayed_bytes_total",
+            "Bytes relayed between clients and backends.",
+            &["backend", "direction"],
+        );
+        let stream_errors_total = counter(
+            "xmpp_lb_stream_errors_sent_total",
+            "Stream errors the proxy sent to clients, by condition.",
+            &["condition"],
+        );
+        let sasl_total = counter(
+            "xmpp_lb_sasl_outcomes_total",
+            "SASL outcomes seen while relaying authentication, by mechanism.",
+            &["mechanism", "outcome"],
+        );
+        let probes_total = counter(
+            "xmpp_lb_feature_probes_total",
+            "Stream-feature probes of backends, by result.",
+            &["backend", "result"],
+        );
+        let feature_mismatch_total = counter(
+            "xmpp_lb_feature_mismatch_total",
+            "Logins whose backend offered other SASL mechanisms than the client was shown.",
+            &["backend"],
+        );
+        let health_transitions_total = counter(
+            "xmpp_lb_backend_health_transitions_total",
+            "Backends going up or down, by the state they went to.",
+            &["backend", "state"],
+        );
+        let admission_refused_total = counter(
+            "xmpp_lb_admission_refused_total",
+            "Logins refused by admission control (queue full or waited too long).",
+            &["backend"],
+        );
+        let config_reloads_total = counter(
+            "xmpp_lb_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        );
+        let drain_redirects_total = counter(
+            "xmpp_lb_drain_redirects_total",
+            "Connected clients asked to move off a draining backend.",
+            &["backend"],
+        );
+        let mut gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            register(registry_ref, defs, Kind::Gauge, g)
+        };
+        let connections_open = gauge(
+            "xmpp_lb_connections_open",
+            "Client connections open now (tls is pending until an auto listener has seen the first byte).",
+            &["listener", "tls"],
+        );
+        let backend_connections_open = gauge(
+            "xmpp_lb_backend_connections_open",
+            "Client connections relayed to each backend now.",
+            &["backend"],
+        );
+        let backend_healthy = gauge(
+            "xmpp_lb_backend_healthy",
+            "1 while the backend passes its health checks, else 0.",
+            &["backend"],
+        );
+        let backend_draining = gauge(
+            "xmpp_lb_backend_draining",
+            "1 while the backend is draining, else 0.",
+            &["backend"],
+        );
+        let build_info = gauge(
+            "xmpp_lb_build_info",
+            "Always 1; the version label says which build is running.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let backend_ring_share = register(
+            registry_ref,
+            defs,
+            Kind::Gauge,
+            GaugeVec::new(
+                Opts::new(
+                    "xmpp_lb_backend_ring_share",
+                    "Share (0 to 1) of the domain's ring a backend owns: the fraction of its users it is home to while every node is up.",
+                ),
+                &["domain", "backend"],
+            )
+            .expect("valid metric"),
+        );
+        let log_lines_dropped_total = register(
+            registry_ref,
+            defs,
+            Kind::Counter,
+            IntCounter::new(
+                "xmpp_lb_log_lines_dropped_total",
+                "Log lines dropped because the log output could not keep up; logging never blocks the proxy.",
+            )
+            .expect("valid metric"),
+        );
         Metrics {
-            connections_total: counter(
-                &registry,
-                "xmpp_lb_connections_total",
-                "Client connections accepted.",
-                &["listener", "tls"],
-            ),
-            connections_open: gauge(
-                &registry,
-                "xmpp_lb_connections_open",
-                "Client connections open now.",
-                &["listener"],
-            ),
-            backend_connections_open: gauge(
-                &registry,
-                "xmpp_lb_backend_connections_open",
-                "Client connections relayed to each backend now.",
-                &["backend"],
-            ),
-            routed_total: counter(
-                &registry,
-                "xmpp_lb_routed_total",
-                "Connections routed to a backend, by the source of the routing key.",
-                &["backend", "source"],
-            ),
-            closed_total: counter(
-                &registry,
-                "xmpp_lb_connections_closed_total",
-                "Client connections closed, by reason and the side that ended them.",
-                &["reason", "side"],
-            ),
+            connections_total,
+            connections_open,
+            backend_connections_open,
+            routed_total,
+            closed_total,
             negotiation_seconds,
             backend_connect_seconds,
-            backend_connect_failures_total: counter(
-                &registry,
-                "xmpp_lb_backend_connect_failures_total",
-                "Failed attempts to connect a backend.",
-                &["backend"],
-            ),
-            relayed_bytes_total: counter(
-                &registry,
-                "xmpp_lb_relayed_bytes_total",
-                "Bytes relayed between clients and backends.",
-                &["backend", "direction"],
-            ),
-            stream_errors_total: counter(
-                &registry,
-                "xmpp_lb_stream_errors_sent_total",
-                "Stream errors the proxy sent to clients, by condition.",
-                &["condition"],
-            ),
-            sasl_total: counter(
-                &registry,
-                "xmpp_lb_sasl_outcomes_total",
-                "SASL outcomes seen while relaying authentication, by mechanism.",
-                &["mechanism", "outcome"],
-            ),
-            probes_total: counter(
-                &registry,
-                "xmpp_lb_feature_probes_total",
-                "Stream-feature probes of backends, by result.",
-                &["backend", "result"],
-            ),
-            feature_mismatch_total: counter(
-                &registry,
-                "xmpp_lb_feature_mismatch_total",
-                "Logins whose backend offered other SASL mechanisms than the client was shown.",
-                &["backend"],
-            ),
-            backend_healthy: gauge(
-                &registry,
-                "xmpp_lb_backend_healthy",
-                "1 while the backend passes its health checks, else 0.",
-                &["backend"],
-            ),
-            backend_draining: gauge(
-                &registry,
-                "xmpp_lb_backend_draining",
-                "1 while the backend is draining, else 0.",
-                &["backend"],
-            ),
-            health_transitions_total: counter(
-                &registry,
-                "xmpp_lb_backend_health_transitions_total",
-                "Backends going up or down, by the state they went to.",
-                &["backend", "state"],
-            ),
-            admission_refused_total: counter(
-                &registry,
-                "xmpp_lb_admission_refused_total",
-                "Logins refused by admission control (queue full or waited too long).",
-                &["backend"],
-            ),
-            config_reloads_total: counter(
-                &registry,
-                "xmpp_lb_config_reloads_total",
-                "Configuration reloads, by result.",
-                &["result"],
-            ),
-            drain_redirects_total: counter(
-                &registry,
-                "xmpp_lb_drain_redirects_total",
-                "Connected clients asked to move off a draining backend.",
-                &["backend"],
-            ),
+            backend_connect_failures_total,
+            relayed_bytes_total,
+            stream_errors_total,
+            sasl_total,
+            probes_total,
+            feature_mismatch_total,
+            backend_healthy,
+            backend_draining,
+            health_transitions_total,
+            admission_refused_total,
+            config_reloads_total,
+            drain_redirects_total,
+            backend_ring_share,
+            build_info,
+            log_lines_dropped_total,
             registry,
+            definitions,
         }
+    }
+
+    /// Every registered metric, in registration order.
+    pub fn definitions(&self) -> &[Definition] {
+        &self.definitions
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        // The log writer counts what it had to drop on its own thread, with no access to
+        // the metrics; bring the counter up to date at scrape time.
+        let dropped = crate::logging::dropped_lines();
+        let counted = self.log_lines_dropped_total.get();
+        if dropped > counted {
+            self.log_lines_dropped_total.inc_by(dropped - counted);
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -223,6 +326,27 @@ impl Metrics {
             _ => "other",
         }
     }
+}
+
+/// Register `collector` and record its definition; the one way a metric gets onto the registry.
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    definitions: &mut Vec<Definition>,
+    kind: Kind,
+    collector: C,
+) -> C {
+    for desc in collector.desc() {
+        definitions.push(Definition {
+            name: desc.fq_name.clone(),
+            kind,
+            help: desc.help.clone(),
+            labels: desc.variable_labels.clone(),
+        });
+    }
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("unique metric");
+    collector
 }
 
 impl Default for Metrics {

@@ -1,0 +1,387 @@
+#!/usr/bin/env bash
+# Load comparison, side by side in one run: the same XMPP workload (examples/loadgen.rs, real
+# logins with SASL PLAIN and resource binding) against
+#   direct-1    one Prosody node, no TLS (the lower bound),
+#   direct-3    the three Prosody nodes, no TLS, user i on node i % 3 (no proxy, ideal spread),
+#   haproxy     HAProxy terminating direct TLS (ALPN xmpp-client), mode tcp, balance source,
+#   lb-direct   xmpp-lb terminating direct TLS, routing by JID,
+#   lb-starttls xmpp-lb terminating STARTTLS, routing by JID,
+# then the memory each proxy spends per idle logged-in connection (VmRSS before/after holding
+# IDLE connections through it).
+#
+#   bash benches/load.sh                         # defaults below
+#   USERS=500 ROUNDS=1 IDLE=1000 bash benches/load.sh   # a quick run
+#
+# Everything runs on loopback on fixed high ports (BASE_PORT..BASE_PORT+500). Installs HAProxy
+# (Debian package) if missing; needs prosody, openssl and python3. Work files go to
+# target/load-bench/ (replaced on every run). Every process it starts is stopped by pid on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+USERS=${USERS:-2000}          # logins per login run
+CONC=${CONC:-50}              # logins (or echo pairs) in flight
+PAIRS=${PAIRS:-50}            # echo: session pairs
+MESSAGES=${MESSAGES:-100}     # echo: messages per pair, one at a time
+IDLE=${IDLE:-5000}            # idle connections held through each proxy
+SERIAL=${SERIAL:-300}          # logins one at a time (latency without queueing)
+ROUNDS=${ROUNDS:-3}           # rounds of login + echo runs; the order rotates each round
+SOURCES=${SOURCES:-200}       # client source addresses 127.0.0.1..SOURCES (HAProxy hashes them)
+BASE_PORT=${BASE_PORT:-27000}
+domain=example.test
+password=password
+
+work=$root/target/load-bench
+pids=()
+node_pids=()
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { echo "load.sh: $*" >&2; exit 1; }
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive -eq 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- prerequisites ------------------------------------------------------------------------
+ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge $((2 * IDLE + 1000)) ] || die "open-file limit $(ulimit -n) too low for IDLE=$IDLE"
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v haproxy >/dev/null; then
+  say "installing haproxy (Debian package)"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null
+fi
+for tool in prosody openssl python3 haproxy; do
+  command -v $tool >/dev/null || die "$tool is missing (bash scripts/install-deps.sh installs prosody and openssl)"
+done
+
+say "building xmpp-lb and the load generator (release)"
+cargo build --release --quiet --bin xmpp-lb --example loadgen
+lb_bin=$root/target/release/xmpp-lb
+loadgen=$root/target/release/examples/loadgen
+
+p_node=$((BASE_PORT + 301))      # node ports p_node, +1, +2
+p_lb_starttls=$((BASE_PORT + 222))
+p_lb_direct=$((BASE_PORT + 223))
+p_lb_metrics=$((BASE_PORT + 464))
+p_haproxy=$((BASE_PORT + 224))
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in $p_node $((p_node + 1)) $((p_node + 2)) $p_lb_starttls $p_lb_direct $p_lb_metrics $p_haproxy; do
+  port_open $p && die "port $p is already in use (set BASE_PORT)"
+done
+wait_port() {
+  for _ in $(seq 200); do port_open "$1" && return 0; sleep 0.1; done
+  die "port $1 never opened"
+}
+
+rm -rf "$work"
+mkdir -p "$work/certs" "$work/results"
+
+say "test CA and certificate for $domain"
+(cd "$work/certs"
+ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+   -subj "/CN=xmpp-lb load CA" -keyout ca.key -out ca.pem 2>/dev/null
+ openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$domain" \
+   -keyout leaf.key -out leaf.csr 2>/dev/null
+ printf 'subjectAltName=DNS:%s\n' "$domain" > san.ext
+ openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+   -extfile san.ext -out leaf.pem 2>/dev/null
+ cat leaf.pem ca.pem > chain.pem
+ cat leaf.pem ca.pem leaf.key > haproxy.pem)
+ca=$work/certs/ca.pem
+
+# ---- three Prosody nodes ------------------------------------------------------------------
+max_users=$(( USERS > IDLE ? USERS : IDLE ))
+max_users=$(( max_users > PAIRS ? max_users : PAIRS ))
+say "three Prosody nodes on 127.0.0.1:$p_node-$((p_node + 2)), $max_users accounts each"
+for n in 1 2 3; do
+  dir=$work/node$n
+  accounts=$dir/data/example%2etest/accounts
+  mkdir -p "$accounts"
+  # Accounts in Prosody's internal_plain storage: one file per user, written before start.
+  for ((i = 1; i <= max_users; i++)); do
+    printf 'return {\n\t["password"] = "%s";\n};\n' "$password" > "$accounts/user$i.dat"
+  done
+  cat > "$dir/prosody.cfg.lua" <<LUA
+-- Load-bench node $n: plain c2s on loopback (TLS ends at the proxy in front of it).
+run_as_root = true
+pidfile = "$dir/prosody.pid"
+data_path = "$dir/data"
+log = { { levels = { min = "warn" }, to = "file", filename = "$dir/prosody.log" } }
+c2s_interfaces = { "127.0.0.1" }
+c2s_ports = { $((p_node + n - 1)) }
+c2s_direct_tls_ports = { }
+legacy_ssl_ports = { }
+s2s_ports = { }
+s2s_direct_tls_ports = { }
+component_ports = { }
+http_ports = { }
+https_ports = { }
+modules_disabled = { "s2s" }
+modules_enabled = { "roster"; "saslauth"; "disco"; "ping" }
+authentication = "internal_plain"
+storage = "internal"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+network_settings = { nagle = false; tcp_backlog = 1024 }
+VirtualHost "$domain"
+LUA
+  prosody --config "$dir/prosody.cfg.lua" -F >"$dir/stdout.log" 2>&1 </dev/null &
+  pids+=($!)
+  node_pids+=($!)
+done
+for n in 1 2 3; do wait_port $((p_node + n - 1)); done
+
+# ---- the two proxies ----------------------------------------------------------------------
+say "xmpp-lb: STARTTLS :$p_lb_starttls, direct TLS :$p_lb_direct"
+cat > "$work/xmpp-lb.toml" <<TOML
+[[listener]]
+name = "starttls"
+bind = ["127.0.0.1:$p_lb_starttls"]
+tls = "starttls"
+cert = "certs/chain.pem"
+key = "certs/leaf.key"
+
+[[listener]]
+name = "direct"
+bind = ["127.0.0.1:$p_lb_direct"]
+tls = "direct"
+cert = "certs/chain.pem"
+key = "certs/leaf.key"
+
+[routing]
+key = "jid"
+domains = ["$domain"]
+
+[[backend]]
+name = "node1"
+address = "127.0.0.1:$p_node"
+
+[[backend]]
+name = "node2"
+address = "127.0.0.1:$((p_node + 1))"
+
+[[backend]]
+name = "node3"
+address = "127.0.0.1:$((p_node + 2))"
+
+[metrics]
+bind = "127.0.0.1:$p_lb_metrics"
+
+[limits]
+max_connections = $((IDLE + 2000))
+TOML
+"$lb_bin" check --config "$work/xmpp-lb.toml" >/dev/null
+"$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
+lb_pid=$!
+pids+=($lb_pid)
+
+say "HAProxy $(haproxy -v | head -1 | awk '{print $3}'): direct TLS :$p_haproxy, balance source over the nodes"
+# Two file descriptors per connection; the hard limit of the machine bounds maxconn.
+hmax=$(( IDLE + 2000 ))
+cat > "$work/haproxy.cfg" <<CFG
+global
+    maxconn $hmax
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+    mode tcp
+    maxconn $hmax
+    timeout connect 3s
+    timeout client 1h
+    timeout server 1h
+frontend xmpp_direct_tls
+    bind 127.0.0.1:$p_haproxy ssl crt $work/certs/haproxy.pem alpn xmpp-client
+    default_backend prosody
+backend prosody
+    balance source
+    hash-type consistent
+    server node1 127.0.0.1:$p_node
+    server node2 127.0.0.1:$((p_node + 1))
+    server node3 127.0.0.1:$((p_node + 2))
+CFG
+haproxy -c -q -f "$work/haproxy.cfg"
+haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 </dev/null &
+ha_pid=$!
+pids+=($ha_pid)
+for p in $p_lb_starttls $p_lb_direct $p_haproxy; do wait_port $p; done
+
+# ---- measuring ----------------------------------------------------------------------------
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+nodes_cpu_ticks() { local t=0 n; for n in "${node_pids[@]}"; do t=$(( t + $(cpu_ticks "$n") )); done; echo $t; }
+
+# setup name -> loadgen target arguments, and the process whose CPU it costs (proxy or node 1)
+setup_args() {
+  case $1 in
+    direct-1) echo "--target 127.0.0.1:$p_node --tls plain" ;;
+    direct-3) echo "--target 127.0.0.1:$p_node --target 127.0.0.1:$((p_node + 1)) --target 127.0.0.1:$((p_node + 2)) --tls plain" ;;
+    haproxy) echo "--target 127.0.0.1:$p_haproxy --tls direct --ca $ca" ;;
+    lb-direct) echo "--target 127.0.0.1:$p_lb_direct --tls direct --ca $ca" ;;
+    lb-starttls) echo "--target 127.0.0.1:$p_lb_starttls --tls starttls --ca $ca" ;;
+  esac
+}
+setup_pid() {
+  case $1 in haproxy) echo $ha_pid ;; lb-*) echo $lb_pid ;; *) echo "" ;; esac
+}
+
+# run SETUP KIND ROUND LOADGEN-ARGS...: one loadgen run, its JSON (plus the proxy's CPU) saved
+run() {
+  local setup=$1 kind=$2 round=$3; shift 3
+  local pid cpu0=0 cpu1=0 out
+  local ncpu0 ncpu1
+  pid=$(setup_pid "$setup")
+  [ -n "$pid" ] && cpu0=$(cpu_ticks "$pid")
+  ncpu0=$(nodes_cpu_ticks)
+  # shellcheck disable=SC2046
+  out=$(timeout 330 "$loadgen" $(setup_args "$setup") --domain $domain --password $password \
+        --source-ips "$SOURCES" --timeout 300 --label "$setup" "$@" </dev/null)
+  [ -n "$pid" ] && cpu1=$(cpu_ticks "$pid")
+  ncpu1=$(nodes_cpu_ticks)
+  python3 - "$out" "$(( cpu1 - cpu0 ))" "$(( ncpu1 - ncpu0 ))" "$hz" > "$work/results/$kind.$setup.$round.json" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+r["proxy_cpu_s"] = int(sys.argv[2]) / int(sys.argv[4])
+r["nodes_cpu_s"] = int(sys.argv[3]) / int(sys.argv[4])
+print(json.dumps(r))
+PY
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); e=r.get("echo") or {}; print("   %-11s %-5s ok %5d failed %3d  %7.1f logins/s  login p50 %6.1f ms  p99 %6.1f ms%s" % (r["label"], sys.argv[2], r["ok"], r["failed"], r["logins_per_s"], (r["login_ms"] or {}).get("p50", 0), (r["login_ms"] or {}).get("p99", 0), ("  rtt p50 %.2f ms p99 %.2f ms" % (e["rtt_ms"]["p50"], e["rtt_ms"]["p99"])) if e.get("rtt_ms") else "")); [print("     error:", x) for x in r["errors"][:3]]' \
+    "$work/results/$kind.$setup.$round.json" "$kind" >&2
+}
+
+setups=(direct-1 direct-3 haproxy lb-direct lb-starttls)
+# Warm-up (not recorded): the first logins of a Prosody node are slower (module and account loads).
+say "warm-up"
+for s in "${setups[@]}"; do
+  "$loadgen" $(setup_args "$s") --domain $domain --password $password --source-ips "$SOURCES" \
+    --users 200 --concurrency "$CONC" --mode login --timeout 60 </dev/null >/dev/null
+done
+
+for ((round = 1; round <= ROUNDS; round++)); do
+  say "round $round/$ROUNDS: $USERS logins at concurrency $CONC, $SERIAL one at a time, echo $PAIRS pairs at once and 5 one at a time, $MESSAGES messages each"
+  # Rotate the order so no setup always runs first (or right after the same neighbour).
+  order=("${setups[@]:$(( (round - 1) % ${#setups[@]} ))}" "${setups[@]:0:$(( (round - 1) % ${#setups[@]} ))}")
+  for s in "${order[@]}"; do
+    run "$s" login "$round" --mode login --users "$USERS" --concurrency "$CONC"
+  done
+  for s in "${order[@]}"; do
+    run "$s" login1 "$round" --mode login --users "$SERIAL" --concurrency 1
+  done
+  for s in "${order[@]}"; do
+    run "$s" echo "$round" --mode echo --pairs "$PAIRS" --messages "$MESSAGES" --concurrency "$PAIRS"
+  done
+  for s in "${order[@]}"; do
+    run "$s" echo1 "$round" --mode echo --pairs 5 --messages "$MESSAGES" --concurrency 1
+  done
+done
+
+# Idle memory: hold IDLE logged-in connections through one proxy, read its VmRSS.
+idle() {
+  local setup=$1 pid before after closed lg ready=$work/results/idle.$1.ready
+  pid=$(setup_pid "$setup")
+  sleep 1
+  before=$(rss_kib "$pid")
+  # shellcheck disable=SC2046
+  "$loadgen" $(setup_args "$setup") --domain $domain --password $password --source-ips "$SOURCES" \
+    --users "$IDLE" --concurrency "$CONC" --mode hold --presence --ready-file "$ready" \
+    --timeout 400 --label "$setup" </dev/null >"$work/results/idle.$setup.json" &
+  lg=$!
+  pids+=($lg)
+  for _ in $(seq 3000); do [ -e "$ready" ] && break; kill -0 $lg 2>/dev/null || break; sleep 0.1; done
+  [ -e "$ready" ] || die "hold through $setup never got ready"
+  sleep 3
+  after=$(rss_kib "$pid")
+  kill -TERM $lg
+  wait $lg || true
+  sleep 3
+  closed=$(rss_kib "$pid")
+  python3 - "$work/results/idle.$setup.json" "$before" "$after" "$closed" <<'PY'
+import json, sys
+path = sys.argv[1]
+r = json.load(open(path))
+r["rss_before_kib"], r["rss_after_kib"], r["rss_closed_kib"] = map(int, sys.argv[2:5])
+open(path, "w").write(json.dumps(r))
+PY
+  printf '   %-11s held %5s  VmRSS %7d KiB -> %7d KiB (%+.1f KiB/conn), %7d KiB after closing\n' \
+    "$setup" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["held"])' "$work/results/idle.$setup.json")" \
+    "$before" "$after" "$(python3 -c "print(($after - $before) / max(1, $IDLE))")" "$closed" >&2
+}
+say "idle memory: $IDLE logged-in connections (with presence) held through each proxy"
+idle lb-direct
+idle haproxy
+
+# ---- report -------------------------------------------------------------------------------
+say "results (median of $ROUNDS rounds; ratios of medians)"
+python3 - "$work/results" "$ROUNDS" "$USERS" "$CONC" "$PAIRS" "$MESSAGES" "$IDLE" "$SERIAL" <<'PY' | tee "$work/report.md"
+import json, os, statistics, sys
+d, rounds = sys.argv[1], int(sys.argv[2])
+users, conc, pairs, messages, idle, serial = sys.argv[3:9]
+setups = ["direct-1", "direct-3", "haproxy", "lb-direct", "lb-starttls"]
+def load(kind, s):
+    return [json.load(open(os.path.join(d, f"{kind}.{s}.{r}.json"))) for r in range(1, rounds + 1)]
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+def pct(r, key, q):
+    return (r.get(key) or {}).get(q) if key == "login_ms" else ((r.get("echo") or {}).get("rtt_ms") or {}).get(q)
+rows = {}
+for s in setups:
+    L, L1, E, E1 = load("login", s), load("login1", s), load("echo", s), load("echo1", s)
+    allruns = L + L1 + E + E1
+    rows[s] = {
+        "ok": sum(r["ok"] for r in L),
+        "failed": sum(r["failed"] + (r.get("echo") or {}).get("pairs_failed", 0) for r in allruns),
+        "rate": med([r["logins_per_s"] for r in L]),
+        **{q: med([pct(r, "login_ms", q) for r in L]) for q in ("p50", "p90", "p99", "max")},
+        "cpu": med([r["proxy_cpu_s"] * 1000 / max(1, r["ok"]) for r in L]),
+        "ncpu": med([r["nodes_cpu_s"] * 1000 / max(1, r["ok"]) for r in L]),
+        "ccpu": med([r["client_cpu_s"] * 1000 / max(1, r["ok"]) for r in L]),
+        "s50": med([pct(r, "login_ms", "p50") for r in L1]),
+        "s99": med([pct(r, "login_ms", "p99") for r in L1]),
+        "e50": med([pct(r, "rtt", "p50") for r in E]),
+        "e99": med([pct(r, "rtt", "p99") for r in E]),
+        "e150": med([pct(r, "rtt", "p50") for r in E1]),
+        "e199": med([pct(r, "rtt", "p99") for r in E1]),
+    }
+def f(x, n=1):
+    return "-" if x != x else f"{x:.{n}f}"
+print(f"\nA. Login throughput: {users} logins per run, {conc} in flight (medians of {rounds} runs)\n")
+print("| setup | logins ok | failures (all runs) | logins/s | login p50 ms | p90 ms | p99 ms | max ms | proxy CPU ms/login | Prosody CPU ms/login | loadgen CPU ms/login |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for s in setups:
+    r = rows[s]
+    cpu = "-" if s.startswith("direct") else f(r["cpu"], 2)
+    print(f"| {s} | {r['ok']} | {r['failed']} | {f(r['rate'], 0)} | {f(r['p50'])} | {f(r['p90'])} | {f(r['p99'])} | {f(r['max'])} | {cpu} | {f(r['ncpu'], 2)} | {f(r['ccpu'], 2)} |")
+print(f"\nB. Latency without queueing: {serial} logins one at a time; echo round trips, {messages} messages per pair, 5 pairs one at a time and {pairs} pairs at once (medians of {rounds} runs)\n")
+print("| setup | login p50 ms | login p99 ms | echo RTT p50 ms (1 pair) | RTT p99 ms (1 pair) | echo RTT p50 ms (" + pairs + " pairs) | RTT p99 ms (" + pairs + " pairs) |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+for s in setups:
+    r = rows[s]
+    print(f"| {s} | {f(r['s50'], 2)} | {f(r['s99'], 2)} | {f(r['e150'], 3)} | {f(r['e199'], 3)} | {f(r['e50'], 2)} | {f(r['e99'], 2)} |")
+print("\nC. Ratios (of the medians above)\n")
+print("| ratio | logins/s | login p50 | p90 | p99 | proxy CPU/login | serial login p50 | p99 | echo RTT p50 (1 pair) | p99 (1 pair) | echo RTT p50 (" + pairs + " pairs) | p99 (" + pairs + " pairs) |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+def q(a, b):
+    return "-" if not (a == a and b == b) or b == 0 else f"{a / b:.2f}"
+for a, b in [("lb-direct", "direct-1"), ("lb-direct", "direct-3"), ("lb-direct", "haproxy"), ("lb-starttls", "haproxy")]:
+    A, B = rows[a], rows[b]
+    cpu = "-" if b.startswith("direct") else q(A["cpu"], B["cpu"])
+    cells = [q(A[k], B[k]) for k in ("rate", "p50", "p90", "p99")] + [cpu] + [q(A[k], B[k]) for k in ("s50", "s99", "e150", "e199", "e50", "e99")]
+    print(f"| {a} / {b} | " + " | ".join(cells) + " |")
+print(f"\nD. Idle connections: {idle} logged in (with presence) and held through each proxy\n")
+print("| proxy | held | VmRSS before KiB | VmRSS holding KiB | KiB per connection | VmRSS after close KiB |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for s, name in [("lb-direct", "xmpp-lb (direct TLS)"), ("haproxy", "HAProxy (direct TLS)")]:
+    r = json.load(open(os.path.join(d, f"idle.{s}.json")))
+    per = (r["rss_after_kib"] - r["rss_before_kib"]) / max(1, r["held"])
+    print(f"| {name} | {r['held']} | {r['rss_before_kib']} | {r['rss_after_kib']} | {per:.1f} | {r['rss_closed_kib']} |")
+PY
