@@ -255,7 +255,11 @@ impl Session {
                     needles,
                     excerpt(&self.buf)
                 ),
-                Ok(Ok(0)) => bail!("closed while waiting for {:?}; got {:?}", needles, excerpt(&self.buf)),
+                Ok(Ok(0)) => bail!(
+                    "closed while waiting for {:?}; got {:?}",
+                    needles,
+                    excerpt(&self.buf)
+                ),
                 Ok(Err(e)) => bail!("read error waiting for {:?}: {e}", needles),
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
             }
@@ -353,13 +357,11 @@ async fn login(ctx: &Ctx, i: usize, user: usize, resource: &str) -> anyhow::Resu
         s.wait("<proceed").await.context("STARTTLS")?;
         s.buf.clear();
         let io = std::mem::replace(&mut s.io, Box::new(tokio::io::duplex(1).0));
-        let tls = tokio::time::timeout(
-            ctx.step,
-            ctx.starttls.as_ref().unwrap().connect(sni()?, io),
-        )
-        .await
-        .map_err(|_| anyhow!("TLS handshake timed out"))?
-        .context("TLS handshake")?;
+        let tls =
+            tokio::time::timeout(ctx.step, ctx.starttls.as_ref().unwrap().connect(sni()?, io))
+                .await
+                .map_err(|_| anyhow!("TLS handshake timed out"))?
+                .context("TLS handshake")?;
         s.io = Box::new(tls);
         s.send(&header(&a.domain, from)).await?;
         s.features().await?;
@@ -370,7 +372,11 @@ async fn login(ctx: &Ctx, i: usize, user: usize, resource: &str) -> anyhow::Resu
         "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
     ))
     .await?;
-    match s.wait_any(&["<success", "<failure"]).await.context("SASL")? {
+    match s
+        .wait_any(&["<success", "<failure"])
+        .await
+        .context("SASL")?
+    {
         0 => {}
         _ => bail!("{name}: authentication failed: {}", excerpt(&s.buf)),
     }
@@ -578,7 +584,9 @@ fn tls_connector(ca: &std::path::Path, alpn: bool, resume: bool) -> anyhow::Resu
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("read {}", ca.display()))? {
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("read {}", ca.display()))?
+    {
         roots.add(cert?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -667,7 +675,10 @@ async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                 st.held = holders.lock().unwrap().len();
             }
             let summary = summary(&ctx, false);
-            eprintln!("loadgen: holding {} sessions", ctx.stats.lock().unwrap().held);
+            eprintln!(
+                "loadgen: holding {} sessions",
+                ctx.stats.lock().unwrap().held
+            );
             if let Some(f) = &a.ready_file {
                 let tmp = f.with_extension("tmp");
                 if std::fs::write(&tmp, format!("{summary}\n")).is_ok() {

@@ -47,6 +47,18 @@ pub enum TlsMode {
     Auto,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal or journald.
+    #[default]
+    Text,
+    /// One JSON object per line in the Logstash/ECS style (`@timestamp`, `log.level`,
+    /// `message`, then the event's fields), for Elasticsearch, Loki or any document store.
+    Json,
+}
+
 pub use crate::route::policy::{PinEntry, RouteKey};
 
 /// The file as written (before checks). Public so tests can build one from text.
@@ -71,6 +83,10 @@ pub struct RawConfig {
     drain: RawDrain,
     #[serde(default)]
     admission: RawAdmission,
+    #[serde(default)]
+    log_format: LogFormat,
+    #[serde(default)]
+    log_jids: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,7 +239,15 @@ fn default_weight() -> Spanned<u32> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
+    #[serde(default = "default_metrics_bind")]
     bind: Spanned<String>,
+    token_file: Option<Spanned<PathBuf>>,
+}
+
+/// Loopback: the admin endpoints can drain nodes and reload the configuration, so they are
+/// reachable from elsewhere only when an operator says so.
+fn default_metrics_bind() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9464".into())
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,8 +317,16 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// The XMPP server nodes, in file order (the order does not affect placement).
     pub backends: Vec<BackendConfig>,
-    /// Where `/metrics` is served, if anywhere.
+    /// Where `/metrics` and the admin endpoints are served, if anywhere.
     pub metrics_bind: Option<SocketAddr>,
+    /// A file holding the bearer token the admin endpoints require (None: no token). The
+    /// token itself is read when the configuration is put into service, so it never sits in
+    /// the configuration file and can be rotated with a reload.
+    pub metrics_token_file: Option<PathBuf>,
+    /// How log lines are written (read at start only: logging is set up before anything else).
+    pub log_format: LogFormat,
+    /// Whether the access log names the user (bare JID). Off by default: a JID is personal data.
+    pub log_jids: bool,
     /// Bounds on time and memory for every phase before the relay.
     pub limits: Limits,
     /// How the backends' stream features are learned.
@@ -935,6 +967,10 @@ impl RawConfig {
             ),
             None => None,
         };
+        let metrics_token_file = match self.metrics.as_ref().and_then(|m| m.token_file.as_ref()) {
+            Some(f) => Some(resolve(f, "metrics.token_file")?),
+            None => None,
+        };
         let l = &self.limits;
         for (name, v) in [
             ("limits.max_header_bytes", &l.max_header_bytes),
@@ -966,6 +1002,9 @@ impl RawConfig {
             },
             backends,
             metrics_bind,
+            metrics_token_file,
+            log_format: self.log_format,
+            log_jids: self.log_jids,
             limits: Limits {
                 prerouting_timeout: l.prerouting_timeout,
                 negotiation_timeout: l.negotiation_timeout,

@@ -72,10 +72,15 @@ struct Trace {
     backend: Option<String>,
     /// What the routing key came from.
     source: Option<KeySource>,
+    /// The user's normalized bare JID, once the client names one (header `from` or SASL).
+    /// Logged only with `log_jids = true`: a JID is personal data.
+    jid: Option<String>,
     /// Relay counters, if the relay ran.
     relay: Option<RelayStats>,
     /// Keeps the connection counted in `Shared::negotiating` until the relay starts.
     negotiating: Option<NegotiatingGuard>,
+    /// Keeps the connection counted in `xmpp_lb_connections_open` under its TLS style.
+    open: Option<GaugeGuard>,
 }
 
 /// Counts a connection as negotiating until dropped, so even a panicking connection task
@@ -102,6 +107,14 @@ impl Drop for NegotiatingGuard {
 /// Decrements a gauge when dropped (panic-safe open-connection counts).
 struct GaugeGuard(prometheus::IntGauge);
 
+impl GaugeGuard {
+    /// Count one more on `gauge` until the guard drops.
+    fn inc(gauge: prometheus::IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
@@ -110,6 +123,11 @@ impl Drop for GaugeGuard {
 
 /// Drive one accepted client connection to its end. Never panics on client input; every
 /// failure is a stream error or a quiet close, logged once.
+///
+/// The access-log line (target `xmpp_lb::access`) is the one record of a connection: who
+/// connected from where, how it was routed, for how long, how many bytes, and how it ended.
+/// It never holds a password, a SASL payload or a stanza, and names the user only with
+/// `log_jids = true`.
 pub async fn handle(
     shared: Arc<Shared>,
     listener: Arc<ListenerCtx>,
@@ -118,18 +136,24 @@ pub async fn handle(
 ) {
     let started = Instant::now();
     let m = shared.metrics.clone();
-    let open = m.connections_open.with_label_values(&[&listener.name]);
-    open.inc();
-    let open = GaugeGuard(open);
+    // An auto listener learns the TLS style from the first byte; until then it is pending.
+    let tls = match listener.tls {
+        TlsMode::Starttls => "starttls",
+        TlsMode::Direct => "direct",
+        TlsMode::Auto => "pending",
+    };
     let mut trace = Trace {
         negotiating: Some(NegotiatingGuard::new(&shared)),
+        open: Some(GaugeGuard::inc(
+            m.connections_open.with_label_values(&[&listener.name, tls]),
+        )),
         ..Trace::default()
     };
     // One snapshot for the whole connection: a reload never changes rules mid-login.
     let rt = shared.runtime.load_full();
     let result = drive(&shared, &rt, &listener, tcp, peer, started, &mut trace).await;
     trace.negotiating = None;
-    drop(open);
+    trace.open = None;
     let (reason, side) = match (&result, &trace.relay) {
         (Ok(()), Some(stats)) => (stats.reason.reason(), stats.reason.side()),
         (Ok(()), None) => ("closed_in_negotiation", "backend"),
@@ -160,6 +184,11 @@ pub async fn handle(
         close_reason = reason,
         closed_by = side,
         detail,
+        jid = if rt.config.log_jids {
+            trace.jid.as_deref()
+        } else {
+            None
+        },
         "connection closed"
     );
 }
@@ -192,6 +221,15 @@ async fn drive(
         .connections_total
         .with_label_values(&[&listener.name, trace.tls])
         .inc();
+    if listener.tls == TlsMode::Auto {
+        // Move the connection from `pending` to the style the first byte showed.
+        trace.open = Some(GaugeGuard::inc(
+            shared
+                .metrics
+                .connections_open
+                .with_label_values(&[&listener.name, trace.tls]),
+        ));
+    }
 
     let prefixed = if direct {
         Prefixed::new(tcp, Default::default())
@@ -374,6 +412,7 @@ async fn serve(
     client.set_max_frame(limits.max_prerouting_element_bytes);
 
     let from = bare_from(&header, &domain);
+    trace.jid = from.clone();
     let immediate = rt.decide(&domain, from.as_deref(), at.peer.ip(), from.is_some());
     let mut n = Negotiation {
         at,
@@ -426,6 +465,9 @@ async fn serve(
             let captured = capture_auth(client, &header.ns, &domain, prerouting_deadline).await?;
             n.mechanism = captured.mechanism.clone();
             let jid = captured.identity.as_deref().and_then(normalize_bare_jid);
+            if jid.is_some() {
+                trace.jid = jid.clone();
+            }
             let decision = rt
                 .decide(&domain, jid.as_deref(), at.peer.ip(), true)
                 .ok_or(Failure::Quiet("no routing policy for the domain"))?;
@@ -452,8 +494,8 @@ fn source_of(decision: &Decision, identity_from_header: bool) -> KeySource {
         RouteKey::Tenant => KeySource::Tenant,
         RouteKey::Domain => KeySource::Domain,
         RouteKey::Random => KeySource::Random,
-        RouteKey::Subnet if decision.skipped.is_empty() => KeySource::Subnet,
-        RouteKey::Subnet => KeySource::Fallback,
+        RouteKey::Subnet if decision.rule.starts_with("fallback") => KeySource::Fallback,
+        RouteKey::Subnet => KeySource::Subnet,
     }
 }
 
@@ -751,9 +793,8 @@ impl Negotiation<'_> {
             .await
             {
                 Ok(tcp) => {
-                    if let Some(t) = state.record(true, health.rise, health.fall) {
-                        shared.note_transition(&rt.names[idx], t);
-                    }
+                    // A TCP connect proves little about an XMPP node, so only the active
+                    // checks count successes; a refused connect does count as a failure.
                     let name = &rt.names[idx];
                     shared
                         .metrics
@@ -986,6 +1027,10 @@ impl Negotiation<'_> {
                             .flatten()
                     })
                     .and_then(|j| normalize_bare_jid(&j));
+                if key.is_some() {
+                    // A retry as another user: the access log names who tried last.
+                    trace.jid = key.clone();
+                }
                 let rt = self.at.rt;
                 let decision = key
                     .as_deref()
@@ -1047,7 +1092,11 @@ async fn relay_to_end(
         .with_label_values(&[&name, "backend_to_client"]);
     let (mut client_io, client_ahead) = client.into_parts();
     let (mut backend_io, backend_ahead) = backend.into_parts();
-    let (_registration, commands) = rt.states[idx].register_relay();
+    // Keep only the bytes read ahead (exact size, usually none), not the negotiation buffers'
+    // capacity: the relay may live for days.
+    let (client_ahead, backend_ahead) = (client_ahead.to_vec(), backend_ahead.to_vec());
+    let pinned = trace.source == Some(KeySource::Pin);
+    let (_registration, commands) = rt.states[idx].register_relay(pinned);
     trace.negotiating = None;
     let redirect_to = rt.config.drain.redirect_to.clone().unwrap_or_else(|| {
         let domain = trace.domain.clone().unwrap_or_default();

@@ -13,13 +13,15 @@
 //!    connects it, or the next distinct node if it refuses.
 //! 6. The client's header and SASL element are replayed byte-exact; the node's duplicate
 //!    header and features are swallowed; parsing continues until authentication ends.
-//! 7. [`relay`] copies bytes both ways until either side closes; [`metrics`] counts it all.
+//! 7. [`relay`] copies bytes both ways until either side closes; [`metrics`] counts it all,
+//!    and one access-log line per connection ([`logging`]) says how it went.
 
 pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod connection;
 pub mod framed;
+pub mod logging;
 pub mod metrics;
 pub mod prefixed;
 pub mod relay;

@@ -107,7 +107,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Route { jid, ip } => {
-            // Pins and policies are loaded as the proxy loads them; no certificate is needed.
+            // Pins, policies (and certificates) are loaded exactly as the proxy loads them.
             let runtime = Runtime::build(config, &StateRegistry::default())?;
             let explained = runtime.explain(&jid, ip).map_err(anyhow::Error::msg)?;
             print!("{explained}");
@@ -117,11 +117,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             unreachable!("handled above")
         }
         Command::Run => {
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
-                .init();
+            // The format comes from the file (`log_format`), the filter from the command line.
+            let logs = xmpp_lb::logging::init(&cli.log, config.log_format).context("--log")?;
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(serve(config))?;
+            let served = runtime.block_on(serve(config));
+            // Flush queued log lines before the process exits.
+            drop(logs);
+            served?;
             Ok(ExitCode::SUCCESS)
         }
     }

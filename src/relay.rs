@@ -2,7 +2,7 @@
 //!
 //! Design constraints, and how they are met:
 //! - **No byte lost or reordered**: each direction is one loop that writes every byte it read,
-//!   in order, before it reads again.
+//!   in order, before it reads again. Bytes read ahead during negotiation go first.
 //! - **Idle connections hold no buffers**: a proxy in front of 100,000 idle IoT devices must not
 //!   spend 2 × 8 KiB each as `tokio::io::copy_bidirectional` would. Reads go into one scratch
 //!   buffer per worker thread; bytes are written straight from it, and only bytes a slow peer
@@ -12,15 +12,23 @@
 //!   bounded by `half_close_timeout`. The proxy never invents a `</stream:stream>`: a client that
 //!   vanishes leaves its session on the server resumable (XEP-0198).
 //! - **Errors end both directions at once**: a reset on one side drops the other.
+//! - **Interruptible at element boundaries**: to drain a node or stop, the proxy tells the
+//!   client why (a stream error) with bytes of its own, which must never land inside a stanza.
+//!   Each direction runs a [`Tracker`] over every byte it relays (a few dozen bytes of state, no
+//!   buffer), so when asked to stop it knows whether it is between two top-level elements, and
+//!   if not keeps relaying until it is.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::xmpp::tracker::Tracker;
 
 /// Size of the per-thread scratch buffer: one TLS record's worth of plaintext.
 const SCRATCH: usize = 16 * 1024;
@@ -41,6 +49,8 @@ pub enum CloseReason {
     Error(Side),
     /// One side closed and the other did not follow within the half-close timeout.
     HalfCloseTimeout,
+    /// The proxy asked the relay to end ([`Interrupt::reason`]), whatever happened after.
+    Interrupted(&'static str),
 }
 
 /// A side of the relay.
@@ -63,19 +73,21 @@ impl Side {
 }
 
 impl CloseReason {
-    /// A bounded metric label for the reason.
+    /// A bounded metric label for the reason (an interrupt's reason comes from a fixed set in
+    /// code, so it is bounded too).
     pub fn reason(self) -> &'static str {
         match self {
             CloseReason::Closed(_) => "closed",
             CloseReason::Error(_) => "io_error",
             CloseReason::HalfCloseTimeout => "half_close_timeout",
+            CloseReason::Interrupted(reason) => reason,
         }
     }
     /// The side that ended the connection, as a metric label.
     pub fn side(self) -> &'static str {
         match self {
             CloseReason::Closed(s) | CloseReason::Error(s) => s.as_str(),
-            CloseReason::HalfCloseTimeout => "proxy",
+            CloseReason::HalfCloseTimeout | CloseReason::Interrupted(_) => "proxy",
         }
     }
 }
@@ -83,46 +95,140 @@ impl CloseReason {
 /// Counters of one finished relay.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayStats {
-    /// Bytes from client to backend.
+    /// Bytes from client to backend, including those read ahead during negotiation.
     pub client_to_backend: u64,
-    /// Bytes from backend to client.
+    /// Bytes from backend to client, including those read ahead during negotiation.
     pub backend_to_client: u64,
     /// How it ended.
     pub reason: CloseReason,
 }
 
+/// How the proxy ends a live relay. The bytes are the proxy's own: they are not counted as
+/// relayed.
+#[derive(Debug, Clone)]
+pub struct Interrupt {
+    /// Sent to the client once the backend→client stream is between two top-level elements,
+    /// before the client side is shut down: a stream error and the stream's end tag.
+    pub to_client: Bytes,
+    /// Sent to the backend once the client→backend stream is between two top-level elements,
+    /// before the backend side is shut down (`</stream:stream>` ends the session there).
+    /// `None` closes the backend connection without ending the stream, so the server keeps an
+    /// XEP-0198 session resumable.
+    pub to_backend: Option<Bytes>,
+    /// Why, as a metric label ([`CloseReason::Interrupted`]).
+    pub reason: &'static str,
+}
+
+/// What copying in an open direction came to.
+enum Copied {
+    /// Input ended and the writer was shut down.
+    Eof,
+    /// Asked to stop, and everything read so far ends at a top-level boundary (or after the
+    /// stream's end tag) and was written.
+    Boundary,
+}
+
+/// Where a direction is in its life.
+enum Phase {
+    /// Relaying.
+    Open,
+    /// Stopped at a boundary after an interrupt; waits for its turn to close the writer.
+    Held,
+    /// Writing the proxy's own bytes ([`Direction::inject`]), if any, then shutting the writer
+    /// down.
+    Closing,
+    /// The writer is shut down.
+    Done,
+}
+
 /// One direction's state: at most the bytes the writer has not taken yet.
-#[derive(Default)]
-struct Direction {
+struct Direction<'a> {
+    /// Bytes read ahead during negotiation, written before anything else; borrowed, not copied.
+    ahead: &'a [u8],
     /// Bytes read but not yet written, and how far writing got; `None` when idle.
     pending: Option<(Vec<u8>, usize)>,
-    /// The reader reached end of input.
+    /// Top-level boundaries of the bytes read so far.
+    tracker: Tracker,
+    /// The reader reached end of input (or failed while lingering).
     read_done: bool,
-    /// The writer was shut down after `read_done`.
-    shut: bool,
-    /// Bytes written so far.
+    /// An interrupt came: read no further than the next top-level boundary.
+    stop_at_boundary: bool,
+    /// What to send before shutting the writer down, once stopped at a boundary; what is left
+    /// of it while closing.
+    inject: Option<Bytes>,
+    phase: Phase,
+    /// Bytes written so far (the proxy's own excluded).
     bytes: u64,
 }
 
-impl Direction {
-    fn done(&self) -> bool {
-        self.shut
+impl<'a> Direction<'a> {
+    fn new(ahead: &'a [u8]) -> Self {
+        let mut tracker = Tracker::new();
+        // Negotiation hands over at a frame boundary, so the ahead bytes start at one too.
+        tracker.feed(ahead);
+        Direction {
+            ahead,
+            pending: None,
+            tracker,
+            read_done: false,
+            stop_at_boundary: false,
+            inject: None,
+            phase: Phase::Open,
+            bytes: 0,
+        }
     }
 
-    /// Move bytes from `r` to `w` until `r` has nothing ready, `w` pushes back, or input ends.
+    fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    fn interrupt(&mut self, inject: Option<Bytes>) {
+        self.stop_at_boundary = true;
+        self.inject = inject;
+    }
+
+    /// Stopped at a boundary: close the writer, with the proxy's bytes unless the peer already
+    /// ended its stream (nothing may follow `</stream:stream>`).
+    fn start_closing(&mut self) {
+        if self.tracker.stream_ended() {
+            self.inject = None;
+        }
+        self.phase = Phase::Closing;
+    }
+
+    fn count(&mut self, n: usize, on_bytes: &mut dyn FnMut(u64)) {
+        self.bytes += n as u64;
+        on_bytes(n as u64);
+    }
+
+    /// Move bytes from `r` to `w` until `r` has nothing ready, `w` pushes back, input ends, or
+    /// (once interrupted) the stream is at a top-level boundary.
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut r: Pin<&mut R>,
         mut w: Pin<&mut W>,
         on_bytes: &mut dyn FnMut(u64),
-    ) -> Poll<Result<(), (io::Error, bool)>>
+    ) -> Poll<Result<Copied, (io::Error, bool)>>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
         // Error flag: true = the writer failed, false = the reader failed.
         for _ in 0..BUDGET {
+            while !self.ahead.is_empty() {
+                match w.as_mut().poll_write(cx, self.ahead) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err((io::ErrorKind::WriteZero.into(), true)));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.ahead = &self.ahead[n.min(self.ahead.len())..];
+                        self.count(n, on_bytes);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((e, true))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             if let Some((buf, pos)) = &mut self.pending {
                 while *pos < buf.len() {
                     match w.as_mut().poll_write(cx, &buf[*pos..]) {
@@ -141,15 +247,20 @@ impl Direction {
                 self.pending = None;
             }
             if self.read_done {
-                if !self.shut {
-                    match w.as_mut().poll_shutdown(cx) {
-                        Poll::Ready(Ok(())) => self.shut = true,
-                        // A peer that is already gone cannot be shut down; that is the goal anyway.
-                        Poll::Ready(Err(_)) => self.shut = true,
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                return Poll::Ready(Ok(()));
+                return match w.as_mut().poll_shutdown(cx) {
+                    // A peer that is already gone cannot be shut down; that is the goal anyway.
+                    Poll::Ready(_) => Poll::Ready(Ok(Copied::Eof)),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if self.stop_at_boundary && (self.tracker.at_boundary() || self.tracker.stream_ended())
+            {
+                // Everything read was written; make sure it left before anything else follows.
+                return match w.as_mut().poll_flush(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(Copied::Boundary)),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err((e, true))),
+                    Poll::Pending => Poll::Pending,
+                };
             }
             let step = SCRATCH_BUF.with(|cell| {
                 let mut scratch = cell.borrow_mut();
@@ -163,6 +274,8 @@ impl Direction {
                             self.read_done = true;
                             return Poll::Ready(Ok(()));
                         }
+                        // Every byte read will be written, so it is tracked now.
+                        self.tracker.feed(data);
                         // Write straight from the scratch buffer; keep only what the peer refused.
                         let mut written = 0;
                         while written < data.len() {
@@ -179,8 +292,7 @@ impl Direction {
                             }
                         }
                         if written > 0 {
-                            self.bytes += written as u64;
-                            on_bytes(written as u64);
+                            self.count(written, on_bytes);
                         }
                         if written < data.len() {
                             self.pending = Some((data[written..].to_vec(), 0));
@@ -206,61 +318,143 @@ impl Direction {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+
+    /// In [`Phase::Closing`]: write the proxy's bytes, then shut the writer down.
+    fn poll_close<W>(&mut self, cx: &mut Context<'_>, mut w: Pin<&mut W>) -> Poll<io::Result<()>>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        if let Some(bytes) = &mut self.inject {
+            while !bytes.is_empty() {
+                match w.as_mut().poll_write(cx, bytes) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => bytes.advance(n.min(bytes.len())),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.inject = None;
+        }
+        match w.as_mut().poll_shutdown(cx) {
+            // As in `poll_copy`: a peer already gone is as closed as it gets.
+            Poll::Ready(_) => {
+                self.phase = Phase::Done;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// After an interrupt, read and drop what `r` still sends until it closes. Closing a socket
+    /// with unread bytes makes the kernel send a reset, which may destroy what the proxy just
+    /// sent (the stream error, the stream end) before the peer reads it.
+    fn poll_discard<R>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>) -> Poll<()>
+    where
+        R: AsyncRead + ?Sized,
+    {
+        if self.read_done {
+            return Poll::Ready(());
+        }
+        for _ in 0..BUDGET {
+            let step = SCRATCH_BUF.with(|cell| {
+                let mut scratch = cell.borrow_mut();
+                let mut rb = ReadBuf::new(&mut scratch[..]);
+                match r.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) if !rb.filled().is_empty() => Poll::Ready(false),
+                    Poll::Ready(_) => Poll::Ready(true),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            match step {
+                Poll::Ready(false) => continue,
+                Poll::Ready(true) => {
+                    self.read_done = true;
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
-/// Relay bytes both ways until both directions end, one side fails, or a half-close lingers.
+/// Relay bytes both ways until both directions end, one side fails, a half-close lingers, or
+/// `interrupt` completes and the relay is wound down.
 ///
-/// `on_up` / `on_down` are told of every chunk of bytes delivered client→backend and
-/// backend→client, so metrics move while a long-lived connection is still open.
-pub async fn relay_basic<C, B>(
+/// `client_ahead` / `backend_ahead` are bytes read during negotiation and not yet delivered;
+/// they start at a top-level boundary and go first (to the backend and to the client). They are
+/// borrowed for the relay's whole life, so whatever allocation holds them stays alive as long:
+/// a caller that wants idle connections to own no buffer passes exact-size copies. `on_up` /
+/// `on_down` are told of every chunk of bytes delivered client→backend and backend→client, so
+/// metrics move while a long-lived connection is still open.
+///
+/// When `interrupt` completes: the backend→client direction keeps relaying until what it has
+/// read ends at a top-level boundary (a chunk ending mid-element is followed to the element's
+/// end, never cut), then stops reading, sends [`Interrupt::to_client`] and shuts the client
+/// down. The client→backend direction likewise stops at its next boundary; once the client side
+/// is done it sends [`Interrupt::to_backend`], if any, and shuts the backend down. Sending to the
+/// backend waits for the client side because a backend told the stream is over, or seeing FIN,
+/// may close its stream before the element the client still awaits is complete. Then both
+/// peers are given the chance to close first, so that unread input does not turn the close
+/// into a reset. All of it is bounded by `boundary_timeout`; past it the relay returns without
+/// injecting anything more and the caller drops both connections.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay<C, B, I>(
     client: &mut C,
     backend: &mut B,
+    client_ahead: &[u8],
+    backend_ahead: &[u8],
     half_close_timeout: Duration,
+    boundary_timeout: Duration,
     mut on_up: impl FnMut(u64),
     mut on_down: impl FnMut(u64),
+    interrupt: I,
 ) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    I: Future<Output = Interrupt>,
 {
-    let mut up = Direction::default();
-    let mut down = Direction::default();
+    let mut up = Direction::new(client_ahead);
+    let mut down = Direction::new(backend_ahead);
+    let mut interrupt = pin!(interrupt);
+    let mut interrupted: Option<&'static str> = None;
     let mut first_closed: Option<Side> = None;
     let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // Once interrupted, whatever goes wrong is part of winding down: the interrupt is the cause.
+    let ended = |interrupted: Option<&'static str>, other: CloseReason| match interrupted {
+        Some(reason) => CloseReason::Interrupted(reason),
+        None => other,
+    };
     let reason = std::future::poll_fn(|cx| {
         loop {
             let mut progressed = false;
-            if !up.done() {
-                match up.poll_copy(
-                    cx,
-                    Pin::new(&mut *client),
-                    Pin::new(&mut *backend),
-                    &mut on_up,
-                ) {
-                    Poll::Ready(Ok(())) => {
-                        first_closed.get_or_insert(Side::Client);
-                        progressed = true;
-                    }
-                    Poll::Ready(Err((_, writer_failed))) => {
-                        let side = if writer_failed {
-                            Side::Backend
-                        } else {
-                            Side::Client
-                        };
-                        return Poll::Ready(CloseReason::Error(side));
-                    }
-                    Poll::Pending => {}
-                }
+            if interrupted.is_none()
+                && let Poll::Ready(order) = interrupt.as_mut().poll(cx)
+            {
+                interrupted = Some(order.reason);
+                down.interrupt(Some(order.to_client));
+                up.interrupt(order.to_backend);
+                deadline = Some(Box::pin(tokio::time::sleep(boundary_timeout)));
             }
-            if !down.done() {
-                match down.poll_copy(
+
+            // Backend → client.
+            match down.phase {
+                Phase::Open => match down.poll_copy(
                     cx,
                     Pin::new(&mut *backend),
                     Pin::new(&mut *client),
                     &mut on_down,
                 ) {
-                    Poll::Ready(Ok(())) => {
+                    Poll::Ready(Ok(Copied::Eof)) => {
                         first_closed.get_or_insert(Side::Backend);
+                        down.phase = Phase::Done;
+                        progressed = true;
+                    }
+                    Poll::Ready(Ok(Copied::Boundary)) => {
+                        down.start_closing();
                         progressed = true;
                     }
                     Poll::Ready(Err((_, writer_failed))) => {
@@ -269,15 +463,79 @@ where
                         } else {
                             Side::Backend
                         };
-                        return Poll::Ready(CloseReason::Error(side));
+                        return Poll::Ready(ended(interrupted, CloseReason::Error(side)));
                     }
                     Poll::Pending => {}
+                },
+                Phase::Closing => match down.poll_close(cx, Pin::new(&mut *client)) {
+                    Poll::Ready(Ok(())) => progressed = true,
+                    Poll::Ready(Err(_)) => {
+                        return Poll::Ready(ended(interrupted, CloseReason::Error(Side::Client)));
+                    }
+                    Poll::Pending => {}
+                },
+                // Only the client→backend direction waits its turn in `Held`.
+                Phase::Held | Phase::Done => {}
+            }
+
+            // Client → backend.
+            match up.phase {
+                Phase::Open => match up.poll_copy(
+                    cx,
+                    Pin::new(&mut *client),
+                    Pin::new(&mut *backend),
+                    &mut on_up,
+                ) {
+                    Poll::Ready(Ok(Copied::Eof)) => {
+                        first_closed.get_or_insert(Side::Client);
+                        up.phase = Phase::Done;
+                        progressed = true;
+                    }
+                    Poll::Ready(Ok(Copied::Boundary)) => {
+                        up.phase = Phase::Held;
+                        progressed = true;
+                    }
+                    Poll::Ready(Err((_, writer_failed))) => {
+                        let side = if writer_failed {
+                            Side::Backend
+                        } else {
+                            Side::Client
+                        };
+                        return Poll::Ready(ended(interrupted, CloseReason::Error(side)));
+                    }
+                    Poll::Pending => {}
+                },
+                Phase::Held => {
+                    if down.is_done() {
+                        up.start_closing();
+                        progressed = true;
+                    }
+                }
+                Phase::Closing => match up.poll_close(cx, Pin::new(&mut *backend)) {
+                    Poll::Ready(Ok(())) => progressed = true,
+                    Poll::Ready(Err(_)) => {
+                        return Poll::Ready(ended(interrupted, CloseReason::Error(Side::Backend)));
+                    }
+                    Poll::Pending => {}
+                },
+                Phase::Done => {}
+            }
+
+            if up.is_done() && down.is_done() {
+                let Some(reason) = interrupted else {
+                    return Poll::Ready(CloseReason::Closed(first_closed.unwrap_or(Side::Client)));
+                };
+                let client_closed = up.poll_discard(cx, Pin::new(&mut *client)).is_ready();
+                let backend_closed = down.poll_discard(cx, Pin::new(&mut *backend)).is_ready();
+                if client_closed && backend_closed {
+                    return Poll::Ready(CloseReason::Interrupted(reason));
                 }
             }
-            if up.done() && down.done() {
-                return Poll::Ready(CloseReason::Closed(first_closed.unwrap_or(Side::Client)));
-            }
-            if up.done() || down.done() {
+            if let (Some(deadline), Some(reason)) = (deadline.as_mut(), interrupted) {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(CloseReason::Interrupted(reason));
+                }
+            } else if up.is_done() || down.is_done() {
                 let sleep =
                     linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(half_close_timeout)));
                 if sleep.as_mut().poll(cx).is_ready() {
@@ -297,59 +555,118 @@ where
     }
 }
 
-/// Placeholder of the interruptible relay (replaced by the real implementation).
-pub struct Interrupt {
-    pub to_client: bytes::Bytes,
-    pub to_backend: Option<bytes::Bytes>,
-    pub reason: &'static str,
-}
-
-#[allow(clippy::too_many_arguments)]
-pub async fn relay<C, B, I>(
-    client: &mut C,
-    backend: &mut B,
-    client_ahead: &[u8],
-    backend_ahead: &[u8],
-    half_close_timeout: Duration,
-    _boundary_timeout: Duration,
-    on_up: impl FnMut(u64),
-    on_down: impl FnMut(u64),
-    interrupt: I,
-) -> RelayStats
-where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    I: Future<Output = Interrupt>,
-{
-    use tokio::io::AsyncWriteExt;
-    let _ = backend.write_all(client_ahead).await;
-    let _ = client.write_all(backend_ahead).await;
-    tokio::select! {
-        s = relay_basic(client, backend, half_close_timeout, on_up, on_down) => s,
-        i = interrupt => {
-            let _ = client.write_all(&i.to_client).await;
-            let _ = client.shutdown().await;
-            RelayStats { client_to_backend: 0, backend_to_client: 0, reason: CloseReason::Closed(Side::Client) }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+    use tokio::sync::oneshot;
+
+    /// An interrupt that never comes.
+    fn never() -> std::future::Pending<Interrupt> {
+        std::future::pending()
+    }
+
+    /// An interrupt that comes when `rx` fires (never if its sender is dropped).
+    async fn on_signal(rx: oneshot::Receiver<()>, order: Interrupt) -> Interrupt {
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        order
+    }
+
+    const TO_CLIENT: &[u8] = b"<stream:error><see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>b.example:5222</see-other-host></stream:error></stream:stream>";
+    const TO_BACKEND: &[u8] = b"</stream:stream>";
+
+    fn drain_order() -> Interrupt {
+        Interrupt {
+            to_client: Bytes::from_static(TO_CLIENT),
+            to_backend: Some(Bytes::from_static(TO_BACKEND)),
+            reason: "drain",
+        }
+    }
+
+    /// The test's ends of a relay: the client app, the backend app, the trigger and the task.
+    struct Harness {
+        client: DuplexStream,
+        backend: DuplexStream,
+        trigger: Option<oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<RelayStats>,
+    }
+
+    fn start(
+        order: Interrupt,
+        client_ahead: &'static [u8],
+        backend_ahead: &'static [u8],
+        boundary_timeout: Duration,
+    ) -> Harness {
+        let (client, mut client_proxy) = duplex(64);
+        let (mut backend_proxy, backend) = duplex(64);
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            relay(
+                &mut client_proxy,
+                &mut backend_proxy,
+                client_ahead,
+                backend_ahead,
+                Duration::from_secs(5),
+                boundary_timeout,
+                |_| {},
+                |_| {},
+                on_signal(rx, order),
+            )
+            .await
+        });
+        Harness {
+            client,
+            backend,
+            trigger: Some(tx),
+            task,
+        }
+    }
+
+    impl Harness {
+        fn interrupt(&mut self) {
+            self.trigger.take().unwrap().send(()).unwrap();
+        }
+    }
+
+    async fn read_n(s: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        s.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    /// Read to EOF, then close our side so the relay's lingering ends.
+    async fn read_all_and_close(mut s: DuplexStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.shutdown().await.unwrap();
+        got
+    }
+
+    /// Nothing arrives on `s` within a short while.
+    async fn silent(s: &mut DuplexStream) -> bool {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_millis(50), s.read(&mut b))
+            .await
+            .is_err()
+    }
 
     #[tokio::test]
     async fn relays_every_byte_in_order_both_ways_and_half_closes() {
         let (mut client_app, mut client_proxy) = duplex(64);
         let (mut backend_proxy, mut backend_app) = duplex(64);
         let relay_task = tokio::spawn(async move {
-            relay_basic(
+            relay(
                 &mut client_proxy,
                 &mut backend_proxy,
+                &[],
+                &[],
+                Duration::from_secs(5),
                 Duration::from_secs(5),
                 |_| {},
                 |_| {},
+                never(),
             )
             .await
         });
@@ -387,12 +704,16 @@ mod tests {
         let (mut client_app, mut client_proxy) = duplex(64);
         let (mut backend_proxy, _backend_app) = duplex(64);
         client_app.shutdown().await.unwrap();
-        let stats = relay_basic(
+        let stats = relay(
             &mut client_proxy,
             &mut backend_proxy,
+            &[],
+            &[],
             Duration::from_millis(50),
+            Duration::from_secs(5),
             |_| {},
             |_| {},
+            never(),
         )
         .await;
         assert_eq!(stats.reason, CloseReason::HalfCloseTimeout);
@@ -400,7 +721,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_relay_owns_no_buffer() {
-        let mut d = Direction::default();
+        let mut d = Direction::new(&[]);
         let (mut a, mut b) = duplex(16);
         let (mut c, mut e) = duplex(16);
         let waker = std::task::Waker::noop();
@@ -420,5 +741,304 @@ mod tests {
         e.read_exact(&mut sink).await.unwrap();
         assert_eq!(sink, [1u8; 16]);
         assert!(d.pending.is_none());
+    }
+
+    #[tokio::test]
+    async fn idle_tracked_direction_owns_no_buffer_even_mid_stanza() {
+        // Read-ahead bytes ending mid-stanza, then more of it, then silence: the tracker keeps
+        // its place without keeping any of the bytes.
+        let ahead = b"<presence/><message to='a@b'><body>hal";
+        let mut d = Direction::new(ahead);
+        let (mut a, mut b) = duplex(64);
+        let (mut c, mut e) = duplex(128);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        a.write_all(b"f of it").await.unwrap();
+        assert!(
+            d.poll_copy(&mut cx, Pin::new(&mut b), Pin::new(&mut c), &mut |_| {})
+                .is_pending()
+        );
+        assert!(d.ahead.is_empty() && d.pending.is_none() && d.inject.is_none());
+        assert!(!d.tracker.at_boundary(), "still inside the message");
+        let got = read_n(&mut e, ahead.len() + 7).await;
+        assert_eq!(&got[..ahead.len()], ahead);
+        // The per-connection state is a handful of words: no buffer hides in it.
+        let size = std::mem::size_of::<Direction<'_>>();
+        assert!(size <= 192, "{size} bytes");
+        a.write_all(b"</body></message>").await.unwrap();
+        assert!(
+            d.poll_copy(&mut cx, Pin::new(&mut b), Pin::new(&mut c), &mut |_| {})
+                .is_pending()
+        );
+        assert!(d.pending.is_none() && d.tracker.at_boundary());
+    }
+
+    #[tokio::test]
+    async fn interrupt_while_idle_injects_after_everything_relayed() {
+        let mut h = start(drain_order(), b"", b"", Duration::from_secs(5));
+        h.client.write_all(b"<presence/>").await.unwrap();
+        assert_eq!(read_n(&mut h.backend, 11).await, b"<presence/>");
+        let msg = b"<message from='a@b'><body>x &gt; y</body></message> ";
+        h.backend.write_all(msg).await.unwrap();
+        assert_eq!(read_n(&mut h.client, msg.len()).await, msg);
+        h.interrupt();
+        let client = read_all_and_close(h.client);
+        let backend = read_all_and_close(h.backend);
+        let (client, backend) = tokio::join!(client, backend);
+        assert_eq!(client, TO_CLIENT, "exactly the proxy's bytes, then the end");
+        assert_eq!(backend, TO_BACKEND);
+        let stats = h.task.await.unwrap();
+        assert_eq!(stats.reason, CloseReason::Interrupted("drain"));
+        assert_eq!(stats.reason.reason(), "drain");
+        assert_eq!(stats.reason.side(), "proxy");
+        assert_eq!(stats.client_to_backend, 11);
+        assert_eq!(stats.backend_to_client, msg.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn interrupt_mid_stanza_lets_it_finish_first() {
+        let mut h = start(drain_order(), b"", b"", Duration::from_secs(5));
+        let first = b"<message to='c@d'><body>it's \"half";
+        h.backend.write_all(first).await.unwrap();
+        assert_eq!(read_n(&mut h.client, first.len()).await, first);
+        h.interrupt();
+        assert!(
+            silent(&mut h.client).await,
+            "nothing injected inside the message"
+        );
+        // The rest of the message, and the start of another one in the same chunk.
+        let second = b"</body></message><presence from='e@f/g'";
+        h.backend.write_all(second).await.unwrap();
+        assert_eq!(read_n(&mut h.client, second.len()).await, second);
+        assert!(
+            silent(&mut h.client).await,
+            "nothing injected inside the presence"
+        );
+        h.backend.write_all(b"/>").await.unwrap();
+        let client = read_all_and_close(h.client).await;
+        let mut want = b"/>".to_vec();
+        want.extend_from_slice(TO_CLIENT);
+        assert_eq!(client, want, "the whole presence, then the stream error");
+        assert_eq!(read_all_and_close(h.backend).await, TO_BACKEND);
+        let stats = h.task.await.unwrap();
+        assert_eq!(stats.reason, CloseReason::Interrupted("drain"));
+        assert_eq!(
+            stats.backend_to_client,
+            (first.len() + second.len() + 2) as u64
+        );
+    }
+
+    #[tokio::test]
+    async fn client_stanza_in_flight_is_finished_before_the_stream_end() {
+        let mut h = start(drain_order(), b"", b"", Duration::from_secs(5));
+        h.client
+            .write_all(b"<iq type='get' id='1'><ping")
+            .await
+            .unwrap();
+        assert_eq!(
+            read_n(&mut h.backend, 27).await,
+            b"<iq type='get' id='1'><ping"
+        );
+        h.interrupt();
+        // The client side is told at once: it was idle.
+        let mut client = Vec::new();
+        h.client.read_to_end(&mut client).await.unwrap();
+        assert_eq!(client, TO_CLIENT);
+        assert!(silent(&mut h.backend).await);
+        h.client
+            .write_all(b" xmlns='urn:xmpp:ping'/></iq>")
+            .await
+            .unwrap();
+        h.client.shutdown().await.unwrap();
+        let backend = read_all_and_close(h.backend).await;
+        let mut want = b" xmlns='urn:xmpp:ping'/></iq>".to_vec();
+        want.extend_from_slice(TO_BACKEND);
+        assert_eq!(backend, want);
+        assert_eq!(
+            h.task.await.unwrap().reason,
+            CloseReason::Interrupted("drain")
+        );
+    }
+
+    #[tokio::test]
+    async fn no_stream_end_for_the_backend_leaves_it_a_bare_close() {
+        let order = Interrupt {
+            to_client: Bytes::from_static(b"<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"),
+            to_backend: None,
+            reason: "shutdown",
+        };
+        let to_client = order.to_client.clone();
+        let mut h = start(order, b"", b"", Duration::from_secs(5));
+        h.client
+            .write_all(b"<r xmlns='urn:xmpp:sm:3'/>")
+            .await
+            .unwrap();
+        assert_eq!(
+            read_n(&mut h.backend, 26).await,
+            b"<r xmlns='urn:xmpp:sm:3'/>"
+        );
+        h.interrupt();
+        let (client, backend) =
+            tokio::join!(read_all_and_close(h.client), read_all_and_close(h.backend));
+        assert_eq!(client, to_client);
+        assert_eq!(backend, b"", "EOF and not a byte more");
+        assert_eq!(
+            h.task.await.unwrap().reason,
+            CloseReason::Interrupted("shutdown")
+        );
+    }
+
+    #[tokio::test]
+    async fn no_boundary_in_time_closes_both_without_a_word() {
+        let mut h = start(drain_order(), b"", b"", Duration::from_millis(100));
+        let half = b"<message><body>never fin";
+        h.backend.write_all(half).await.unwrap();
+        assert_eq!(read_n(&mut h.client, half.len()).await, half);
+        h.interrupt();
+        let started = std::time::Instant::now();
+        let stats = h.task.await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(90));
+        assert_eq!(stats.reason, CloseReason::Interrupted("drain"));
+        // The relay task is over and its ends are dropped: both apps see the end, and nothing
+        // of the proxy's.
+        let mut client = Vec::new();
+        h.client.read_to_end(&mut client).await.unwrap();
+        assert_eq!(client, b"");
+        let mut backend = Vec::new();
+        h.backend.read_to_end(&mut backend).await.unwrap();
+        assert_eq!(backend, b"");
+    }
+
+    #[tokio::test]
+    async fn ahead_bytes_go_first_in_order_and_are_tracked() {
+        let client_ahead: &'static [u8] = b"<presence/><message><body>hi";
+        let backend_ahead: &'static [u8] = b"<iq type='result' id='bind'/>\n";
+        let (mut client_app, mut client_proxy) = duplex(16);
+        let (mut backend_proxy, mut backend_app) = duplex(16);
+        let (tx, rx) = oneshot::channel();
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (up_count, down_count) = (counted.clone(), counted.clone());
+        let task = tokio::spawn(async move {
+            relay(
+                &mut client_proxy,
+                &mut backend_proxy,
+                client_ahead,
+                backend_ahead,
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                move |n| {
+                    up_count.fetch_add(n << 32, std::sync::atomic::Ordering::Relaxed);
+                },
+                move |n| {
+                    down_count.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                },
+                on_signal(rx, drain_order()),
+            )
+            .await
+        });
+        // Both directions write their ahead bytes without waiting for the peer to speak.
+        assert_eq!(
+            read_n(&mut client_app, backend_ahead.len()).await,
+            backend_ahead
+        );
+        assert_eq!(
+            read_n(&mut backend_app, client_ahead.len()).await,
+            client_ahead
+        );
+        client_app.write_all(b"!</body></message>").await.unwrap();
+        backend_app.write_all(b"<message/>").await.unwrap();
+        assert_eq!(read_n(&mut backend_app, 18).await, b"!</body></message>");
+        assert_eq!(read_n(&mut client_app, 10).await, b"<message/>");
+        tx.send(()).unwrap();
+        let (client, backend) = tokio::join!(
+            read_all_and_close(client_app),
+            read_all_and_close(backend_app)
+        );
+        assert_eq!(client, TO_CLIENT);
+        assert_eq!(backend, TO_BACKEND);
+        let stats = task.await.unwrap();
+        let up = (client_ahead.len() + 18) as u64;
+        let down = (backend_ahead.len() + 10) as u64;
+        assert_eq!(stats.client_to_backend, up);
+        assert_eq!(stats.backend_to_client, down);
+        assert_eq!(
+            counted.load(std::sync::atomic::Ordering::Relaxed),
+            (up << 32) + down,
+            "callbacks saw the ahead bytes too"
+        );
+    }
+
+    #[tokio::test]
+    async fn ahead_bytes_ending_mid_stanza_hold_the_interrupt_back() {
+        let mut h = start(
+            drain_order(),
+            b"<message><body>from the client",
+            b"<message><body>from the server",
+            Duration::from_secs(5),
+        );
+        h.interrupt();
+        assert_eq!(
+            read_n(&mut h.client, 30).await,
+            b"<message><body>from the server"
+        );
+        assert_eq!(
+            read_n(&mut h.backend, 30).await,
+            b"<message><body>from the client"
+        );
+        assert!(silent(&mut h.client).await && silent(&mut h.backend).await);
+        h.backend.write_all(b"</body></message>").await.unwrap();
+        h.client.write_all(b"</body></message>").await.unwrap();
+        let (client, backend) =
+            tokio::join!(read_all_and_close(h.client), read_all_and_close(h.backend));
+        assert_eq!(client, [&b"</body></message>"[..], TO_CLIENT].concat());
+        assert_eq!(backend, [&b"</body></message>"[..], TO_BACKEND].concat());
+        assert_eq!(
+            h.task.await.unwrap().reason,
+            CloseReason::Interrupted("drain")
+        );
+    }
+
+    #[tokio::test]
+    async fn interrupt_still_works_after_the_other_direction_ended() {
+        let mut h = start(drain_order(), b"", b"", Duration::from_secs(5));
+        // The backend half-closes: the client sees the end, nothing may follow it.
+        h.backend.shutdown().await.unwrap();
+        let mut client = Vec::new();
+        h.client.read_to_end(&mut client).await.unwrap();
+        assert_eq!(client, b"");
+        h.client.write_all(b"<presence/>").await.unwrap();
+        assert_eq!(read_n(&mut h.backend, 11).await, b"<presence/>");
+        h.interrupt();
+        let mut backend = Vec::new();
+        h.backend.read_to_end(&mut backend).await.unwrap();
+        assert_eq!(backend, TO_BACKEND);
+        h.client.shutdown().await.unwrap();
+        let stats = h.task.await.unwrap();
+        assert_eq!(stats.reason, CloseReason::Interrupted("drain"));
+        assert_eq!(stats.client_to_backend, 11);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_added_after_a_peer_ended_its_stream() {
+        let mut h = start(drain_order(), b"", b"", Duration::from_secs(5));
+        h.backend
+            .write_all(b"<message/></stream:stream>")
+            .await
+            .unwrap();
+        assert_eq!(
+            read_n(&mut h.client, 26).await,
+            b"<message/></stream:stream>"
+        );
+        h.client.write_all(b"</stream:stream>").await.unwrap();
+        assert_eq!(read_n(&mut h.backend, 16).await, b"</stream:stream>");
+        h.interrupt();
+        let (client, backend) =
+            tokio::join!(read_all_and_close(h.client), read_all_and_close(h.backend));
+        assert_eq!(client, b"", "no stream error after the server's stream end");
+        assert_eq!(backend, b"", "no second stream end");
+        assert_eq!(
+            h.task.await.unwrap().reason,
+            CloseReason::Interrupted("drain")
+        );
     }
 }

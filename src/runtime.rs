@@ -32,6 +32,9 @@ pub enum BuildError {
     /// A routing policy is inconsistent.
     #[error("domain {domain}: {message}")]
     Policy { domain: String, message: String },
+    /// The admin token file could not be read or holds no token.
+    #[error("{file}: {message}")]
+    Token { file: String, message: String },
 }
 
 /// Backend states by name, shared by every runtime generation.
@@ -43,21 +46,14 @@ pub struct StateRegistry {
 
 impl StateRegistry {
     /// The state of `b`, created on first sight; admission limits follow the current config.
+    /// The state of `b`, created on first sight. An existing state keeps its admission limits
+    /// until [`Runtime::apply_admission`] runs for a runtime actually put in service, so a
+    /// refused reload changes nothing.
     fn get(&self, b: &BackendConfig, config: &Config) -> Arc<BackendState> {
-        let adm = AdmissionConfig {
-            max_negotiations: b.max_negotiations.or(config.admission.max_negotiations),
-            max_logins_per_second: b
-                .max_logins_per_second
-                .or(config.admission.max_logins_per_second),
-            queue: config.admission.queue,
-            queue_timeout: config.admission.queue_timeout,
-        };
+        let adm = admission_of(b, config);
         let mut map = self.by_name.lock().expect("state registry lock");
         match map.get(&b.name) {
-            Some(s) => {
-                s.admission.reconfigure(adm);
-                s.clone()
-            }
+            Some(s) => s.clone(),
             None => {
                 let s = BackendState::new(&b.name, adm);
                 map.insert(b.name.clone(), s.clone());
@@ -67,12 +63,62 @@ impl StateRegistry {
     }
 }
 
+/// The admission limits of one backend under `config` (its own, else the defaults).
+fn admission_of(b: &BackendConfig, config: &Config) -> AdmissionConfig {
+    AdmissionConfig {
+        max_negotiations: b.max_negotiations.or(config.admission.max_negotiations),
+        max_logins_per_second: b
+            .max_logins_per_second
+            .or(config.admission.max_logins_per_second),
+        queue: config.admission.queue,
+        queue_timeout: config.admission.queue_timeout,
+    }
+}
+
 /// One domain's routing: its policy and its pool.
 pub struct DomainRoute {
     /// Which key applies to a connection.
     pub policy: Policy,
     /// Where keys land.
     pub pool: DomainPool,
+    /// Each member's share of the ring as (backend index, share), computed once per build
+    /// because it depends only on names and weights.
+    pub ring_shares: Vec<(usize, f64)>,
+}
+
+/// Where one user lands and why: `xmpp-lb route` prints it, `/route` returns it as JSON.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RouteInfo {
+    /// The bare JID, normalized as the proxy normalizes it.
+    pub jid: String,
+    /// Its domain.
+    pub domain: String,
+    /// The domain's routing keys, in fallback order.
+    pub keys: Vec<&'static str>,
+    /// The backend the user would be sent to now (health, drain and load considered).
+    pub backend: String,
+    /// The ring's home node for the user while every node is up (the pinned node for a pin;
+    /// none for `random`). Differs from `backend` when health, drain or load moved the user.
+    pub home: Option<String>,
+    /// The key that applied.
+    pub key: &'static str,
+    /// The rule that applied, for a person.
+    pub rule: String,
+    /// Keys tried before, and why each did not apply.
+    pub skipped: Vec<Skipped>,
+    /// The bounded-load factor, if enabled.
+    pub balance_factor: Option<f64>,
+    /// The next nodes, in the order they would be tried if `backend` could not take the user.
+    pub fallback: Vec<String>,
+}
+
+/// A routing key that did not apply.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Skipped {
+    /// The key.
+    pub key: &'static str,
+    /// Why it did not apply.
+    pub reason: &'static str,
 }
 
 /// A configuration made ready to serve.
@@ -89,6 +135,8 @@ pub struct Runtime {
     pub acceptors: HashMap<String, TlsAcceptor>,
     /// The pin table every domain shares.
     pub pins: Arc<PinTable>,
+    /// The bearer token the admin endpoints require, read from `[metrics] token_file`.
+    pub admin_token: Option<crate::admin::AdminToken>,
 }
 
 impl Runtime {
@@ -121,16 +169,31 @@ impl Runtime {
             })?;
             entries.extend(parsed);
         }
-        let pins =
-            Arc::new(
-                PinTable::new(&entries, &names).map_err(|message| BuildError::Pins {
-                    file: config.routing.pins_file.as_ref().map_or_else(
-                        || config.source.display().to_string(),
-                        |f| f.display().to_string(),
-                    ),
-                    message,
-                })?,
-            );
+        let pins_error = |message: String| BuildError::Pins {
+            file: config.routing.pins_file.as_ref().map_or_else(
+                || config.source.display().to_string(),
+                |f| f.display().to_string(),
+            ),
+            message,
+        };
+        // The whole table is checked once (patterns, names); each domain then gets the pins
+        // that can apply to it: a pin to a node outside a domain's pool never routes there.
+        let pins = Arc::new(PinTable::new(&entries, &names).map_err(pins_error)?);
+        for entry in &entries {
+            if let Some((_, jid_domain)) = entry.pattern.rsplit_once('@')
+                && !jid_domain.contains(['*', '?'])
+                && let Some(d) = config
+                    .domains
+                    .iter()
+                    .find(|d| d.name.eq_ignore_ascii_case(jid_domain))
+                && !d.backends.contains(&entry.backend)
+            {
+                return Err(pins_error(format!(
+                    "pin {:?} names {}, which does not serve {}",
+                    entry.pattern, entry.backend, d.name
+                )));
+            }
+        }
         let mut domains = HashMap::new();
         for d in &config.domains {
             let policy_err = |message: String| BuildError::Policy {
@@ -141,6 +204,12 @@ impl Runtime {
                 Some(p) => Some(crate::route::policy::compile_tenant(p).map_err(policy_err)?),
                 None => None,
             };
+            let own: Vec<_> = entries
+                .iter()
+                .filter(|e| d.backends.contains(&e.backend))
+                .cloned()
+                .collect();
+            let domain_pins = Arc::new(PinTable::new(&own, &names).map_err(pins_error)?);
             let policy = Policy::new(
                 PolicySpec {
                     keys: &d.keys,
@@ -148,7 +217,7 @@ impl Runtime {
                     ipv4_prefix: config.routing.ipv4_prefix,
                     ipv6_prefix: config.routing.ipv6_prefix,
                 },
-                pins.clone(),
+                domain_pins,
             )
             .map_err(policy_err)?;
             let members = d
@@ -157,8 +226,27 @@ impl Runtime {
                 .filter_map(|n| names.iter().position(|m| m == n))
                 .collect();
             let pool = DomainPool::new(members, &names, &weights, d.balance_factor);
-            domains.insert(d.name.clone(), DomainRoute { policy, pool });
+            let ring_shares = pool.ring_shares();
+            domains.insert(
+                d.name.clone(),
+                DomainRoute {
+                    policy,
+                    pool,
+                    ring_shares,
+                },
+            );
         }
+        let admin_token = match &config.metrics_token_file {
+            Some(file) => {
+                let token_err = |message: String| BuildError::Token {
+                    file: file.display().to_string(),
+                    message,
+                };
+                let text = std::fs::read_to_string(file).map_err(|e| token_err(e.to_string()))?;
+                Some(crate::admin::AdminToken::new(&text).map_err(token_err)?)
+            }
+            None => None,
+        };
         Ok(Runtime {
             config,
             names,
@@ -166,7 +254,16 @@ impl Runtime {
             domains,
             acceptors,
             pins,
+            admin_token,
         })
+    }
+
+    /// Give every backend the admission limits of this runtime's configuration (called when
+    /// the runtime goes into service).
+    pub fn apply_admission(&self) {
+        for (b, state) in self.config.backends.iter().zip(&self.states) {
+            state.admission.reconfigure(admission_of(b, &self.config));
+        }
     }
 
     /// Decide which key applies (None: wait for SASL to learn the user).
@@ -227,9 +324,9 @@ impl Runtime {
         out
     }
 
-    /// A human explanation of where `jid` (from `ip`) lands and why, for `xmpp-lb route`.
-    /// The first line is the backend name alone, so scripts can read it.
-    pub fn explain(&self, jid: &str, ip: Option<IpAddr>) -> Result<String, String> {
+    /// Where `jid` (from `ip`) lands and why, with the backends' current state. An error
+    /// names what is missing or wrong, for a person.
+    pub fn route_info(&self, jid: &str, ip: Option<IpAddr>) -> Result<RouteInfo, String> {
         let bare = crate::route::key::normalize_bare_jid(jid)
             .ok_or_else(|| format!("{jid:?} is not a valid JID"))?;
         let (_, domain) = bare
@@ -252,25 +349,60 @@ impl Runtime {
         }
         let order = self.order(domain, &decision);
         let first = order.first().ok_or("no backend serves this domain")?;
-        let mut out = format!("{}\n", self.names[*first]);
-        let keys: Vec<&str> = route.policy.keys().iter().map(|k| k.as_str()).collect();
-        out.push_str(&format!("  domain:   {domain} (keys = {keys:?})\n"));
-        out.push_str(&format!("  key:      {}\n", decision.key.as_str()));
-        out.push_str(&format!("  rule:     {}\n", decision.rule));
-        for (k, why) in &decision.skipped {
-            out.push_str(&format!("  skipped:  {} ({why})\n", k.as_str()));
+        let home = match &decision.placement {
+            crate::route::policy::Placement::Pinned(name) => Some(name.clone()),
+            crate::route::policy::Placement::Ring(key) => route
+                .pool
+                .ring_order(key)
+                .first()
+                .map(|&i| self.names[i].clone()),
+            crate::route::policy::Placement::Random => None,
+        };
+        Ok(RouteInfo {
+            jid: bare.clone(),
+            domain: domain.to_string(),
+            keys: route.policy.keys().iter().map(|k| k.as_str()).collect(),
+            backend: self.names[*first].clone(),
+            home,
+            key: decision.key.as_str(),
+            rule: decision.rule.clone(),
+            skipped: decision
+                .skipped
+                .iter()
+                .map(|(k, why)| Skipped {
+                    key: k.as_str(),
+                    reason: why,
+                })
+                .collect(),
+            balance_factor: route.pool.balance_factor(),
+            fallback: order[1..].iter().map(|&i| self.names[i].clone()).collect(),
+        })
+    }
+
+    /// A human explanation of where `jid` (from `ip`) lands and why, for `xmpp-lb route`.
+    /// The first line is the backend name alone, so scripts can read it.
+    pub fn explain(&self, jid: &str, ip: Option<IpAddr>) -> Result<String, String> {
+        let info = self.route_info(jid, ip)?;
+        let mut out = format!("{}\n", info.backend);
+        out.push_str(&format!(
+            "  domain:   {} (keys = {:?})\n",
+            info.domain, info.keys
+        ));
+        out.push_str(&format!("  key:      {}\n", info.key));
+        out.push_str(&format!("  rule:     {}\n", info.rule));
+        for s in &info.skipped {
+            out.push_str(&format!("  skipped:  {} ({})\n", s.key, s.reason));
         }
-        if let Some(f) = route.pool.balance_factor() {
+        if let Some(f) = info.balance_factor {
             out.push_str(&format!(
                 "  load:     bounded, factor {f} (a node over its bound passes users on)\n"
             ));
         }
-        let rest: Vec<&str> = order[1..].iter().map(|&i| self.names[i].as_str()).collect();
-        if !rest.is_empty() {
+        if !info.fallback.is_empty() {
             out.push_str(&format!(
                 "  fallback: {} (if {} is down, draining or full)\n",
-                rest.join(", "),
-                self.names[*first]
+                info.fallback.join(", "),
+                info.backend
             ));
         }
         Ok(out)
@@ -293,6 +425,9 @@ pub struct Shared {
     reload_lock: tokio::sync::Mutex<()>,
     /// Connections accepted and not yet relaying (shutdown lets them finish first).
     pub negotiating: std::sync::atomic::AtomicUsize,
+    /// True while every listener is bound and accepting (not yet started, or shutting down:
+    /// false), for `/readyz`.
+    pub accepting: std::sync::atomic::AtomicBool,
 }
 
 /// A reload that was refused; the running configuration is unchanged.
@@ -317,6 +452,7 @@ impl Shared {
     ) -> Result<Shared, BuildError> {
         let registry = StateRegistry::default();
         let runtime = Runtime::build(config, &registry)?;
+        runtime.apply_admission();
         let shared = Shared {
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
             registry,
@@ -325,6 +461,7 @@ impl Shared {
             interrupt_all: tokio_util::sync::CancellationToken::new(),
             reload_lock: tokio::sync::Mutex::new(()),
             negotiating: std::sync::atomic::AtomicUsize::new(0),
+            accepting: std::sync::atomic::AtomicBool::new(false),
         };
         shared.publish_states();
         Ok(shared)
@@ -369,6 +506,7 @@ impl Shared {
                     .filter(|n| !next.names.contains(n))
                     .collect();
                 tracing::info!(backends = ?next.names, removed = ?removed, "configuration reloaded");
+                next.apply_admission();
                 self.runtime.store(Arc::new(next));
                 self.metrics
                     .config_reloads_total
@@ -406,9 +544,21 @@ impl Shared {
             .set(up);
     }
 
-    /// Put every backend's health and drain state into the gauges.
+    /// Put every backend's health and drain state, and each domain's ring shares, into the
+    /// gauges.
     fn publish_states(&self) {
         let rt = self.runtime.load();
+        // Shares follow the configuration: a backend or domain removed by a reload must not
+        // keep its old share.
+        self.metrics.backend_ring_share.reset();
+        for (domain, route) in &rt.domains {
+            for &(idx, share) in &route.ring_shares {
+                self.metrics
+                    .backend_ring_share
+                    .with_label_values(&[domain, &rt.names[idx]])
+                    .set(share);
+            }
+        }
         for (name, s) in rt.names.iter().zip(&rt.states) {
             self.metrics
                 .backend_healthy
@@ -440,7 +590,7 @@ impl Shared {
             let period = std::time::Duration::from_secs_f64(1.0 / rt.config.drain.rate);
             let name = name.to_string();
             tokio::spawn(async move {
-                while state.is_draining() && state.relays() > 0 {
+                while state.is_draining() && state.movable_relays() > 0 {
                     let asked = state.interrupt_some(1, crate::backend::state::Command::Drain);
                     shared
                         .metrics

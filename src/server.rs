@@ -159,7 +159,15 @@ impl Server {
                 }
             });
         }
+        // Every socket was bound by `bind` and each has its accept loop now: ready.
+        shared
+            .accepting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         shutdown.cancelled().await;
+        // Not ready any more, so load balancers stop sending new clients while we drain.
+        shared
+            .accepting
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         connections.close();
         // Stop accepting (the accept loops saw the signal); let logins in progress finish for
         // up to half the grace; then ask every relayed client to leave (`<system-shutdown/>`,

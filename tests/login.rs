@@ -323,7 +323,11 @@ fn a_dead_home_node_sends_its_users_to_the_next_node_on_the_ring() {
     let series = format!("xmpp_lb_backend_healthy{{backend=\"{}\"}}", preference[0]);
     let t0 = std::time::Instant::now();
     while env.proxy.metric(&series) != 1.0 {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(15), "{} never came back", preference[0]);
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(15),
+            "{} never came back",
+            preference[0]
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let out = login(&env, "alice", "starttls", "starttls", false, &[]);

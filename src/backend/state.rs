@@ -24,8 +24,9 @@ pub struct BackendState {
     streak: Mutex<(u32, u32)>,
     /// Client connections routed here and not closed yet (bounded-load input).
     active: AtomicUsize,
-    /// Relayed connections that can be told to leave (drain, shutdown), by id.
-    relays: Mutex<HashMap<u64, oneshot::Sender<Command>>>,
+    /// Relayed connections that can be told to leave (drain, shutdown), by id, with whether
+    /// they are pinned here (a drain cannot move those: they would come straight back).
+    relays: Mutex<HashMap<u64, (oneshot::Sender<Command>, bool)>>,
     /// Source of relay ids.
     next_id: AtomicU64,
     /// Login-storm shaping for this backend.
@@ -124,10 +125,16 @@ impl BackendState {
 
     /// Register a relayed connection that may be interrupted; it stays registered until the
     /// returned guard drops.
-    pub fn register_relay(self: &Arc<Self>) -> (RelayRegistration, oneshot::Receiver<Command>) {
+    pub fn register_relay(
+        self: &Arc<Self>,
+        pinned: bool,
+    ) -> (RelayRegistration, oneshot::Receiver<Command>) {
         let (tx, rx) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.relays.lock().expect("relays lock").insert(id, tx);
+        self.relays
+            .lock()
+            .expect("relays lock")
+            .insert(id, (tx, pinned));
         (
             RelayRegistration {
                 state: self.clone(),
@@ -137,13 +144,21 @@ impl BackendState {
         )
     }
 
-    /// Ask up to `n` relayed connections to leave with `make()`'s interrupt; returns how many
-    /// were asked.
+    /// Ask up to `n` relayed connections that are not pinned here to act on `command`;
+    /// returns how many were asked.
     pub fn interrupt_some(&self, n: usize, command: Command) -> usize {
         let picked: Vec<oneshot::Sender<Command>> = {
             let mut relays = self.relays.lock().expect("relays lock");
-            let ids: Vec<u64> = relays.keys().take(n).copied().collect();
-            ids.iter().filter_map(|id| relays.remove(id)).collect()
+            let ids: Vec<u64> = relays
+                .iter()
+                .filter(|(_, (_, pinned))| !pinned)
+                .map(|(id, _)| *id)
+                .take(n)
+                .collect();
+            ids.iter()
+                .filter_map(|id| relays.remove(id))
+                .map(|(tx, _)| tx)
+                .collect()
         };
         let mut asked = 0;
         for tx in picked {
@@ -157,6 +172,16 @@ impl BackendState {
     /// Relayed connections registered now.
     pub fn relays(&self) -> usize {
         self.relays.lock().expect("relays lock").len()
+    }
+
+    /// Relayed connections a drain can move (not pinned here).
+    pub fn movable_relays(&self) -> usize {
+        self.relays
+            .lock()
+            .expect("relays lock")
+            .values()
+            .filter(|(_, pinned)| !pinned)
+            .count()
     }
 }
 
@@ -232,17 +257,24 @@ mod tests {
         assert_eq!(s.active(), 1);
         drop(g2);
         assert_eq!(s.active(), 0);
-        let (r1, mut rx1) = s.register_relay();
-        let (r2, mut rx2) = s.register_relay();
-        assert_eq!(s.relays(), 2);
+        let (r1, mut rx1) = s.register_relay(false);
+        let (r2, mut rx2) = s.register_relay(false);
+        let (r3, mut rx3) = s.register_relay(true);
+        assert_eq!((s.relays(), s.movable_relays()), (3, 2));
         assert_eq!(s.interrupt_some(1, Command::Drain), 1);
-        assert_eq!(s.relays(), 1);
         let got: Vec<_> = [rx1.try_recv().ok(), rx2.try_recv().ok()]
             .into_iter()
             .flatten()
             .collect();
         assert_eq!(got, vec![Command::Drain], "exactly one relay was asked");
-        drop((r1, r2));
+        assert_eq!(
+            s.interrupt_some(10, Command::Drain),
+            1,
+            "the pinned relay is never moved"
+        );
+        assert!(rx3.try_recv().is_err());
+        assert_eq!(s.relays(), 1);
+        drop((r1, r2, r3));
         assert_eq!(s.relays(), 0, "guards unregister");
     }
 }

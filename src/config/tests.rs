@@ -135,6 +135,11 @@ fn shipped_tomls() -> Vec<PathBuf> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        // Pin files share the extension but are not configurations.
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("pins"))
+        })
         .collect();
     files.sort();
     files
@@ -320,7 +325,27 @@ extra_cert = [{ cert = "tls/cert.pem", key = "tls/cert.key", zz_unknown = 1 }]"#
         (
             "[routing]",
             edit(r#"key = "jid""#, &format!("key = \"jid\"\n{unknown}")),
-            keys(&table("routing")),
+            one_of_key_keys(keys(&table("routing"))),
+        ),
+        (
+            "[[domain]]",
+            format!("{BASE}[[domain]]\nname = \"x.test\"\n{unknown}\n"),
+            one_of_key_keys(array(&example, "domain").iter().flat_map(keys).collect()),
+        ),
+        (
+            "[health]",
+            format!("{BASE}[health]\n{unknown}\n"),
+            keys(&table("health")),
+        ),
+        (
+            "[drain]",
+            format!("{BASE}[drain]\n{unknown}\n"),
+            keys(&table("drain")),
+        ),
+        (
+            "[admission]",
+            format!("{BASE}[admission]\n{unknown}\n"),
+            keys(&table("admission")),
         ),
         (
             "[[backend]]",
@@ -354,6 +379,15 @@ extra_cert = [{ cert = "tls/cert.pem", key = "tls/cert.key", zz_unknown = 1 }]"#
             "example.toml must write out every key of {what}"
         );
     }
+}
+
+/// `key` and `keys` are two spellings of one setting (exclusive): writing either covers both.
+fn one_of_key_keys(mut written: BTreeSet<String>) -> BTreeSet<String> {
+    if written.contains("key") || written.contains("keys") {
+        written.insert("key".into());
+        written.insert("keys".into());
+    }
+    written
 }
 
 #[test]
@@ -467,9 +501,39 @@ fn metrics_bind_is_checked() {
         &format!("{BASE}\n[metrics]\nbind = \"9464\"\n"),
         "bad.toml:21:8: metrics.bind: \"9464\" is not an IP:PORT address (IPv6 in brackets, e.g. \"[::1]:5222\")",
     );
+    // An empty [metrics] serves the admin endpoints on loopback, never beyond by default.
+    let c = Fixture::new().ok(&format!("{BASE}\n[metrics]\n"));
+    assert_eq!(c.metrics_bind, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(c.metrics_token_file, None);
+}
+
+#[test]
+fn metrics_token_file_and_log_keys() {
+    let fx = Fixture::new();
+    std::fs::write(fx.root().join("admin.token"), "s3cret\n").unwrap();
+    let c = fx.ok(&format!(
+        "log_format = \"json\"\nlog_jids = true\n{BASE}\n[metrics]\ntoken_file = \"admin.token\"\n"
+    ));
+    assert_eq!(c.metrics_token_file, Some(fx.root().join("admin.token")));
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert!(c.log_jids);
+    let c = fx.ok(BASE);
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert!(
+        !c.log_jids,
+        "JIDs are personal data: not logged unless asked"
+    );
     assert_error(
-        &format!("{BASE}\n[metrics]\n"),
-        "bad.toml:20:1: metrics.bind: missing field `bind`",
+        &format!("{BASE}\n[metrics]\ntoken_file = \"nope.token\"\n"),
+        "bad.toml:21:14: metrics.token_file: file not found: nope.token",
+    );
+    assert_error_starts(
+        &format!("log_format = \"xml\"\n{BASE}"),
+        "bad.toml:1:14: log_format: unknown variant `xml`, expected `text` or `json`",
+    );
+    assert_error_starts(
+        &format!("log_jids = \"yes\"\n{BASE}"),
+        "bad.toml:1:12: log_jids: invalid type: string \"yes\", expected a boolean",
     );
 }
 

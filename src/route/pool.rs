@@ -59,6 +59,16 @@ impl DomainPool {
         self.balance_factor
     }
 
+    /// Each member's share (0..=1) of this domain's ring, as (backend index, share): the
+    /// fraction of the domain's users it is home to while every node is up.
+    pub fn ring_shares(&self) -> Vec<(usize, f64)> {
+        self.members
+            .iter()
+            .zip(self.ring.shares())
+            .map(|(&i, &share)| (i, share))
+            .collect()
+    }
+
     /// The pure ring order for `key` (backend indices), ignoring health and load: where a key
     /// lives when everything is up.
     pub fn ring_order(&self, key: &str) -> Vec<usize> {

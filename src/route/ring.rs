@@ -9,7 +9,7 @@
 //! The placement must stay stable across releases, because moving a user to another
 //! backend breaks their sessions' locality. The tests pin golden vectors for that reason.
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use hashring::HashRing;
 
@@ -51,6 +51,8 @@ pub struct Ring {
     slots: usize,
     /// Number of distinct backends that own at least one virtual node.
     members: usize,
+    /// Fraction of the hash space each backend (by index into `backends`) is home to.
+    shares: Vec<f64>,
 }
 
 impl Ring {
@@ -96,10 +98,13 @@ impl Ring {
         // failover walks, without hashing anything a second time.
         let mut position_of = vec![0; backend_of.len()];
         let mut order = Vec::with_capacity(backend_of.len());
+        let mut points = Vec::with_capacity(backend_of.len());
         for (position, vnode) in ring.clone().into_iter().enumerate() {
             position_of[vnode.id] = position;
             order.push(backend_of[vnode.id]);
+            points.push(hashring::DefaultHashBuilder.hash_one(&vnode));
         }
+        let shares = arc_shares(&points, &order, backends.len());
 
         Ring {
             ring,
@@ -108,7 +113,15 @@ impl Ring {
             order,
             slots: backends.len(),
             members,
+            shares,
         }
+    }
+
+    /// The fraction (0..=1) of all keys each backend is home to, by index into the
+    /// `backends` slice given to `new`: the exact length of the ring arcs its virtual nodes
+    /// own, not an estimate. Zero for a backend with no virtual node; sums to 1 otherwise.
+    pub fn shares(&self) -> &[f64] {
+        &self.shares
     }
 
     /// Distinct backend indices (into the `backends` slice given to `new`) in ring order
@@ -148,6 +161,25 @@ impl Ring {
     pub fn is_empty(&self) -> bool {
         self.members == 0
     }
+}
+
+/// Each slot's share of the 64-bit hash space. A key goes to the first point at or after its
+/// hash (wrapping to the first point), so the point at `i` owns `(points[i-1], points[i]]`
+/// and the first point also owns everything after the last one.
+fn arc_shares(points: &[u64], owner: &[usize], slots: usize) -> Vec<f64> {
+    let mut owned = vec![0u128; slots];
+    let full = 1u128 << 64;
+    for (i, &p) in points.iter().enumerate() {
+        let arc = match i {
+            0 => full - u128::from(points[points.len() - 1]) + u128::from(p),
+            _ => u128::from(p - points[i - 1]),
+        };
+        owned[owner[i]] += arc;
+    }
+    owned
+        .into_iter()
+        .map(|o| (o as f64) / (full as f64))
+        .collect()
 }
 
 #[cfg(test)]
@@ -457,5 +489,46 @@ mod tests {
                 assert_eq!(ring.primary(&format!("{name}#{i}")), Some(index));
             }
         }
+    }
+
+    #[test]
+    fn shares_are_the_fraction_of_keys_each_node_is_home_to() {
+        let set = backends(&[("node1", 1), ("node2", 1), ("node3", 2)]);
+        let ring = Ring::new(&set);
+        let shares = ring.shares();
+        assert_eq!(shares.len(), 3);
+        assert!(
+            (shares.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+            "{shares:?}"
+        );
+        // Counting where many keys land gives the same fractions as the arc lengths.
+        let sample = keys(200_000);
+        let mut homes = [0usize; 3];
+        for key in &sample {
+            homes[ring.primary(key).unwrap()] += 1;
+        }
+        for (i, &home) in homes.iter().enumerate() {
+            let seen = home as f64 / sample.len() as f64;
+            assert!(
+                (seen - shares[i]).abs() < 0.01,
+                "node{}: share {} but {seen} of the keys",
+                i + 1,
+                shares[i]
+            );
+        }
+        // Weight 2 of 4 is about half the ring.
+        assert!((shares[2] - 0.5).abs() < 0.06, "{shares:?}");
+    }
+
+    #[test]
+    fn shares_of_degenerate_rings() {
+        assert_eq!(Ring::new(&backends(&[("only", 3)])).shares(), &[1.0]);
+        assert_eq!(
+            Ring::new(&backends(&[("a", 0), ("b", 0)])).shares(),
+            &[0.0, 0.0]
+        );
+        let dup = Ring::new(&backends(&[("a", 1), ("b", 1), ("a", 1)]));
+        assert_eq!(dup.shares()[2], 0.0, "a repeated name owns nothing");
+        assert!((dup.shares()[0] + dup.shares()[1] - 1.0).abs() < 1e-9);
     }
 }

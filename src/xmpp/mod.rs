@@ -7,3 +7,4 @@ pub mod header;
 pub mod sasl;
 pub mod scanner;
 pub mod stream_error;
+pub mod tracker;
