@@ -163,6 +163,12 @@ fn draining_a_node_moves_its_clients_and_undrain_restores_it() {
             let got = raw.read_to_close(Duration::from_secs(10)).await;
             let expected = format!("<see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{DOMAIN}:{}</see-other-host>", addr.port());
             assert!(got.contains(&expected), "{u} was asked to move back through the proxy: {got}");
+            // Its session on the drained node ended (the proxy closed the stream there).
+            let bare = format!("{u}@{DOMAIN}");
+            assert!(
+                cluster.wait_session(target, &bare, false, Duration::from_secs(5)),
+                "{u}'s session must end on the drained node"
+            );
             // It follows the redirect (back to the proxy) and lands elsewhere.
             let mut again = Raw::login(addr, DOMAIN, &ca, u, pw).await;
             again.ping(DOMAIN).await;
@@ -183,6 +189,52 @@ fn draining_a_node_moves_its_clients_and_undrain_restores_it() {
         fresh.ping(DOMAIN).await;
         let jid = format!("{u}@{DOMAIN}");
         assert!(cluster.sessions(target).iter().any(|s| s.starts_with(&jid)), "undrained node takes logins again");
+    });
+}
+
+#[test]
+fn draining_in_wait_mode_keeps_connected_clients_and_sends_new_logins_elsewhere() {
+    let pki = TestPki::new(&[DOMAIN]);
+    let cluster = ProsodyCluster::start(3, DOMAIN, ProsodyOpts::default()).expect("prosody");
+    let people = users("w", 12);
+    register(&cluster, &people);
+    let backends: Vec<_> = (0..3).map(|i| cluster.addr(i)).collect();
+    let proxy = Proxy::start(&config_text(
+        &pki.cert_path(DOMAIN),
+        &pki.key_path(DOMAIN),
+        DOMAIN,
+        "jid",
+        &backends,
+        "\n[drain]\nmode = \"wait\"\n",
+    ));
+    let addr = proxy.addr("direct", false);
+    let ca = pki.ca_path();
+    let on_node1: Vec<&(String, String)> = people
+        .iter()
+        .filter(|(u, _)| proxy.preference(&format!("{u}@{DOMAIN}"))[0] == "node1")
+        .collect();
+    assert!(on_node1.len() >= 2, "the test needs two users on node1");
+    proxy.block_on(async {
+        let (u0, p0) = on_node1[0];
+        let mut staying = Raw::login(addr, DOMAIN, &ca, u0, p0).await;
+        proxy.shared.set_draining("node1", true).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        staying.ping(DOMAIN).await;
+        assert_eq!(
+            holder(&cluster, u0),
+            Some(0),
+            "wait mode leaves connected clients alone"
+        );
+        let (u1, p1) = on_node1[1];
+        let mut newcomer = Raw::login(addr, DOMAIN, &ca, u1, p1).await;
+        newcomer.ping(DOMAIN).await;
+        let on = holder(&cluster, u1).unwrap();
+        assert_ne!(on, 0, "no new login goes to a draining node");
+        assert_eq!(
+            proxy.preference(&format!("{u1}@{DOMAIN}"))[1],
+            format!("node{}", on + 1),
+            "it goes to its next ring node"
+        );
     });
 }
 
@@ -220,8 +272,17 @@ fn a_reload_adding_a_node_moves_a_quarter_of_keys_and_drops_nobody() {
             raw.ping(DOMAIN).await;
         }
         // A bad file is refused and counted; the running configuration stays.
+        let good = std::fs::read_to_string(&proxy.config_path).unwrap();
         std::fs::write(&proxy.config_path, "this is not toml [").unwrap();
         assert!(proxy.shared.reload().await.is_err());
+        // So is a change of listeners, which needs a restart to re-bind.
+        std::fs::write(
+            &proxy.config_path,
+            good.replacen("name = \"auto\"", "name = \"renamed\"", 1),
+        )
+        .unwrap();
+        let refused = proxy.shared.reload().await.unwrap_err().to_string();
+        assert!(refused.contains("restart"), "{refused}");
         for raw in &mut held {
             raw.ping(DOMAIN).await;
         }
@@ -232,7 +293,8 @@ fn a_reload_adding_a_node_moves_a_quarter_of_keys_and_drops_nobody() {
     );
     assert_eq!(
         proxy.metric("xmpp_lb_config_reloads_total{result=\"failed\"}"),
-        1.0
+        2.0,
+        "the bad file and the listener change were both refused"
     );
     let rt = proxy.shared.runtime.load();
     let pool = &rt.domains[DOMAIN].pool;
