@@ -439,12 +439,7 @@ async fn serve(
             (backend, idx)
         }
         None => {
-            let members: Vec<(String, SocketAddr)> = rt.domains[&domain]
-                .pool
-                .members()
-                .iter()
-                .map(|&i| (rt.names[i].clone(), rt.config.backends[i].address))
-                .collect();
+            let members = rt.members_of(&domain);
             let shown = shared
                 .features
                 .get(&members, &domain, rt.config.probe.timeout, &shared.metrics)
@@ -473,7 +468,7 @@ async fn serve(
                 .ok_or(Failure::Quiet("no routing policy for the domain"))?;
             let source = source_of(&decision, false);
             let (idx, mut backend) = n
-                .open_and_swallow(&decision, source, Some(&shown.mechanisms), &members, trace)
+                .open_and_swallow(&decision, source, Some(&shown.mechanisms), trace)
                 .await?;
             backend
                 .send(&captured.first, SEND_LIMIT)
@@ -830,7 +825,6 @@ impl Negotiation<'_> {
         decision: &Decision,
         source: KeySource,
         shown: Option<&[String]>,
-        members: &[(String, SocketAddr)],
         trace: &mut Trace,
     ) -> Result<(usize, Framed<TcpStream>), Failure> {
         let (idx, tcp) = self.open_backend(decision, source, trace).await?;
@@ -862,7 +856,7 @@ impl Negotiation<'_> {
             shared
                 .features
                 .refresh(
-                    members,
+                    &rt.members_of(&self.domain),
                     &self.domain,
                     rt.config.probe.timeout,
                     &shared.metrics,
@@ -1040,15 +1034,9 @@ impl Negotiation<'_> {
                 if let Some(decision) = decision
                     && self.placement.as_ref() != Some(&decision.placement)
                 {
-                    let members: Vec<(String, SocketAddr)> = rt.domains[&self.domain]
-                        .pool
-                        .members()
-                        .iter()
-                        .map(|&i| (rt.names[i].clone(), rt.config.backends[i].address))
-                        .collect();
                     let source = source_of(&decision, false);
                     let (new_idx, mut new_backend) = self
-                        .open_and_swallow(&decision, source, None, &members, trace)
+                        .open_and_swallow(&decision, source, None, trace)
                         .await?;
                     new_backend
                         .send(&bytes, SEND_LIMIT)

@@ -306,6 +306,18 @@ impl Runtime {
         }
     }
 
+    /// Name and address of every backend serving `domain` (who to probe for its features).
+    pub fn members_of(&self, domain: &str) -> Vec<(String, std::net::SocketAddr)> {
+        self.domains.get(domain).map_or_else(Vec::new, |route| {
+            route
+                .pool
+                .members()
+                .iter()
+                .map(|&i| (self.names[i].clone(), self.config.backends[i].address))
+                .collect()
+        })
+    }
+
     /// Index of a backend by name.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)

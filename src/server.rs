@@ -216,13 +216,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn refresh_features(shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
         let rt = shared.runtime.load_full();
-        for (domain, route) in &rt.domains {
-            let members: Vec<(String, SocketAddr)> = route
-                .pool
-                .members()
-                .iter()
-                .map(|&i| (rt.names[i].clone(), rt.config.backends[i].address))
-                .collect();
+        for domain in rt.domains.keys() {
+            let members = rt.members_of(domain);
             shared
                 .features
                 .refresh(&members, domain, rt.config.probe.timeout, &shared.metrics)
