@@ -51,6 +51,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
 # ---- prerequisites ------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -ge $((2 * IDLE + 1000)) ] || die "open-file limit $(ulimit -n) too low for IDLE=$IDLE"
@@ -321,7 +323,13 @@ idle haproxy
 
 # ---- report -------------------------------------------------------------------------------
 say "results (median of $ROUNDS rounds; ratios of medians)"
-python3 - "$work/results" "$ROUNDS" "$USERS" "$CONC" "$PAIRS" "$MESSAGES" "$IDLE" "$SERIAL" <<'PY' | tee "$work/report.md"
+{
+  echo "Machine: $(nproc) CPUs; load average at start $load_start, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+  printf 'xmpp-lb %s%s; HAProxy %s; Prosody %s\n' "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
+    "$(git diff --quiet HEAD -- src 2>/dev/null || echo ' with uncommitted changes in src/')" \
+    "$(haproxy -v | awk 'NR == 1 {print $3}')" "$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?')"
+} | tee "$work/report.md"
+python3 - "$work/results" "$ROUNDS" "$USERS" "$CONC" "$PAIRS" "$MESSAGES" "$IDLE" "$SERIAL" <<'PY' | tee -a "$work/report.md"
 import json, os, statistics, sys
 d, rounds = sys.argv[1], int(sys.argv[2])
 users, conc, pairs, messages, idle, serial = sys.argv[3:9]

@@ -136,6 +136,9 @@ struct Args {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Also write every login latency (ms, in completion order) to this file, one per line.
+    #[arg(long)]
+    latencies: Option<PathBuf>,
     /// A free-form label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
@@ -418,7 +421,7 @@ async fn timed_login(ctx: &Ctx, i: usize, user: usize, resource: &str) -> Option
             Some(s)
         }
         Err(e) => {
-            ctx.fail(e.context(format!("{}", ctx.user(user))));
+            ctx.fail(e.context(ctx.user(user)));
             None
         }
     }
@@ -564,10 +567,11 @@ async fn hold(mut s: Session, stop: CancellationToken) {
     s.close().await;
 }
 
-fn percentiles(v: &mut [f64]) -> serde_json::Value {
+fn percentiles(v: &[f64]) -> serde_json::Value {
     if v.is_empty() {
         return json!(null);
     }
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p = |q: f64| {
         let idx = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
@@ -711,14 +715,14 @@ async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
 
 fn summary(ctx: &Ctx, timed_out: bool) -> serde_json::Value {
     let a = &ctx.args;
-    let mut st = ctx.stats.lock().unwrap();
+    let st = ctx.stats.lock().unwrap();
     let secs = st.login_phase.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
     let rate = if secs.is_finite() && secs > 0.0 {
         (st.ok as f64 / secs * 10.0).round() / 10.0
     } else {
         0.0
     };
-    let login_ms = percentiles(&mut st.login_ms);
+    let login_ms = percentiles(&st.login_ms);
     let mut out = json!({
         "label": a.label,
         "mode": format!("{:?}", a.mode).to_lowercase(),
@@ -736,7 +740,7 @@ fn summary(ctx: &Ctx, timed_out: bool) -> serde_json::Value {
     });
     match a.mode {
         Mode::Echo => {
-            let rtt = percentiles(&mut st.rtt_ms);
+            let rtt = percentiles(&st.rtt_ms);
             out["echo"] = json!({
                 "pairs": a.pairs,
                 "messages_per_pair": a.messages,
@@ -796,6 +800,11 @@ fn main() -> anyhow::Result<()> {
         if st.login_phase.is_none() {
             st.login_phase = Some(total);
         }
+    }
+    if let Some(path) = &ctx.args.latencies {
+        let st = ctx.stats.lock().unwrap();
+        let text: String = st.login_ms.iter().map(|ms| format!("{ms:.3}\n")).collect();
+        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
     }
     let mut out = summary(&ctx, timed_out);
     out["client_cpu_s"] = json!(cpu_seconds() - cpu0);

@@ -98,6 +98,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 xmpp_lb::tls::acceptor(&l.certs)
                     .with_context(|| format!("listener {:?}", l.name))?;
             }
+            // So is the admin token: an empty or unreadable file would stop the proxy.
+            if let Some(file) = &config.metrics_token_file {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("metrics.token_file {}", file.display()))?;
+                xmpp_lb::admin::AdminToken::new(&text)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("metrics.token_file {}", file.display()))?;
+            }
             println!(
                 "{}: OK ({} listeners, {} backends)",
                 path.display(),
@@ -107,7 +115,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Route { jid, ip } => {
-            // Pins, policies (and certificates) are loaded exactly as the proxy loads them.
+            // Pins, policies (and certificates) are loaded exactly as the proxy loads them;
+            // the admin token is not needed (its file may be readable by the service only).
+            let mut config = config;
+            config.metrics_token_file = None;
             let runtime = Runtime::build(config, &StateRegistry::default())?;
             let explained = runtime.explain(&jid, ip).map_err(anyhow::Error::msg)?;
             print!("{explained}");

@@ -99,6 +99,9 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Log lines dropped because the log output could not keep up (logging never blocks).
     pub log_lines_dropped_total: IntCounter,
+    /// How many dropped lines the counter above already holds (concurrent scrapes must not
+    /// add the same drops twice).
+    log_lines_dropped_synced: std::sync::atomic::AtomicU64,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -288,6 +291,7 @@ impl Metrics {
             backend_ring_share,
             build_info,
             log_lines_dropped_total,
+            log_lines_dropped_synced: std::sync::atomic::AtomicU64::new(0),
             registry,
             definitions,
         }
@@ -303,9 +307,11 @@ impl Metrics {
         // The log writer counts what it had to drop on its own thread, with no access to
         // the metrics; bring the counter up to date at scrape time.
         let dropped = crate::logging::dropped_lines();
-        let counted = self.log_lines_dropped_total.get();
-        if dropped > counted {
-            self.log_lines_dropped_total.inc_by(dropped - counted);
+        let synced = self
+            .log_lines_dropped_synced
+            .fetch_max(dropped, std::sync::atomic::Ordering::Relaxed);
+        if dropped > synced {
+            self.log_lines_dropped_total.inc_by(dropped - synced);
         }
         let mut out = Vec::new();
         TextEncoder::new()
@@ -352,5 +358,42 @@ fn register<C: Collector + Clone + 'static>(
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_rendered_is_defined_with_its_type() {
+        let m = Metrics::new();
+        m.connections_total
+            .with_label_values(&["c2s", "direct"])
+            .inc();
+        m.backend_ring_share
+            .with_label_values(&["example.test", "node1"])
+            .set(0.5);
+        m.backend_connect_seconds
+            .with_label_values(&["node1"])
+            .observe(0.01);
+        let text = m.render();
+        let mut seen = 0;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                let d = m
+                    .definitions()
+                    .iter()
+                    .find(|d| d.name == name)
+                    .unwrap_or_else(|| panic!("{name} is rendered but not defined"));
+                assert_eq!(d.kind.as_str(), kind, "{name}");
+                seen += 1;
+            }
+        }
+        // The three touched families, and the three that always have a series: the
+        // negotiation histogram, the build info and the dropped log lines.
+        assert!(seen >= 6, "{text}");
+        assert!(text.contains("xmpp_lb_build_info{version=\""), "{text}");
     }
 }

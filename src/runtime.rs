@@ -518,6 +518,10 @@ impl Shared {
                     .filter(|n| !next.names.contains(n))
                     .collect();
                 tracing::info!(backends = ?next.names, removed = ?removed, "configuration reloaded");
+                if next.config.log_format != current.config.log_format {
+                    // Logging is set up once, before anything else runs.
+                    tracing::warn!("log_format changed: it takes effect at the next restart");
+                }
                 next.apply_admission();
                 self.runtime.store(Arc::new(next));
                 self.metrics
