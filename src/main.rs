@@ -98,6 +98,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 xmpp_lb::tls::acceptor(&l.certs)
                     .with_context(|| format!("listener {:?}", l.name))?;
             }
+            // So are pins and routing policies: a bad pin file should fail here, not at a
+            // reload. Runtime::build loads them exactly as the proxy does.
+            Runtime::build(config.clone(), &StateRegistry::default())?;
             // So is the admin token: an empty or unreadable file would stop the proxy.
             if let Some(file) = &config.metrics_token_file {
                 let text = std::fs::read_to_string(file)

@@ -75,6 +75,26 @@ fn check_accepts_a_good_file_and_names_file_line_key_for_a_bad_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("c.pem") && err.contains("c2s"), "{err}");
 
+    // A pin file naming an unknown node is caught by check too, naming the pin file.
+    let good = write_config(dir.path(), "jid", THREE);
+    std::fs::write(
+        dir.path().join("pins.toml"),
+        "[[pin]]\nmatch = \"a@example.test\"\nbackend = \"nosuch\"\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("[routing]\n", "[routing]\npins = \"pins.toml\"\n");
+    std::fs::write(&good, text).unwrap();
+    let out = xmpp_lb()
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pins.toml") && err.contains("nosuch"), "{err}");
+
     let out = xmpp_lb()
         .args(["check", "--config", "/nonexistent/xmpp-lb.toml"])
         .output()
