@@ -9,7 +9,7 @@
 # then the memory each proxy spends per idle logged-in connection (VmRSS before/after holding
 # IDLE connections through it).
 #
-#   bash benches/load.sh                         # defaults below
+#   bash benches/load.sh [all|load|idle]         # all (default): both parts; or only one
 #   USERS=500 ROUNDS=1 IDLE=1000 bash benches/load.sh   # a quick run
 #
 # Everything runs on loopback on fixed high ports (BASE_PORT..BASE_PORT+500). Installs HAProxy
@@ -18,6 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+part=${1:-all}
+case $part in all|load|idle) ;; *) echo "usage: $0 [all|load|idle]" >&2; exit 2 ;; esac
 
 USERS=${USERS:-2000}          # logins per login run
 CONC=${CONC:-50}              # logins (or echo pairs) in flight
@@ -261,33 +263,8 @@ PY
 }
 
 setups=(direct-1 direct-3 haproxy lb-direct lb-starttls)
-# Warm-up (not recorded): the first logins of a Prosody node are slower (module and account loads).
-say "warm-up"
-for s in "${setups[@]}"; do
-  "$loadgen" $(setup_args "$s") --domain $domain --password $password --source-ips "$SOURCES" \
-    --users 200 --concurrency "$CONC" --mode login --timeout 60 </dev/null >/dev/null
-done
-
-for ((round = 1; round <= ROUNDS; round++)); do
-  say "round $round/$ROUNDS: $USERS logins at concurrency $CONC, $SERIAL one at a time, echo $PAIRS pairs at once and 5 one at a time, $MESSAGES messages each"
-  # Rotate the order so no setup always runs first (or right after the same neighbour).
-  order=("${setups[@]:$(( (round - 1) % ${#setups[@]} ))}" "${setups[@]:0:$(( (round - 1) % ${#setups[@]} ))}")
-  for s in "${order[@]}"; do
-    run "$s" login "$round" --mode login --users "$USERS" --concurrency "$CONC"
-  done
-  for s in "${order[@]}"; do
-    run "$s" login1 "$round" --mode login --users "$SERIAL" --concurrency 1
-  done
-  for s in "${order[@]}"; do
-    run "$s" echo "$round" --mode echo --pairs "$PAIRS" --messages "$MESSAGES" --concurrency "$PAIRS"
-  done
-  for s in "${order[@]}"; do
-    run "$s" echo1 "$round" --mode echo --pairs 5 --messages "$MESSAGES" --concurrency 1
-  done
-done
-
 # Idle memory: hold IDLE logged-in connections through one proxy, read its VmRSS.
-idle() {
+hold_idle() {
   local setup=$1 pid before after closed lg ready=$work/results/idle.$1.ready
   pid=$(setup_pid "$setup")
   sleep 1
@@ -317,9 +294,39 @@ PY
     "$setup" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["held"])' "$work/results/idle.$setup.json")" \
     "$before" "$after" "$(python3 -c "print(($after - $before) / max(1, $IDLE))")" "$closed" >&2
 }
-say "idle memory: $IDLE logged-in connections (with presence) held through each proxy"
-idle lb-direct
-idle haproxy
+
+if [ "$part" != idle ]; then
+  # Warm-up (not recorded): the first logins of a Prosody node are slower (module and account loads).
+  say "warm-up"
+  for s in "${setups[@]}"; do
+    "$loadgen" $(setup_args "$s") --domain $domain --password $password --source-ips "$SOURCES" \
+      --users 200 --concurrency "$CONC" --mode login --timeout 60 </dev/null >/dev/null
+  done
+
+  for ((round = 1; round <= ROUNDS; round++)); do
+    say "round $round/$ROUNDS: $USERS logins at concurrency $CONC, $SERIAL one at a time, echo $PAIRS pairs at once and 5 one at a time, $MESSAGES messages each"
+    # Rotate the order so no setup always runs first (or right after the same neighbour).
+    order=("${setups[@]:$(( (round - 1) % ${#setups[@]} ))}" "${setups[@]:0:$(( (round - 1) % ${#setups[@]} ))}")
+    for s in "${order[@]}"; do
+      run "$s" login "$round" --mode login --users "$USERS" --concurrency "$CONC"
+    done
+    for s in "${order[@]}"; do
+      run "$s" login1 "$round" --mode login --users "$SERIAL" --concurrency 1
+    done
+    for s in "${order[@]}"; do
+      run "$s" echo "$round" --mode echo --pairs "$PAIRS" --messages "$MESSAGES" --concurrency "$PAIRS"
+    done
+    for s in "${order[@]}"; do
+      run "$s" echo1 "$round" --mode echo --pairs 5 --messages "$MESSAGES" --concurrency 1
+    done
+  done
+fi
+
+if [ "$part" != load ]; then
+  say "idle memory: $IDLE logged-in connections (with presence) held through each proxy"
+  hold_idle lb-direct
+  hold_idle haproxy
+fi
 
 # ---- report -------------------------------------------------------------------------------
 say "results (median of $ROUNDS rounds; ratios of medians)"
@@ -342,7 +349,7 @@ def med(xs):
 def pct(r, key, q):
     return (r.get(key) or {}).get(q) if key == "login_ms" else ((r.get("echo") or {}).get("rtt_ms") or {}).get(q)
 rows = {}
-for s in setups:
+for s in setups if os.path.exists(os.path.join(d, "login.direct-1.1.json")) else []:
     L, L1, E, E1 = load("login", s), load("login1", s), load("echo", s), load("echo1", s)
     allruns = L + L1 + E + E1
     rows[s] = {
@@ -362,29 +369,34 @@ for s in setups:
     }
 def f(x, n=1):
     return "-" if x != x else f"{x:.{n}f}"
-print(f"\nA. Login throughput: {users} logins per run, {conc} in flight (medians of {rounds} runs)\n")
-print("| setup | logins ok | failures (all runs) | logins/s | login p50 ms | p90 ms | p99 ms | max ms | proxy CPU ms/login | Prosody CPU ms/login | loadgen CPU ms/login |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-for s in setups:
-    r = rows[s]
-    cpu = "-" if s.startswith("direct") else f(r["cpu"], 2)
-    print(f"| {s} | {r['ok']} | {r['failed']} | {f(r['rate'], 0)} | {f(r['p50'])} | {f(r['p90'])} | {f(r['p99'])} | {f(r['max'])} | {cpu} | {f(r['ncpu'], 2)} | {f(r['ccpu'], 2)} |")
-print(f"\nB. Latency without queueing: {serial} logins one at a time; echo round trips, {messages} messages per pair, 5 pairs one at a time and {pairs} pairs at once (medians of {rounds} runs)\n")
-print("| setup | login p50 ms | login p99 ms | echo RTT p50 ms (1 pair) | RTT p99 ms (1 pair) | echo RTT p50 ms (" + pairs + " pairs) | RTT p99 ms (" + pairs + " pairs) |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-for s in setups:
-    r = rows[s]
-    print(f"| {s} | {f(r['s50'], 2)} | {f(r['s99'], 2)} | {f(r['e150'], 3)} | {f(r['e199'], 3)} | {f(r['e50'], 2)} | {f(r['e99'], 2)} |")
-print("\nC. Ratios (of the medians above)\n")
-print("| ratio | logins/s | login p50 | p90 | p99 | proxy CPU/login | serial login p50 | p99 | echo RTT p50 (1 pair) | p99 (1 pair) | echo RTT p50 (" + pairs + " pairs) | p99 (" + pairs + " pairs) |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-def q(a, b):
-    return "-" if not (a == a and b == b) or b == 0 else f"{a / b:.2f}"
-for a, b in [("lb-direct", "direct-1"), ("lb-direct", "direct-3"), ("lb-direct", "haproxy"), ("lb-starttls", "haproxy")]:
-    A, B = rows[a], rows[b]
-    cpu = "-" if b.startswith("direct") else q(A["cpu"], B["cpu"])
-    cells = [q(A[k], B[k]) for k in ("rate", "p50", "p90", "p99")] + [cpu] + [q(A[k], B[k]) for k in ("s50", "s99", "e150", "e199", "e50", "e99")]
-    print(f"| {a} / {b} | " + " | ".join(cells) + " |")
+def load_tables():
+    print(f"\nA. Login throughput: {users} logins per run, {conc} in flight (medians of {rounds} runs)\n")
+    print("| setup | logins ok | failures (all runs) | logins/s | login p50 ms | p90 ms | p99 ms | max ms | proxy CPU ms/login | Prosody CPU ms/login | loadgen CPU ms/login |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for s in setups:
+        r = rows[s]
+        cpu = "-" if s.startswith("direct") else f(r["cpu"], 2)
+        print(f"| {s} | {r['ok']} | {r['failed']} | {f(r['rate'], 0)} | {f(r['p50'])} | {f(r['p90'])} | {f(r['p99'])} | {f(r['max'])} | {cpu} | {f(r['ncpu'], 2)} | {f(r['ccpu'], 2)} |")
+    print(f"\nB. Latency without queueing: {serial} logins one at a time; echo round trips, {messages} messages per pair, 5 pairs one at a time and {pairs} pairs at once (medians of {rounds} runs)\n")
+    print("| setup | login p50 ms | login p99 ms | echo RTT p50 ms (1 pair) | RTT p99 ms (1 pair) | echo RTT p50 ms (" + pairs + " pairs) | RTT p99 ms (" + pairs + " pairs) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for s in setups:
+        r = rows[s]
+        print(f"| {s} | {f(r['s50'], 2)} | {f(r['s99'], 2)} | {f(r['e150'], 3)} | {f(r['e199'], 3)} | {f(r['e50'], 2)} | {f(r['e99'], 2)} |")
+    print("\nC. Ratios (of the medians above)\n")
+    print("| ratio | logins/s | login p50 | p90 | p99 | proxy CPU/login | serial login p50 | p99 | echo RTT p50 (1 pair) | p99 (1 pair) | echo RTT p50 (" + pairs + " pairs) | p99 (" + pairs + " pairs) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    def q(a, b):
+        return "-" if not (a == a and b == b) or b == 0 else f"{a / b:.2f}"
+    for a, b in [("lb-direct", "direct-1"), ("lb-direct", "direct-3"), ("lb-direct", "haproxy"), ("lb-starttls", "haproxy")]:
+        A, B = rows[a], rows[b]
+        cpu = "-" if b.startswith("direct") else q(A["cpu"], B["cpu"])
+        cells = [q(A[k], B[k]) for k in ("rate", "p50", "p90", "p99")] + [cpu] + [q(A[k], B[k]) for k in ("s50", "s99", "e150", "e199", "e50", "e99")]
+        print(f"| {a} / {b} | " + " | ".join(cells) + " |")
+if rows:
+    load_tables()
+if not os.path.exists(os.path.join(d, "idle.haproxy.json")):
+    sys.exit(0)
 print(f"\nD. Idle connections: {idle} logged in (with presence) and held through each proxy\n")
 print("| proxy | held | VmRSS before KiB | VmRSS holding KiB | KiB per connection | VmRSS after close KiB |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")

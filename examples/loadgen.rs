@@ -381,7 +381,7 @@ async fn login(ctx: &Ctx, i: usize, user: usize, resource: &str) -> anyhow::Resu
         .context("SASL")?
     {
         0 => {}
-        _ => bail!("{name}: authentication failed: {}", excerpt(&s.buf)),
+        _ => bail!("authentication failed: {}", excerpt(&s.buf)),
     }
     s.buf.clear();
     s.send(&header(&a.domain, from)).await?;
@@ -394,13 +394,13 @@ async fn login(ctx: &Ctx, i: usize, user: usize, resource: &str) -> anyhow::Resu
     s.wait("</iq>").await.context("bind")?;
     let text = String::from_utf8_lossy(&s.buf).into_owned();
     if !text.contains("type='result'") && !text.contains("type=\"result\"") {
-        bail!("{name}: bind failed: {}", excerpt(&s.buf));
+        bail!("bind failed: {}", excerpt(&s.buf));
     }
     s.jid = text
         .split_once("<jid>")
         .and_then(|(_, r)| r.split_once("</jid>"))
         .map(|(j, _)| j.to_string())
-        .ok_or_else(|| anyhow!("{name}: no <jid> in bind result: {}", excerpt(&s.buf)))?;
+        .ok_or_else(|| anyhow!("no <jid> in bind result: {}", excerpt(&s.buf)))?;
     s.buf.clear();
     if a.presence {
         s.send("<presence/>").await?;
@@ -607,36 +607,34 @@ fn tls_connector(ca: &std::path::Path, alpn: bool, resume: bool) -> anyhow::Resu
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// Resolves when the hold should end (signal, stdin EOF, hold timer).
-async fn stop_signal(args: &Args) {
+/// Cancel `stop` on SIGTERM, SIGINT or (if asked) end of standard input. The handlers are in
+/// place when this returns.
+fn watch_stop(stop_on_stdin_eof: bool, stop: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let stdin_eof = async {
-        if args.stop_on_stdin_eof {
-            let mut stdin = tokio::io::stdin();
-            let mut b = [0u8; 256];
-            while let Ok(n) = stdin.read(&mut b).await {
-                if n == 0 {
-                    break;
+    tokio::spawn(async move {
+        let stdin_eof = async {
+            if stop_on_stdin_eof {
+                let mut stdin = tokio::io::stdin();
+                let mut b = [0u8; 256];
+                while let Ok(n) = stdin.read(&mut b).await {
+                    if n == 0 {
+                        break;
+                    }
                 }
+            } else {
+                std::future::pending::<()>().await;
             }
-        } else {
-            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = stdin_eof => {}
+            _ = stop.cancelled() => return,
         }
-    };
-    let timer = async {
-        match args.hold_seconds {
-            Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = stdin_eof => {}
-        _ = timer => {}
-    }
+        stop.cancel();
+    });
 }
 
 async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
@@ -662,11 +660,15 @@ async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
             ctx.stats.lock().unwrap().login_phase = Some(t0.elapsed());
         }
         Mode::Hold => {
+            watch_stop(a.stop_on_stdin_eof, stop.clone());
             let holders = Arc::new(Mutex::new(Vec::new()));
             let (c, h, st) = (ctx.clone(), holders.clone(), stop.clone());
             for_each(a.users, a.concurrency, move |i| {
                 let (c, h, st) = (c.clone(), h.clone(), st.clone());
                 async move {
+                    if st.is_cancelled() {
+                        return;
+                    }
                     if let Some(s) = timed_login(&c, i, i, &format!("hold{i}")).await {
                         h.lock().unwrap().push(tokio::spawn(hold(s, st)));
                     }
@@ -689,11 +691,17 @@ async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                     let _ = std::fs::rename(&tmp, f);
                 }
             }
+            let timer = async {
+                match a.hold_seconds {
+                    Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
-                _ = stop_signal(a) => {}
+                _ = timer => {}
                 _ = stop.cancelled() => {}
             }
-            // Held sessions that died while idle count as failures of the hold.
+            // Report how many were still connected when told to stop.
             let alive = holders
                 .lock()
                 .unwrap()

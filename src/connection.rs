@@ -235,7 +235,7 @@ async fn drive(
         Prefixed::new(tcp, Default::default())
     } else {
         let mut plain = Framed::new(tcp, limits.max_header_bytes);
-        match starttls(rt, &mut plain, prerouting_deadline, trace).await {
+        match Box::pin(starttls(rt, &mut plain, prerouting_deadline, trace)).await {
             Ok(()) => {}
             Err(failure) => {
                 refuse(shared, rt, &mut plain, trace, &failure).await;
@@ -273,7 +273,9 @@ async fn drive(
         local,
         started,
     };
-    match serve(&at, &mut client, trace).await {
+    // Boxed: the negotiation's state is large and only needed until the relay starts; a
+    // connection task that lives for days should not carry it.
+    match Box::pin(serve(&at, &mut client, trace)).await {
         Ok(Some((backend, backend_idx, guard))) => {
             relay_to_end(&at, client, backend, backend_idx, trace).await;
             drop(guard);
@@ -1082,7 +1084,11 @@ async fn relay_to_end(
     let (mut backend_io, backend_ahead) = backend.into_parts();
     // Keep only the bytes read ahead (exact size, usually none), not the negotiation buffers'
     // capacity: the relay may live for days.
-    let (client_ahead, backend_ahead) = (client_ahead.to_vec(), backend_ahead.to_vec());
+    let (client_ahead, backend_ahead) = {
+        // Moved in here so the original buffers are dropped now, not when the relay ends.
+        let (client, backend) = (client_ahead, backend_ahead);
+        (client.to_vec(), backend.to_vec())
+    };
     let pinned = trace.source == Some(KeySource::Pin);
     let (_registration, commands) = rt.states[idx].register_relay(pinned);
     trace.negotiating = None;
