@@ -47,6 +47,80 @@ pub enum TlsMode {
     Auto,
 }
 
+/// Whether, and in which version, a PROXY protocol header opens each connection to a node.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// No header: the node sees the proxy's address as the client's.
+    #[default]
+    Off,
+    /// The text header (`PROXY TCP4 ...`): every implementation reads it.
+    V1,
+    /// The binary header, which can also carry the client's ALPN, SNI and TLS facts (TLVs).
+    V2,
+}
+
+/// How the proxy speaks TLS to a node.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendTls {
+    /// Plain TCP on a trusted link.
+    #[default]
+    None,
+    /// RFC 6120 STARTTLS, negotiated by the proxy itself before it replays the client's header.
+    Starttls,
+    /// XEP-0368 direct TLS (ALPN `xmpp-client`) from the first byte.
+    Direct,
+}
+
+/// How the proxy reaches a node, as written for one `[[backend]]` or one `[[domain]]` (the
+/// pool): every field unset means "inherit" (the backend's own value beats its pool's).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinkOverrides {
+    /// PROXY protocol header toward the node.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// TLS toward the node.
+    pub tls: Option<BackendTls>,
+    /// Name the node's certificate must match (default: the XMPP domain of the connection).
+    pub server_name: Option<String>,
+    /// PEM file of the CA certificates trusted for the node (default: the Mozilla roots).
+    pub ca: Option<PathBuf>,
+    /// Whether the node's certificate is verified (default: yes).
+    pub verify: Option<bool>,
+}
+
+/// How the proxy reaches one node for one domain, every choice made.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LinkConfig {
+    /// PROXY protocol header toward the node.
+    pub proxy_protocol: ProxyProtocol,
+    /// TLS toward the node.
+    pub tls: BackendTls,
+    /// Name the node's certificate must match; `None`: the XMPP domain of the connection.
+    pub server_name: Option<String>,
+    /// PEM file of trusted CA certificates; `None`: the Mozilla roots compiled in.
+    pub ca: Option<PathBuf>,
+    /// Whether the node's certificate is verified.
+    pub verify: bool,
+}
+
+impl LinkOverrides {
+    /// The link of a backend (`self`) in a pool (`pool`): each field from the backend if set,
+    /// else from the pool, else the default (plain TCP, no PROXY header, verification on).
+    pub fn resolve(&self, pool: &LinkOverrides) -> LinkConfig {
+        LinkConfig {
+            proxy_protocol: self
+                .proxy_protocol
+                .or(pool.proxy_protocol)
+                .unwrap_or_default(),
+            tls: self.tls.or(pool.tls).unwrap_or_default(),
+            server_name: self.server_name.clone().or_else(|| pool.server_name.clone()),
+            ca: self.ca.clone().or_else(|| pool.ca.clone()),
+            verify: self.verify.or(pool.verify).unwrap_or(true),
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -99,6 +173,10 @@ struct RawListener {
     key: Spanned<PathBuf>,
     #[serde(default)]
     extra_cert: Vec<RawCertPair>,
+    #[serde(default = "off")]
+    accept_proxy_protocol: Spanned<bool>,
+    #[serde(default)]
+    trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +213,11 @@ struct RawDomain {
     keys: Option<Spanned<Vec<RouteKey>>>,
     tenant_pattern: Option<Spanned<String>>,
     balance_factor: Option<Spanned<f64>>,
+    proxy_protocol: Option<ProxyProtocol>,
+    backend_tls: Option<BackendTls>,
+    tls_server_name: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<PathBuf>>,
+    tls_verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +293,10 @@ impl Default for RawAdmission {
     }
 }
 
+fn off() -> Spanned<bool> {
+    Spanned::new(0..0, false)
+}
+
 fn no_domains() -> Spanned<Vec<Spanned<String>>> {
     Spanned::new(0..0, Vec::new())
 }
@@ -230,6 +317,11 @@ struct RawBackend {
     weight: Spanned<u32>,
     max_negotiations: Option<usize>,
     max_logins_per_second: Option<Spanned<f64>>,
+    proxy_protocol: Option<ProxyProtocol>,
+    backend_tls: Option<BackendTls>,
+    tls_server_name: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<PathBuf>>,
+    tls_verify: Option<bool>,
 }
 
 fn default_weight() -> Spanned<u32> {
@@ -354,6 +446,8 @@ pub struct DomainConfig {
     pub tenant_pattern: Option<String>,
     /// Bounded-load factor (> 1.0): no node takes more than this times the average load.
     pub balance_factor: Option<f64>,
+    /// How its backends are reached, unless a backend says otherwise.
+    pub link: LinkOverrides,
 }
 
 /// Active health checking of backends at the XMPP level.
@@ -406,6 +500,9 @@ pub struct ListenerConfig {
     pub tls: TlsMode,
     /// The default certificate chain and key; extra pairs are chosen by SNI.
     pub certs: Vec<CertPair>,
+    /// Networks of the front balancers whose PROXY protocol header is required and believed;
+    /// empty: no header is accepted (and one sent is refused).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A PEM certificate chain and its private key.
@@ -451,6 +548,8 @@ pub struct BackendConfig {
     pub max_negotiations: Option<usize>,
     /// New logins per second allowed (overrides [admission]).
     pub max_logins_per_second: Option<f64>,
+    /// How the node is reached (overrides its pools' settings).
+    pub link: LinkOverrides,
 }
 
 /// Bounds on every phase before the relay, so a slow or hostile client cannot hold resources.
@@ -689,11 +788,46 @@ impl RawConfig {
                     key: resolve(&pair.key, &key(&format!("extra_cert[{j}].key")))?,
                 });
             }
+            let trusted_proxies = match (*l.accept_proxy_protocol.get_ref(), &l.trusted_proxies) {
+                (false, None) => Vec::new(),
+                (false, Some(list)) => {
+                    return Err(err(
+                        &list.span(),
+                        &key("trusted_proxies"),
+                        "set accept_proxy_protocol = true, or remove this list".into(),
+                    ));
+                }
+                (true, None) => {
+                    return Err(err(
+                        &l.accept_proxy_protocol.span(),
+                        &key("trusted_proxies"),
+                        "list the networks of the front balancers (e.g. [\"10.0.0.0/24\"])".into(),
+                    ));
+                }
+                (true, Some(list)) => {
+                    let mut nets = Vec::new();
+                    for n in list.get_ref() {
+                        nets.push(
+                            parse_net(n.get_ref())
+                                .map_err(|m| err(&n.span(), &key("trusted_proxies"), m))?,
+                        );
+                    }
+                    if nets.is_empty() {
+                        return Err(err(
+                            &list.span(),
+                            &key("trusted_proxies"),
+                            "list at least one network".into(),
+                        ));
+                    }
+                    nets
+                }
+            };
             listeners.push(ListenerConfig {
                 name: l.name.get_ref().clone(),
                 bind: addrs,
                 tls: l.tls,
                 certs,
+                trusted_proxies,
             });
         }
 
@@ -777,12 +911,21 @@ impl RawConfig {
                     "must be 1..=1000".into(),
                 ));
             }
+            let link = RawLink {
+                proxy_protocol: b.proxy_protocol,
+                tls: b.backend_tls,
+                server_name: b.tls_server_name.as_ref(),
+                ca: b.tls_ca.as_ref(),
+                verify: b.tls_verify,
+            }
+            .check(&key(""), &resolve, &err)?;
             backends.push(BackendConfig {
                 name: name.clone(),
                 address,
                 weight: *b.weight.get_ref(),
                 max_negotiations: None,
                 max_logins_per_second: None,
+                link,
             });
         }
 
@@ -834,6 +977,7 @@ impl RawConfig {
                 keys: default_keys.clone(),
                 tenant_pattern: default_tenant.clone(),
                 balance_factor: default_factor,
+                link: LinkOverrides::default(),
             })
             .collect();
         let mut seen_tables = HashSet::new();
@@ -853,12 +997,21 @@ impl RawConfig {
                     format!("[[domain]] {name} is defined twice"),
                 ));
             }
+            let link = RawLink {
+                proxy_protocol: d.proxy_protocol,
+                tls: d.backend_tls,
+                server_name: d.tls_server_name.as_ref(),
+                ca: d.tls_ca.as_ref(),
+                verify: d.tls_verify,
+            }
+            .check(&key(""), &resolve, &err)?;
             let mut dc = DomainConfig {
                 name: name.clone(),
                 backends: names.clone(),
                 keys: default_keys.clone(),
                 tenant_pattern: default_tenant.clone(),
                 balance_factor: default_factor,
+                link,
             };
             if let Some(list) = &d.backends {
                 let mut chosen = Vec::new();
@@ -1045,6 +1198,61 @@ impl RawConfig {
 }
 
 type SpannedError = (Range<usize>, String, String);
+
+/// The link settings of a `[[backend]]` or `[[domain]]` table, before checks.
+struct RawLink<'a> {
+    proxy_protocol: Option<ProxyProtocol>,
+    tls: Option<BackendTls>,
+    server_name: Option<&'a Spanned<String>>,
+    ca: Option<&'a Spanned<PathBuf>>,
+    verify: Option<bool>,
+}
+
+impl RawLink<'_> {
+    /// Check the server name (a DNS name or an IP address, as TLS can verify it) and resolve
+    /// the CA file. `prefix` is the table's key prefix (`backend[0].`).
+    fn check(
+        self,
+        prefix: &str,
+        resolve: &dyn Fn(&Spanned<PathBuf>, &str) -> Result<PathBuf, ConfigError>,
+        err: &dyn Fn(&Range<usize>, &str, String) -> ConfigError,
+    ) -> Result<LinkOverrides, ConfigError> {
+        let server_name = match self.server_name {
+            Some(n) => {
+                if rustls::pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
+                    return Err(err(
+                        &n.span(),
+                        &format!("{prefix}tls_server_name"),
+                        format!("{:?} is not a DNS name or an IP address", n.get_ref()),
+                    ));
+                }
+                Some(n.get_ref().clone())
+            }
+            None => None,
+        };
+        let ca = match self.ca {
+            Some(p) => Some(resolve(p, &format!("{prefix}tls_ca"))?),
+            None => None,
+        };
+        Ok(LinkOverrides {
+            proxy_protocol: self.proxy_protocol,
+            tls: self.tls,
+            server_name,
+            ca,
+            verify: self.verify,
+        })
+    }
+}
+
+/// A network written as `ADDRESS/PREFIX`, or a single address.
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{s:?} is not a network (\"10.0.0.0/8\", \"2001:db8::/32\") or an address"))
+}
 
 /// `key = "x"` or `keys = ["x", "y"]` of a table (not both). `None` when neither is set.
 fn keys_of(

@@ -16,12 +16,14 @@ use tokio::time::{Duration, Instant};
 
 use crate::backend::admission::Permit;
 use crate::backend::connect::connect;
+use crate::backend::link::BackendStream;
 use crate::backend::probe::read_preamble;
 use crate::backend::state::{ActiveGuard, Command};
 use crate::config::{Config, TlsMode};
 use crate::framed::{FrameError, Framed};
 use crate::metrics::Metrics;
 use crate::prefixed::Prefixed;
+use crate::proxy_protocol::{self, Origin};
 use crate::relay::{self, Interrupt, RelayStats};
 use crate::route::KeySource;
 use crate::route::key::{normalize_bare_jid, normalize_domain};
@@ -34,7 +36,9 @@ use crate::xmpp::sasl;
 use crate::xmpp::scanner::{FrameKind, ScanError};
 use crate::xmpp::stream_error::{Condition, proxy_header, render};
 
-/// What a connection needs to know about the listener that accepted it.
+/// What a connection needs to know about the listener that accepted it (its PROXY protocol
+/// settings are read from the runtime snapshot, so that a reload can change the trusted
+/// networks).
 pub struct ListenerCtx {
     /// Listener name (logs, metric labels, and the key of its TLS acceptor in the runtime).
     pub name: String,
@@ -59,6 +63,9 @@ enum Failure {
     ClientClosedStream,
     /// The transport is gone or broken: close without a word.
     Quiet(&'static str),
+    /// The proxy refuses the connection before any XMPP (a PROXY protocol header that is
+    /// missing, invalid or not allowed): close without a word, counted under `reason`.
+    Reject(&'static str, String),
 }
 
 /// What one connection did, for the access log.
@@ -66,6 +73,10 @@ enum Failure {
 struct Trace {
     /// "starttls" or "direct", once known.
     tls: &'static str,
+    /// The client's address as a front balancer's PROXY header gave it (else the socket's).
+    client: Option<SocketAddr>,
+    /// The front balancer the connection came through, if it sent a PROXY header.
+    via: Option<SocketAddr>,
     /// The domain the client asked for, once known (also the `from` of any header we send).
     domain: Option<String>,
     /// Backend name, once routed.
@@ -160,6 +171,7 @@ pub async fn handle(
         (Err(Failure::Refuse(c, _)), _) => (c.as_str(), "proxy"),
         (Err(Failure::ClientClosedStream), _) => ("closed_in_negotiation", "client"),
         (Err(Failure::Quiet(_)), _) => ("client_gone", "client"),
+        (Err(Failure::Reject(reason, _)), _) => (*reason, "proxy"),
     };
     m.closed_total.with_label_values(&[reason, side]).inc();
     let (up, down) = trace
@@ -168,11 +180,13 @@ pub async fn handle(
     let detail = match &result {
         Err(Failure::Refuse(_, text)) => text.as_str(),
         Err(Failure::Quiet(why)) => why,
+        Err(Failure::Reject(_, text)) => text.as_str(),
         _ => "",
     };
     tracing::info!(
         target: "xmpp_lb::access",
-        client = %peer,
+        client = %trace.client.unwrap_or(peer),
+        via = trace.via.map_or_else(|| "-".to_string(), |v| v.to_string()),
         listener = %listener.name,
         tls = trace.tls,
         domain = trace.domain.as_deref().unwrap_or("-"),
@@ -197,16 +211,25 @@ async fn drive(
     shared: &Shared,
     rt: &Runtime,
     listener: &ListenerCtx,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: TcpStream,
+    tcp_peer: SocketAddr,
     started: Instant,
     trace: &mut Trace,
 ) -> Result<(), Failure> {
+    let peer = tcp_peer;
     let limits = &rt.config.limits;
-    let local = tcp
+    let tcp_local = tcp
         .local_addr()
         .map_err(|_| Failure::Quiet("socket gone"))?;
+    let local = tcp_local;
     let prerouting_deadline = started + limits.prerouting_timeout;
+    // Behind a front balancer, the client is who its PROXY header says, from here on.
+    let (peer, local) =
+        front_header(shared, rt, listener, &mut tcp, peer, local, prerouting_deadline).await?;
+    if (peer, local) != (tcp_peer, tcp_local) {
+        trace.client = Some(peer);
+        trace.via = Some(tcp_peer);
+    }
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
@@ -265,6 +288,15 @@ async fn drive(
         }
         Err(_) => return Err(Failure::Quiet("TLS handshake timed out")),
     };
+    // What the node's PROXY header says about the client, TLS facts included.
+    let session = tls.get_ref().1;
+    let origin = Origin {
+        source: peer,
+        destination: local,
+        alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+        sni: session.server_name().map(str::to_string),
+        tls_version: session.protocol_version().and_then(|v| v.as_str()),
+    };
     let mut client = Framed::new(tls, limits.max_header_bytes);
     let at = At {
         shared,
@@ -272,6 +304,7 @@ async fn drive(
         peer,
         local,
         started,
+        origin,
     };
     // Boxed: the negotiation's state is large and only needed until the relay starts; a
     // connection task that lives for days should not carry it.
@@ -304,6 +337,74 @@ struct At<'a> {
     local: SocketAddr,
     /// When the connection was accepted.
     started: Instant,
+    /// What the PROXY protocol header to a node says about the client.
+    origin: Origin,
+}
+
+/// A listener with `accept_proxy_protocol`: a peer in its trusted networks must open with a
+/// PROXY header, which gives the client's address and the one it reached; anyone else must
+/// not send one. Returns the (client, destination) addresses the connection lives by. A
+/// refusal is logged and the connection closed without a word: before the header nothing is
+/// known of the protocol that follows, so there is no stream to send an error on.
+async fn front_header(
+    shared: &Shared,
+    rt: &Runtime,
+    listener: &ListenerCtx,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    deadline: Instant,
+) -> Result<(SocketAddr, SocketAddr), Failure> {
+    let trusted = rt
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == listener.name)
+        .map_or(&[][..], |l| &l.trusted_proxies[..]);
+    if trusted.is_empty() {
+        return Ok((peer, local));
+    }
+    let count = |result: &str| {
+        shared
+            .metrics
+            .proxy_headers_total
+            .with_label_values(&[&listener.name, result])
+            .inc();
+    };
+    if !proxy_protocol::trusted(trusted, peer.ip()) {
+        if proxy_protocol::starts_with_header(tcp, deadline).await {
+            count("untrusted");
+            tracing::warn!(listener = %listener.name, peer = %peer, "PROXY protocol header from a peer outside trusted_proxies; refused");
+            return Err(Failure::Reject(
+                "proxy_protocol_untrusted",
+                "PROXY protocol header from an untrusted peer".into(),
+            ));
+        }
+        return Ok((peer, local));
+    }
+    match proxy_protocol::read_header(tcp, deadline).await {
+        Ok(Some((client, destination))) => {
+            count("accepted");
+            Ok((client, destination))
+        }
+        // The balancer's own connection (a health check): it is the client.
+        Ok(None) => {
+            count("local");
+            Ok((peer, local))
+        }
+        Err(e) => {
+            let (result, reason) = match e {
+                proxy_protocol::HeaderError::Missing => ("missing", "proxy_protocol_missing"),
+                proxy_protocol::HeaderError::Invalid(_) => ("invalid", "proxy_protocol_invalid"),
+                proxy_protocol::HeaderError::Timeout | proxy_protocol::HeaderError::Io(_) => {
+                    ("incomplete", "proxy_protocol_incomplete")
+                }
+            };
+            count(result);
+            tracing::warn!(listener = %listener.name, peer = %peer, error = %e, "PROXY protocol header refused");
+            Err(Failure::Reject(reason, e.to_string()))
+        }
+    }
 }
 
 /// `tls = "auto"`: a TLS handshake record starts with 0x16; an XML stream never does.
@@ -401,7 +502,7 @@ async fn serve(
     at: &At<'_>,
     client: &mut Framed<ClientTls>,
     trace: &mut Trace,
-) -> Result<Routed<TcpStream>, Failure> {
+) -> Result<Routed<BackendStream>, Failure> {
     let (shared, rt) = (at.shared, at.rt);
     let limits = &rt.config.limits;
     let prerouting_deadline = at.started + limits.prerouting_timeout;
@@ -751,7 +852,7 @@ impl Negotiation<'_> {
         decision: &Decision,
         source: KeySource,
         trace: &mut Trace,
-    ) -> Result<(usize, TcpStream), Failure> {
+    ) -> Result<(usize, BackendStream), Failure> {
         let (shared, rt) = (self.at.shared, self.at.rt);
         let health = &rt.config.health;
         let mut tried = Vec::new();
@@ -782,14 +883,18 @@ impl Negotiation<'_> {
                     });
                 }
             };
+            let link = rt.link(&self.domain, idx);
             match connect(
                 &rt.config.backends[idx],
+                &link,
+                &self.domain,
+                &self.at.origin,
                 rt.config.limits.backend_connect_timeout,
                 &shared.metrics,
             )
             .await
             {
-                Ok(tcp) => {
+                Ok(stream) => {
                     // A TCP connect proves little about an XMPP node, so only the active
                     // checks count successes; a refused connect does count as a failure.
                     let name = &rt.names[idx];
@@ -803,7 +908,7 @@ impl Negotiation<'_> {
                     self.guard = Some(guard);
                     self.permit = Some(permit);
                     self.placement = Some(decision.placement.clone());
-                    return Ok((idx, tcp));
+                    return Ok((idx, stream));
                 }
                 Err(e) => {
                     tracing::warn!(backend = %rt.names[idx], error = %e, "backend connect failed; trying the next node");
@@ -828,7 +933,7 @@ impl Negotiation<'_> {
         source: KeySource,
         shown: Option<&[String]>,
         trace: &mut Trace,
-    ) -> Result<(usize, Framed<TcpStream>), Failure> {
+    ) -> Result<(usize, Framed<BackendStream>), Failure> {
         let (idx, tcp) = self.open_backend(decision, source, trace).await?;
         let (shared, rt) = (self.at.shared, self.at.rt);
         let limits = &rt.config.limits;
@@ -873,10 +978,10 @@ impl Negotiation<'_> {
     async fn run(
         mut self,
         client: &mut Framed<ClientTls>,
-        mut backend: Framed<TcpStream>,
+        mut backend: Framed<BackendStream>,
         mut idx: usize,
         trace: &mut Trace,
-    ) -> Result<Routed<TcpStream>, Failure> {
+    ) -> Result<Routed<BackendStream>, Failure> {
         let limits = &self.at.rt.config.limits;
         let deadline = self.at.started + limits.negotiation_timeout;
         client.set_max_frame(limits.max_negotiation_element_bytes);
@@ -932,7 +1037,7 @@ impl Negotiation<'_> {
     async fn on_backend_frame(
         &mut self,
         client: &mut Framed<ClientTls>,
-        backend: &mut Framed<TcpStream>,
+        backend: &mut Framed<BackendStream>,
         kind: FrameKind,
         bytes: Bytes,
     ) -> Result<bool, Failure> {
@@ -992,12 +1097,12 @@ impl Negotiation<'_> {
     /// moves the connection there; returns the new node if so.
     async fn on_client_frame(
         &mut self,
-        backend: &mut Framed<TcpStream>,
+        backend: &mut Framed<BackendStream>,
         idx: usize,
         kind: FrameKind,
         bytes: Bytes,
         trace: &mut Trace,
-    ) -> Result<Option<(usize, Framed<TcpStream>)>, Failure> {
+    ) -> Result<Option<(usize, Framed<BackendStream>)>, Failure> {
         if kind == FrameKind::Element && !self.authenticated {
             let element = Element::parse(&bytes, &self.client_ns).map_err(client_xml_failure)?;
             let payload = if element.is("auth", NS_SASL) {
@@ -1066,7 +1171,7 @@ const BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
 async fn relay_to_end(
     at: &At<'_>,
     client: Framed<ClientTls>,
-    backend: Framed<TcpStream>,
+    backend: Framed<BackendStream>,
     idx: usize,
     trace: &mut Trace,
 ) {
@@ -1153,7 +1258,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     failure: &Failure,
 ) {
     let mut out = Vec::new();
-    if !client.header_sent && !matches!(failure, Failure::Quiet(_)) {
+    if !client.header_sent && !matches!(failure, Failure::Quiet(_) | Failure::Reject(..)) {
         let domain = trace.domain.clone().unwrap_or_else(|| {
             rt.config
                 .routing
@@ -1174,7 +1279,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
             out.extend_from_slice(&render(condition, Some(text)));
         }
         Failure::ClientClosedStream => out.extend_from_slice(b"</stream:stream>"),
-        Failure::Quiet(_) => {}
+        Failure::Quiet(_) | Failure::Reject(..) => {}
     }
     if !out.is_empty() {
         let _unsent = client.send(&out, SEND_LIMIT).await;

@@ -24,6 +24,7 @@ pub mod framed;
 pub mod logging;
 pub mod metrics;
 pub mod prefixed;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod runtime;

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     /// Clients asked to move off a draining node, by backend.
     pub drain_redirects_total: IntCounterVec,
+    /// PROXY protocol headers from front balancers, by listener and what became of them.
+    pub proxy_headers_total: IntCounterVec,
     /// Each backend's share (0..=1) of its domain's ring, i.e. of the users it is home to
     /// when every node is up; set from the running configuration.
     pub backend_ring_share: GaugeVec,
@@ -213,6 +215,11 @@ impl Metrics {
             "Connected clients asked to move off a draining backend.",
             &["backend"],
         );
+        let proxy_headers_total = counter(
+            "xmpp_lb_proxy_protocol_headers_total",
+            "PROXY protocol headers on listeners that accept them, by result (accepted, local, missing, invalid, incomplete, untrusted).",
+            &["listener", "result"],
+        );
         let mut gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             register(registry_ref, defs, Kind::Gauge, g)
@@ -288,6 +295,7 @@ impl Metrics {
             admission_refused_total,
             config_reloads_total,
             drain_redirects_total,
+            proxy_headers_total,
             backend_ring_share,
             build_info,
             log_lines_dropped_total,

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio_rustls::TlsAcceptor;
 
 use crate::backend::admission::AdmissionConfig;
+use crate::backend::link::Link;
 use crate::backend::state::{ActiveGuard, BackendState};
 use crate::config::{BackendConfig, Config};
 use crate::route::policy::{Decision, PinTable, Policy, PolicySpec, Who, parse_pin_file};
@@ -32,6 +33,12 @@ pub enum BuildError {
     /// A routing policy is inconsistent.
     #[error("domain {domain}: {message}")]
     Policy { domain: String, message: String },
+    /// A backend's TLS settings could not be loaded (its CA file).
+    #[error("backend {backend}: {source}")]
+    BackendTls {
+        backend: String,
+        source: crate::tls::TlsError,
+    },
     /// The admin token file could not be read or holds no token.
     #[error("{file}: {message}")]
     Token { file: String, message: String },
@@ -84,6 +91,20 @@ pub struct DomainRoute {
     /// Each member's share of the ring as (backend index, share), computed once per build
     /// because it depends only on names and weights.
     pub ring_shares: Vec<(usize, f64)>,
+    /// How each member is reached for this domain, by backend index (`None` for backends
+    /// outside the pool): its own settings over the domain's.
+    pub links: Vec<Option<Arc<Link>>>,
+}
+
+/// A backend as a member of one domain's pool: who to probe, where, and over which link.
+#[derive(Clone)]
+pub struct Member {
+    /// The backend's name.
+    pub name: String,
+    /// Its address.
+    pub address: std::net::SocketAddr,
+    /// How it is reached for this domain.
+    pub link: Arc<Link>,
 }
 
 /// Where one user lands and why: `xmpp-lb route` prints it, `/route` returns it as JSON.
@@ -195,6 +216,8 @@ impl Runtime {
             }
         }
         let mut domains = HashMap::new();
+        // One `Link` per distinct setting, shared by every (domain, backend) that uses it.
+        let mut built: Vec<Arc<Link>> = Vec::new();
         for d in &config.domains {
             let policy_err = |message: String| BuildError::Policy {
                 domain: d.name.clone(),
@@ -220,11 +243,33 @@ impl Runtime {
                 domain_pins,
             )
             .map_err(policy_err)?;
-            let members = d
+            let members: Vec<usize> = d
                 .backends
                 .iter()
                 .filter_map(|n| names.iter().position(|m| m == n))
                 .collect();
+            let mut links = vec![None; names.len()];
+            for &idx in &members {
+                let backend = &config.backends[idx];
+                let wanted = backend.link.resolve(&d.link);
+                let link = match built.iter().find(|l| l.config == wanted) {
+                    Some(l) => l.clone(),
+                    None => {
+                        let l = Arc::new(Link::build(wanted).map_err(|source| {
+                            BuildError::BackendTls {
+                                backend: backend.name.clone(),
+                                source,
+                            }
+                        })?);
+                        if !l.config.verify {
+                            tracing::warn!(backend = %backend.name, "tls_verify = false: the node's certificate is not checked");
+                        }
+                        built.push(l.clone());
+                        l
+                    }
+                };
+                links[idx] = Some(link);
+            }
             let pool = DomainPool::new(members, &names, &weights, d.balance_factor);
             let ring_shares = pool.ring_shares();
             domains.insert(
@@ -233,6 +278,7 @@ impl Runtime {
                     policy,
                     pool,
                     ring_shares,
+                    links,
                 },
             );
         }
@@ -306,16 +352,29 @@ impl Runtime {
         }
     }
 
-    /// Name and address of every backend serving `domain` (who to probe for its features).
-    pub fn members_of(&self, domain: &str) -> Vec<(String, std::net::SocketAddr)> {
+    /// Every backend serving `domain`, with its link for it (who to probe for its features).
+    pub fn members_of(&self, domain: &str) -> Vec<Member> {
         self.domains.get(domain).map_or_else(Vec::new, |route| {
             route
                 .pool
                 .members()
                 .iter()
-                .map(|&i| (self.names[i].clone(), self.config.backends[i].address))
+                .map(|&i| Member {
+                    name: self.names[i].clone(),
+                    address: self.config.backends[i].address,
+                    link: self.link(domain, i),
+                })
                 .collect()
         })
+    }
+
+    /// How backend `idx` is reached for clients of `domain` (plain TCP if it does not serve
+    /// the domain, which routing never asks for).
+    pub fn link(&self, domain: &str, idx: usize) -> Arc<Link> {
+        self.domains
+            .get(domain)
+            .and_then(|route| route.links.get(idx).cloned().flatten())
+            .unwrap_or_else(|| Arc::new(Link::plain()))
     }
 
     /// Index of a backend by name.
@@ -633,8 +692,10 @@ impl Shared {
                     let domain = rt.domains_of(idx).first().map(|d| d.to_string());
                     let Some(domain) = domain else { return };
                     let health = &rt.config.health;
+                    let link = rt.link(&domain, idx);
                     let ok = crate::backend::probe::probe(
                         rt.config.backends[idx].address,
+                        &link,
                         &domain,
                         health.timeout,
                     )

@@ -166,3 +166,100 @@ pub fn acceptor(pairs: &[CertPair]) -> Result<TlsAcceptor, TlsError> {
     config.max_early_data_size = 0;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// A TLS connector toward the nodes: trusting the CA certificates in `ca` (a PEM file), or
+/// the Mozilla roots compiled in when `None`; offering `alpn`; verifying the node's
+/// certificate unless `verify` is false.
+pub fn connector(
+    ca: Option<&Path>,
+    verify: bool,
+    alpn: Option<&[u8]>,
+) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let mut config = if verify {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                let pem_err = |message: String| TlsError::Pem {
+                    path: path.to_path_buf(),
+                    message,
+                };
+                for cert in
+                    CertificateDer::pem_file_iter(path).map_err(|e| pem_err(e.to_string()))?
+                {
+                    roots
+                        .add(cert.map_err(|e| pem_err(e.to_string()))?)
+                        .map_err(|e| pem_err(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(pem_err("no CERTIFICATE block".into()));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    };
+    if let Some(alpn) = alpn {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// `tls_verify = false`: any certificate is accepted (the handshake signatures are still
+/// checked, so the session key is the certificate holder's, whoever that is).
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,6 +1,8 @@
-//! Talking to backends: opening connections (`connect`) and learning their features (`probe`).
+//! Talking to backends: how each is reached (`link`), opening connections (`connect`) and
+//! learning their features (`probe`).
 
 pub mod admission;
 pub mod connect;
+pub mod link;
 pub mod probe;
 pub mod state;

@@ -11,11 +11,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::backend::link::Link;
 use crate::framed::{FrameError, Framed};
 use crate::metrics::Metrics;
+use crate::runtime::Member;
 use crate::xmpp::element::XmlError;
 use crate::xmpp::features::{self, FilteredFeatures};
 use crate::xmpp::header::{HeaderError, StreamHeader};
@@ -24,9 +25,9 @@ use crate::xmpp::scanner::FrameKind;
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    /// The node could not be reached.
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
+    /// The node could not be reached over its link.
+    #[error("{0}")]
+    Connect(#[from] crate::backend::connect::LinkError),
     /// The node did not answer with a header and features in time, or closed.
     #[error("reading the node's preamble: {0}")]
     Read(#[from] FrameError),
@@ -84,19 +85,22 @@ where
     Ok((header, filtered))
 }
 
-/// Open a stream to `addr` as a client of `domain` would, and return the node's features.
+/// Open a stream to a node as a client of `domain` would, over the same link real clients
+/// get (PROXY header, TLS), and return the node's features: what it offers depends on the
+/// link (a node may offer PLAIN only over TLS, and may refuse a connection without the PROXY
+/// header it expects).
 pub async fn probe(
-    addr: std::net::SocketAddr,
+    address: std::net::SocketAddr,
+    link: &Link,
     domain: &str,
     timeout: Duration,
 ) -> Result<FilteredFeatures, ProbeError> {
     let deadline = Instant::now() + timeout;
-    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+    let stream = crate::backend::connect::open(address, link, domain, None, deadline)
         .await
-        .map_err(|_| ProbeError::Connect(std::io::ErrorKind::TimedOut.into()))?
         .map_err(ProbeError::Connect)?;
     // Negotiation-size frames are plenty for a features element.
-    let mut framed = Framed::new(tcp, 65536);
+    let mut framed = Framed::new(stream, 65536);
     framed
         .send(probe_header(domain).as_bytes(), timeout)
         .await
@@ -132,7 +136,7 @@ impl FeatureCache {
     /// The cached features of `domain`, probing the backends (config order) if none are known.
     pub async fn get(
         &self,
-        backends: &[(String, std::net::SocketAddr)],
+        backends: &[Member],
         domain: &str,
         timeout: Duration,
         metrics: &Metrics,
@@ -146,13 +150,18 @@ impl FeatureCache {
     /// Probe the backends of `domain` in config order until one answers; cache and return it.
     pub async fn refresh(
         &self,
-        backends: &[(String, std::net::SocketAddr)],
+        backends: &[Member],
         domain: &str,
         timeout: Duration,
         metrics: &Metrics,
     ) -> Option<Arc<FilteredFeatures>> {
-        for (name, address) in backends {
-            match probe(*address, domain, timeout).await {
+        for Member {
+            name,
+            address,
+            link,
+        } in backends
+        {
+            match probe(*address, link, domain, timeout).await {
                 Ok(features) => {
                     metrics.probes_total.with_label_values(&[name, "ok"]).inc();
                     let features = Arc::new(features);
