@@ -1,10 +1,11 @@
 //! Integration-test harness shared by the test files (`mod common;`): real Prosody nodes
-//! ([`prosody`]), a test PKI ([`pki`]), the real slixmpp client run as a subprocess
+//! ([`prosody`]), real ejabberd nodes ([`ejabberd`]), a test PKI ([`pki`]), the real slixmpp client run as a subprocess
 //! ([`client`]), child-process plumbing ([`process`]), the proxy run in-process ([`proxy`])
 //! and a raw byte-level client ([`raw`]).
 #![allow(dead_code)]
 
 pub mod client;
+pub mod ejabberd;
 pub mod pki;
 pub mod process;
 pub mod prosody;

@@ -26,6 +26,8 @@ pub struct Raw {
     pub received: String,
     /// Whether the peer closed.
     pub closed: bool,
+    /// The client's own address (its source address and port).
+    pub local: Option<SocketAddr>,
 }
 
 /// A TLS connector trusting only the test CA, offering ALPN `xmpp-client`.
@@ -67,6 +69,29 @@ impl Raw {
         let tcp = TcpStream::connect(addr).await.expect("connect proxy");
         tcp.set_nodelay(true).unwrap();
         Raw {
+            local: tcp.local_addr().ok(),
+            io: Box::new(tcp),
+            received: String::new(),
+            closed: false,
+        }
+    }
+
+    /// Plain TCP from a chosen source address (any of 127.0.0.0/8 works on loopback), nothing
+    /// sent yet.
+    pub async fn tcp_from(addr: SocketAddr, source: std::net::IpAddr) -> Raw {
+        let socket = if addr.is_ipv6() {
+            tokio::net::TcpSocket::new_v6()
+        } else {
+            tokio::net::TcpSocket::new_v4()
+        }
+        .expect("socket");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let tcp = socket.connect(addr).await.expect("connect proxy");
+        tcp.set_nodelay(true).unwrap();
+        Raw {
+            local: tcp.local_addr().ok(),
             io: Box::new(tcp),
             received: String::new(),
             closed: false,
@@ -78,6 +103,7 @@ impl Raw {
         let tcp = TcpStream::connect(addr).await.expect("connect proxy");
         tcp.set_nodelay(true).unwrap();
         let name = ServerName::try_from(domain.to_string()).unwrap();
+        let local = tcp.local_addr().ok();
         let tls = connector(ca)
             .connect(name, tcp)
             .await
@@ -86,6 +112,7 @@ impl Raw {
             io: Box::new(tls),
             received: String::new(),
             closed: false,
+            local,
         }
     }
 
@@ -198,7 +225,16 @@ impl Raw {
         user: &str,
         password: &str,
     ) -> Raw {
-        let mut raw = Raw::direct_tls(addr, domain, ca).await;
+        Raw::direct_tls(addr, domain, ca)
+            .await
+            .log_in(domain, user, password, "raw")
+            .await
+    }
+
+    /// On a connection whose TLS is up: stream header, SASL PLAIN as `user@domain`, restart,
+    /// bind `resource`.
+    pub async fn log_in(mut self, domain: &str, user: &str, password: &str, resource: &str) -> Raw {
+        let raw = &mut self;
         raw.send(&header(domain, None)).await;
         raw.expect("</stream:features>").await;
         raw.clear();
@@ -213,10 +249,10 @@ impl Raw {
         raw.clear();
         raw.send(&header(domain, None)).await;
         raw.expect("</stream:features>").await;
-        raw.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>raw</resource></bind></iq>").await;
+        raw.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
         raw.expect("</iq>").await;
         raw.clear();
-        raw
+        self
     }
 
     /// Ask the server for a ping (XEP-0199) and wait for its answer: the stream is alive.
