@@ -186,7 +186,7 @@ pub async fn handle(
     tracing::info!(
         target: "xmpp_lb::access",
         client = %trace.client.unwrap_or(peer),
-        via = trace.via.map_or_else(|| "-".to_string(), |v| v.to_string()),
+        via = %trace.via.map_or_else(|| "-".to_string(), |v| v.to_string()),
         listener = %listener.name,
         tls = trace.tls,
         domain = trace.domain.as_deref().unwrap_or("-"),

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod ejabberd;
+pub mod logs;
 pub mod pki;
 pub mod process;
 pub mod prosody;

@@ -1,0 +1,153 @@
+//! TLS between the proxy and a real Prosody node that requires it: `backend_tls = "starttls"`
+//! (the proxy negotiates STARTTLS itself, then replays the client's header) and `"direct"`,
+//! both verified against the test CA; a node whose certificate the configured CA did not
+//! sign is refused cleanly. The node offers PLAIN only over TLS, so the mechanisms clients
+//! are shown prove that the probe went over the same link as the logins.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::logs::captured_logs;
+use common::pki::TestPki;
+use common::process::free_port;
+use common::prosody::{ProsodyCluster, ProsodyOpts};
+use common::proxy::{Proxy, config_text};
+use common::raw::{Raw, header};
+
+const DOMAIN: &str = "example.test";
+
+fn mechanisms(features: &str) -> BTreeSet<String> {
+    features
+        .split("<mechanism>")
+        .skip(1)
+        .filter_map(|s| s.split_once("</mechanism>").map(|(m, _)| m.to_string()))
+        .collect()
+}
+
+/// One Prosody node requiring TLS: STARTTLS on its c2s port, direct TLS on another, both
+/// with a certificate from the test CA; PLAIN is offered over TLS only.
+fn node(pki: &TestPki) -> (ProsodyCluster, u16) {
+    let direct = free_port(false).unwrap();
+    let opts = ProsodyOpts {
+        extra_modules: vec!["tls".into()],
+        extra_config: format!(
+            r#"ssl = {{ certificate = "{cert}"; key = "{key}" }}
+c2s_require_encryption = true
+allow_unencrypted_plain_auth = false
+c2s_direct_tls_ports = {{ {direct} }}
+c2s_direct_tls_interfaces = {{ "127.0.0.1" }}"#,
+            cert = pki.cert_path(DOMAIN).display(),
+            key = pki.key_path(DOMAIN).display(),
+        ),
+        ..ProsodyOpts::default()
+    };
+    let cluster = ProsodyCluster::start(1, DOMAIN, opts).expect("prosody starts");
+    cluster.register("alice", "pw-alice");
+    (cluster, direct)
+}
+
+/// A proxy with one backend at `address`; `link` holds that backend's link keys (they are
+/// written last, so they land in its `[[backend]]` table).
+fn proxy(pki: &TestPki, address: std::net::SocketAddr, link: &str) -> Proxy {
+    Proxy::start(&config_text(
+        &pki.cert_path(DOMAIN),
+        &pki.key_path(DOMAIN),
+        DOMAIN,
+        "jid",
+        &[address],
+        link,
+    ))
+}
+
+/// What the node itself offers a client over direct TLS.
+fn node_offers_over_tls(proxy: &Proxy, pki: &TestPki, direct: u16) -> BTreeSet<String> {
+    proxy.block_on(async {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], direct));
+        let mut raw = Raw::direct_tls(addr, DOMAIN, &pki.ca_path()).await;
+        raw.send(&header(DOMAIN, None)).await;
+        mechanisms(&raw.expect("</stream:features>").await)
+    })
+}
+
+#[test]
+fn starttls_and_direct_tls_to_the_node_verified_against_the_ca() {
+    let logs = captured_logs();
+    let pki = TestPki::new(&[DOMAIN]);
+    let (node, direct) = node(&pki);
+    let ca = pki.ca_path();
+    let links = [
+        (
+            node.addr(0),
+            format!("backend_tls = \"starttls\"\ntls_ca = \"{}\"\n", ca.display()),
+        ),
+        (
+            std::net::SocketAddr::from(([127, 0, 0, 1], direct)),
+            format!("backend_tls = \"direct\"\ntls_ca = \"{}\"\n", ca.display()),
+        ),
+    ];
+    for (address, link) in links {
+        let p = proxy(&pki, address, &link);
+        // Over TLS the node offers PLAIN (and channel-binding -PLUS variants, which cannot
+        // survive TLS ending at the proxy); in clear text it offers nothing but STARTTLS.
+        let offered = node_offers_over_tls(&p, &pki, direct);
+        assert!(offered.contains("PLAIN"), "{offered:?}");
+        let expected: BTreeSet<String> = offered
+            .into_iter()
+            .filter(|m| !m.ends_with("-PLUS"))
+            .collect();
+        let client = p.block_on(async {
+            let addr = p.addr("direct", false);
+            let mut raw = Raw::direct_tls(addr, DOMAIN, &ca).await;
+            raw.send(&header(DOMAIN, None)).await;
+            let shown = mechanisms(&raw.expect("</stream:features>").await);
+            assert_eq!(shown, expected, "{link}");
+            Raw::login(addr, DOMAIN, &ca, "alice", "pw-alice").await
+        });
+        let session = node
+            .sessions_detail(0)
+            .into_iter()
+            .find(|s| s.bare() == "alice@example.test")
+            .expect("alice's session on the node");
+        assert!(session.secure, "the node sees an encrypted link: {session:?}");
+        drop(client);
+        assert!(node.wait_session(0, "alice@example.test", false, Duration::from_secs(10)));
+        assert_eq!(p.metric("xmpp_lb_backend_healthy{backend=\"node1\"}"), 1.0);
+    }
+
+    // A CA that did not sign the node's certificate: the node is refused, the client is told
+    // <remote-connection-failed/>, and the reason is logged.
+    let other = TestPki::new(&[DOMAIN]);
+    for tls in ["starttls", "direct"] {
+        let address = if tls == "direct" {
+            std::net::SocketAddr::from(([127, 0, 0, 1], direct))
+        } else {
+            node.addr(0)
+        };
+        let p = proxy(
+            &pki,
+            address,
+            &format!(
+                "backend_tls = \"{tls}\"\ntls_ca = \"{}\"\n",
+                other.ca_path().display()
+            ),
+        );
+        let answer = p.block_on(async {
+            let mut raw = Raw::direct_tls(p.addr("direct", false), DOMAIN, &ca).await;
+            // A `from` routes at the header: the failure is the login's own connect.
+            raw.send(&header(DOMAIN, Some("alice@example.test"))).await;
+            raw.read_to_close(Duration::from_secs(15)).await
+        });
+        assert!(answer.contains("<remote-connection-failed"), "{tls}: {answer}");
+        assert!(
+            p.metric("xmpp_lb_backend_connect_failures_total{backend=\"node1\"}") >= 1.0,
+            "{tls}"
+        );
+        let text = logs.text();
+        assert!(
+            text.contains("backend connect failed") && text.contains("TLS handshake"),
+            "{tls}: {text}"
+        );
+    }
+}
