@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install what the demo and the tests need on a Debian machine: Prosody (the real XMPP server
-# the tests run), Prometheus and promtool (the tests scrape the proxy with a real server and lint
-# its exposition), openssl (demo certificates), curl, and slixmpp (the real XMPP client).
+# Install what the demo and the tests need on a Debian machine: Prosody and ejabberd (the real
+# XMPP servers the tests run), HAProxy (a real front balancer speaking the PROXY protocol),
+# Prometheus and promtool (the tests scrape the proxy with a real server and lint its
+# exposition), openssl (demo certificates), curl, and slixmpp (the real XMPP client).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,9 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v prosody >/dev/null || missing+=(prosody)
+# ejabberdctl and haproxy live in /usr/sbin, which a non-root PATH may lack.
+{ command -v ejabberdctl >/dev/null || [ -x /usr/sbin/ejabberdctl ]; } || missing+=(ejabberd)
+{ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ]; } || missing+=(haproxy)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 # promtool ships in the same package as the server.
@@ -17,22 +21,26 @@ command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
   sudo_if_needed apt-get update -qq
-  # policy-rc.d keeps the packages' own system-wide Prosody and Prometheus services from
-  # starting: tests run their own on free loopback ports, each Prometheus with its own storage
-  # in a temporary directory, and must not share the machine with a stray one (or with a
-  # Prometheus scraping on :9090).
+  # policy-rc.d keeps the packages' own system-wide Prosody, ejabberd, HAProxy and Prometheus
+  # services from starting: tests run their own on free loopback ports (each ejabberd with its
+  # own node name, Mnesia directory and Erlang port mapper, each Prometheus with its own
+  # storage in a temporary directory), and must not share the machine with a stray one (or
+  # with a Prometheus scraping on :9090, an ejabberd holding 5222).
   if [ ! -e /usr/sbin/policy-rc.d ] && [ "$(id -u)" -eq 0 ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Where no policy-rc.d could be put in place (not root), the package may have started its
-  # service anyway: stop the one just installed, so nothing is left listening on :9090.
-  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
-    if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
-      sudo_if_needed systemctl disable --now prometheus >/dev/null 2>&1 || true
+  # Where no policy-rc.d could be put in place (not root), a package may have started its
+  # service anyway: stop the ones just installed, so nothing is left listening on :9090 or
+  # :5222 (the ejabberd service's own epmd goes with it).
+  for service in prometheus ejabberd haproxy; do
+    if [[ " ${missing[*]} " == *" $service "* ]]; then
+      if command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then
+        sudo_if_needed systemctl disable --now "$service" >/dev/null 2>&1 || true
+      fi
     fi
-  fi
+  done
 fi
 
 # The client: the given interpreter if it has slixmpp, else pip, else a project venv (.venv,

@@ -151,3 +151,59 @@ fn starttls_and_direct_tls_to_the_node_verified_against_the_ca() {
         );
     }
 }
+
+#[test]
+fn a_node_whose_mechanisms_change_is_re_probed_over_its_tls_link() {
+    let logs = captured_logs();
+    let pki = TestPki::new(&[DOMAIN]);
+    let (node, direct) = node(&pki);
+    let ca = pki.ca_path();
+    let p = proxy(
+        &pki,
+        node.addr(0),
+        &format!("backend_tls = \"starttls\"\ntls_ca = \"{}\"\n", ca.display()),
+    );
+    let shown = || {
+        p.block_on(async {
+            let mut raw = Raw::direct_tls(p.addr("direct", false), DOMAIN, &ca).await;
+            raw.send(&header(DOMAIN, None)).await;
+            mechanisms(&raw.expect("</stream:features>").await)
+        })
+    };
+    let before = shown();
+    assert!(before.contains("SCRAM-SHA-1"), "{before:?}");
+
+    // The operator drops a mechanism and reloads the node.
+    let mut cfg = std::fs::OpenOptions::new()
+        .append(true)
+        .open(node.config_path(0))
+        .unwrap();
+    std::io::Write::write_all(&mut cfg, b"\ndisable_sasl_mechanisms = { \"SCRAM-SHA-1\" }\n").unwrap();
+    node.admin(0, "config:reload()").unwrap();
+    node.admin(0, "module:reload(\"saslauth\", \"example.test\")")
+        .unwrap();
+    let after: BTreeSet<String> = node_offers_over_tls(&p, &pki, direct)
+        .into_iter()
+        .filter(|m| !m.ends_with("-PLUS"))
+        .collect();
+    assert!(!after.contains("SCRAM-SHA-1") && after.contains("PLAIN"), "{after:?}");
+
+    // The next client still sees the cached list; its login goes through, the mismatch is
+    // counted and logged, and the proxy probes again.
+    assert_eq!(shown(), before);
+    let client = p.block_on(Raw::login(
+        p.addr("direct", false),
+        DOMAIN,
+        &ca,
+        "alice",
+        "pw-alice",
+    ));
+    p.block_on(async { drop(client) });
+    assert_eq!(p.metric("xmpp_lb_feature_mismatch_total{backend=\"node1\"}"), 1.0);
+    assert_eq!(
+        logs.lines_with(&["offers other SASL mechanisms than the client was shown"])
+            .len(),
+        1
+    );
+    assert_eq!(shown(), after);
+}

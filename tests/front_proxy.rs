@@ -281,7 +281,13 @@ fn haproxy_in_front_with_send_proxy_v2() {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new("haproxy");
+    // Debian puts it in /usr/sbin, which a non-root PATH may lack.
+    let binary = if std::path::Path::new("/usr/sbin/haproxy").exists() {
+        "/usr/sbin/haproxy"
+    } else {
+        "haproxy"
+    };
+    let mut cmd = Command::new(binary);
     cmd.arg("-db").arg("-f").arg(&cfg);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let mut haproxy = spawn_child(cmd).expect("haproxy runs");

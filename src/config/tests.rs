@@ -1067,3 +1067,85 @@ fn domains_are_normalized() {
         vec!["example.test", "chat.example.test", "example.org"]
     );
 }
+
+#[test]
+fn front_balancer_settings_need_each_other_and_real_networks() {
+    let listener = |extra: &str| edit(r#"key = "tls/cert.key""#, &format!("key = \"tls/cert.key\"\n{extra}"));
+    let c = Fixture::new().ok(&listener(
+        "accept_proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::2\", \"192.0.2.9/24\"]",
+    ));
+    let nets: Vec<String> = c.listeners[0]
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    // A single address is a /32 or /128; host bits of a network are dropped.
+    assert_eq!(nets, ["10.0.0.0/8", "fd00::2/128", "192.0.2.0/24"]);
+    assert!(Fixture::new().ok(BASE).listeners[0].trusted_proxies.is_empty());
+    assert_error(
+        &listener("accept_proxy_protocol = true"),
+        "bad.toml:7:25: listener[0].trusted_proxies: list the networks of the front balancers (e.g. [\"10.0.0.0/24\"])",
+    );
+    assert_error(
+        &listener("trusted_proxies = [\"10.0.0.0/8\"]"),
+        "bad.toml:7:19: listener[0].trusted_proxies: set accept_proxy_protocol = true, or remove this list",
+    );
+    assert_error(
+        &listener("accept_proxy_protocol = true\ntrusted_proxies = []"),
+        "bad.toml:8:19: listener[0].trusted_proxies: list at least one network",
+    );
+    assert_error(
+        &listener("accept_proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/33\"]"),
+        "bad.toml:8:20: listener[0].trusted_proxies: \"10.0.0.0/33\" is not a network (\"10.0.0.0/8\", \"2001:db8::/32\") or an address",
+    );
+}
+
+#[test]
+fn backend_links_are_checked_and_inherit_from_their_pool() {
+    let fx = Fixture::new();
+    let text = format!(
+        "{BASE}proxy_protocol = \"v2\"\nbackend_tls = \"direct\"\ntls_server_name = \"node2.example.test\"\ntls_ca = \"tls/cert.pem\"\n\n[[domain]]\nname = \"example.test\"\nproxy_protocol = \"v1\"\nbackend_tls = \"starttls\"\ntls_verify = false\n"
+    );
+    let c = fx.ok(&text);
+    let pool = &c.domains[0].link;
+    // node1 says nothing: the pool's settings; node2 overrides some of them.
+    let node1 = c.backends[0].link.resolve(pool);
+    assert_eq!(
+        (node1.proxy_protocol, node1.tls, node1.verify, node1.ca.clone()),
+        (ProxyProtocol::V1, BackendTls::Starttls, false, None)
+    );
+    let node2 = c.backends[1].link.resolve(pool);
+    assert_eq!(
+        (node2.proxy_protocol, node2.tls, node2.verify),
+        (ProxyProtocol::V2, BackendTls::Direct, false)
+    );
+    assert_eq!(node2.server_name.as_deref(), Some("node2.example.test"));
+    assert_eq!(node2.ca, Some(fx.root().join("tls/cert.pem")));
+    // Nothing set anywhere: plain TCP, no header, verification on.
+    let plain = LinkOverrides::default().resolve(&LinkOverrides::default());
+    assert_eq!(
+        (plain.proxy_protocol, plain.tls, plain.verify),
+        (ProxyProtocol::Off, BackendTls::None, true)
+    );
+
+    assert_error_starts(
+        &format!("{BASE}proxy_protocol = \"v3\"\n"),
+        "bad.toml:19:18: backend[1].proxy_protocol: unknown variant `v3`, expected one of `off`, `v1`, `v2`",
+    );
+    assert_error_starts(
+        &format!("{BASE}backend_tls = \"tls\"\n"),
+        "bad.toml:19:15: backend[1].backend_tls: unknown variant `tls`, expected one of `none`, `starttls`, `direct`",
+    );
+    assert_error(
+        &format!("{BASE}tls_server_name = \"not a name\"\n"),
+        "bad.toml:19:19: backend[1].tls_server_name: \"not a name\" is not a DNS name or an IP address",
+    );
+    assert_error(
+        &format!("{BASE}tls_ca = \"tls/missing.pem\"\n"),
+        "bad.toml:19:10: backend[1].tls_ca: file not found: tls/missing.pem",
+    );
+    assert_error(
+        &format!("{BASE}\n[[domain]]\nname = \"example.test\"\ntls_ca = \"tls/missing.pem\"\n"),
+        "bad.toml:22:10: domain[0].tls_ca: file not found: tls/missing.pem",
+    );
+}
