@@ -114,7 +114,10 @@ impl LinkOverrides {
                 .or(pool.proxy_protocol)
                 .unwrap_or_default(),
             tls: self.tls.or(pool.tls).unwrap_or_default(),
-            server_name: self.server_name.clone().or_else(|| pool.server_name.clone()),
+            server_name: self
+                .server_name
+                .clone()
+                .or_else(|| pool.server_name.clone()),
             ca: self.ca.clone().or_else(|| pool.ca.clone()),
             verify: self.verify.or(pool.verify).unwrap_or(true),
         }
@@ -1199,6 +1202,9 @@ impl RawConfig {
 
 type SpannedError = (Range<usize>, String, String);
 
+/// Resolves a configured file path against the configuration's directory, checking it exists.
+type ResolvePath<'a> = dyn Fn(&Spanned<PathBuf>, &str) -> Result<PathBuf, ConfigError> + 'a;
+
 /// The link settings of a `[[backend]]` or `[[domain]]` table, before checks.
 struct RawLink<'a> {
     proxy_protocol: Option<ProxyProtocol>,
@@ -1214,7 +1220,7 @@ impl RawLink<'_> {
     fn check(
         self,
         prefix: &str,
-        resolve: &dyn Fn(&Spanned<PathBuf>, &str) -> Result<PathBuf, ConfigError>,
+        resolve: &ResolvePath<'_>,
         err: &dyn Fn(&Range<usize>, &str, String) -> ConfigError,
     ) -> Result<LinkOverrides, ConfigError> {
         let server_name = match self.server_name {
@@ -1251,7 +1257,9 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     }
     s.parse::<std::net::IpAddr>()
         .map(ipnet::IpNet::from)
-        .map_err(|_| format!("{s:?} is not a network (\"10.0.0.0/8\", \"2001:db8::/32\") or an address"))
+        .map_err(|_| {
+            format!("{s:?} is not a network (\"10.0.0.0/8\", \"2001:db8::/32\") or an address")
+        })
 }
 
 /// `key = "x"` or `keys = ["x", "y"]` of a table (not both). `None` when neither is set.

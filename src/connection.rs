@@ -1,8 +1,9 @@
 //! [`handle`]: the one top-to-bottom driver of a client connection.
 //!
-//! accept → (direct TLS | clear-text header → STARTTLS → TLS) → post-TLS stream header →
-//! learn the routing key (`from`, else the first SASL message, else the subnet) → connect the
-//! node the ring picks (next node if it refuses) → replay the client's header (and SASL element),
+//! accept → (a front balancer's PROXY header) → (direct TLS | clear-text header → STARTTLS →
+//! TLS) → post-TLS stream header → learn the routing key (`from`, else the first SASL message,
+//! else the subnet) → open the link to the node the ring picks (PROXY header, TLS; next node if
+//! it fails) → replay the client's header (and SASL element),
 //! swallowing the node's duplicate preamble → keep parsing until authentication ends (a failed
 //! login retried as another user is re-routed) → byte relay until either side closes.
 
@@ -224,8 +225,16 @@ async fn drive(
     let local = tcp_local;
     let prerouting_deadline = started + limits.prerouting_timeout;
     // Behind a front balancer, the client is who its PROXY header says, from here on.
-    let (peer, local) =
-        front_header(shared, rt, listener, &mut tcp, peer, local, prerouting_deadline).await?;
+    let (peer, local) = front_header(
+        shared,
+        rt,
+        listener,
+        &mut tcp,
+        peer,
+        local,
+        prerouting_deadline,
+    )
+    .await?;
     if (peer, local) != (tcp_peer, tcp_local) {
         trace.client = Some(peer);
         trace.via = Some(tcp_peer);

@@ -1,7 +1,9 @@
 //! xmpp-lb: a protocol-aware load balancer for XMPP client connections.
 //!
 //! The path of one connection, top to bottom:
-//! 1. [`server`] binds the listeners and accepts; each connection runs [`connection::handle`].
+//! 1. [`server`] binds the listeners and accepts; each connection runs [`connection::handle`],
+//!    which first reads a front balancer's PROXY header where the listener expects one
+//!    ([`proxy_protocol`]).
 //! 2. Direct TLS (XEP-0368) is accepted at once; STARTTLS reads the clear-text header first
 //!    and upgrades ([`tls`] picks the certificate by SNI).
 //! 3. The post-TLS stream header is read by the incremental [`xmpp::scanner`] through
@@ -10,7 +12,8 @@
 //!    message ([`xmpp::sasl`]) after showing the backends' own features ([`backend::probe`]),
 //!    else the client's subnet ([`route::key`]).
 //! 5. The ring ([`route::ring`], through [`route::pool`]) picks the node; [`backend::connect`]
-//!    connects it, or the next distinct node if it refuses.
+//!    opens its link ([`backend::link`]: TCP, a PROXY header, STARTTLS or direct TLS), or the
+//!    next distinct node's if that fails.
 //! 6. The client's header and SASL element are replayed byte-exact; the node's duplicate
 //!    header and features are swallowed; parsing continues until authentication ends.
 //! 7. [`relay`] copies bytes both ways until either side closes; [`metrics`] counts it all,

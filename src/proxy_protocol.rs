@@ -154,7 +154,9 @@ pub async fn read_header(tcp: &mut TcpStream, deadline: Instant) -> Result<Learn
             tcp.read_exact(&mut fixed).await?;
             let len = usize::from(u16::from_be_bytes([fixed[2], fixed[3]]));
             if len > V2_MAX_PAYLOAD {
-                return Err(HeaderError::Invalid(format!("{len} bytes of addresses and TLVs")));
+                return Err(HeaderError::Invalid(format!(
+                    "{len} bytes of addresses and TLVs"
+                )));
             }
             let mut header = Vec::with_capacity(16 + len);
             header.extend_from_slice(&start);
@@ -167,7 +169,9 @@ pub async fn read_header(tcp: &mut TcpStream, deadline: Instant) -> Result<Learn
             let mut header = start.to_vec();
             while !header.ends_with(b"\r\n") {
                 if header.len() >= V1_MAX {
-                    return Err(HeaderError::Invalid("v1 header longer than 107 bytes".into()));
+                    return Err(HeaderError::Invalid(
+                        "v1 header longer than 107 bytes".into(),
+                    ));
                 }
                 header.push(tcp.read_u8().await?);
             }
@@ -333,11 +337,7 @@ mod tests {
         let (mut server, _) = listener.accept().await.unwrap();
         client.write_all(bytes).await.unwrap();
         client.shutdown().await.unwrap();
-        let result = read_header(
-            &mut server,
-            Instant::now() + Duration::from_secs(2),
-        )
-        .await;
+        let result = read_header(&mut server, Instant::now() + Duration::from_secs(2)).await;
         let mut rest = Vec::new();
         let _ = server.read_to_end(&mut rest).await;
         (result, rest)
@@ -345,7 +345,8 @@ mod tests {
 
     #[tokio::test]
     async fn reading_takes_exactly_the_header() {
-        let (r, rest) = read(b"PROXY TCP4 203.0.113.9 192.0.2.1 41000 5222\r\n<stream:stream>").await;
+        let (r, rest) =
+            read(b"PROXY TCP4 203.0.113.9 192.0.2.1 41000 5222\r\n<stream:stream>").await;
         assert_eq!(
             r.unwrap(),
             Some((

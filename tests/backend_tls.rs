@@ -80,7 +80,10 @@ fn starttls_and_direct_tls_to_the_node_verified_against_the_ca() {
     let links = [
         (
             node.addr(0),
-            format!("backend_tls = \"starttls\"\ntls_ca = \"{}\"\n", ca.display()),
+            format!(
+                "backend_tls = \"starttls\"\ntls_ca = \"{}\"\n",
+                ca.display()
+            ),
         ),
         (
             std::net::SocketAddr::from(([127, 0, 0, 1], direct)),
@@ -110,7 +113,10 @@ fn starttls_and_direct_tls_to_the_node_verified_against_the_ca() {
             .into_iter()
             .find(|s| s.bare() == "alice@example.test")
             .expect("alice's session on the node");
-        assert!(session.secure, "the node sees an encrypted link: {session:?}");
+        assert!(
+            session.secure,
+            "the node sees an encrypted link: {session:?}"
+        );
         drop(client);
         assert!(node.wait_session(0, "alice@example.test", false, Duration::from_secs(10)));
         assert_eq!(p.metric("xmpp_lb_backend_healthy{backend=\"node1\"}"), 1.0);
@@ -139,7 +145,10 @@ fn starttls_and_direct_tls_to_the_node_verified_against_the_ca() {
             raw.send(&header(DOMAIN, Some("alice@example.test"))).await;
             raw.read_to_close(Duration::from_secs(15)).await
         });
-        assert!(answer.contains("<remote-connection-failed"), "{tls}: {answer}");
+        assert!(
+            answer.contains("<remote-connection-failed"),
+            "{tls}: {answer}"
+        );
         assert!(
             p.metric("xmpp_lb_backend_connect_failures_total{backend=\"node1\"}") >= 1.0,
             "{tls}"
@@ -161,7 +170,10 @@ fn a_node_whose_mechanisms_change_is_re_probed_over_its_tls_link() {
     let p = proxy(
         &pki,
         node.addr(0),
-        &format!("backend_tls = \"starttls\"\ntls_ca = \"{}\"\n", ca.display()),
+        &format!(
+            "backend_tls = \"starttls\"\ntls_ca = \"{}\"\n",
+            ca.display()
+        ),
     );
     let shown = || {
         p.block_on(async {
@@ -178,7 +190,11 @@ fn a_node_whose_mechanisms_change_is_re_probed_over_its_tls_link() {
         .append(true)
         .open(node.config_path(0))
         .unwrap();
-    std::io::Write::write_all(&mut cfg, b"\ndisable_sasl_mechanisms = { \"SCRAM-SHA-1\" }\n").unwrap();
+    std::io::Write::write_all(
+        &mut cfg,
+        b"\ndisable_sasl_mechanisms = { \"SCRAM-SHA-1\" }\n",
+    )
+    .unwrap();
     node.admin(0, "config:reload()").unwrap();
     node.admin(0, "module:reload(\"saslauth\", \"example.test\")")
         .unwrap();
@@ -186,7 +202,10 @@ fn a_node_whose_mechanisms_change_is_re_probed_over_its_tls_link() {
         .into_iter()
         .filter(|m| !m.ends_with("-PLUS"))
         .collect();
-    assert!(!after.contains("SCRAM-SHA-1") && after.contains("PLAIN"), "{after:?}");
+    assert!(
+        !after.contains("SCRAM-SHA-1") && after.contains("PLAIN"),
+        "{after:?}"
+    );
 
     // The next client still sees the cached list; its login goes through, the mismatch is
     // counted and logged, and the proxy probes again.
@@ -199,7 +218,10 @@ fn a_node_whose_mechanisms_change_is_re_probed_over_its_tls_link() {
         "pw-alice",
     ));
     p.block_on(async { drop(client) });
-    assert_eq!(p.metric("xmpp_lb_feature_mismatch_total{backend=\"node1\"}"), 1.0);
+    assert_eq!(
+        p.metric("xmpp_lb_feature_mismatch_total{backend=\"node1\"}"),
+        1.0
+    );
     assert_eq!(
         logs.lines_with(&["offers other SASL mechanisms than the client was shown"])
             .len(),

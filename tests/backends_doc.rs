@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn doc() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/backends.md"))
-        .unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/backends.md")).unwrap()
 }
 
 /// The fenced blocks of the page with their language tag.
@@ -62,8 +61,9 @@ fn every_toml_snippet_validates() {
         text.push_str(&snippet);
         let path = dir.path().join("snippet.toml");
         std::fs::write(&path, &text).unwrap();
-        let config = xmpp_lb::Config::load(&path)
-            .unwrap_or_else(|e| panic!("docs/backends.md snippet does not validate: {e}\n{snippet}"));
+        let config = xmpp_lb::Config::load(&path).unwrap_or_else(|e| {
+            panic!("docs/backends.md snippet does not validate: {e}\n{snippet}")
+        });
         // Certificates and CA files load as the proxy would load them.
         xmpp_lb::runtime::Runtime::build(config, &xmpp_lb::runtime::StateRegistry::default())
             .unwrap_or_else(|e| panic!("snippet cannot be put in service: {e}\n{snippet}"));
@@ -84,7 +84,13 @@ fn the_haproxy_snippet_passes_haproxys_check() {
         .1;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg, format!("defaults\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{snippet}")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{snippet}"
+        ),
+    )
+    .unwrap();
     let out = Command::new(binary)
         .arg("-c")
         .arg("-f")

@@ -193,7 +193,11 @@ fn ejabberd_cluster_behind_the_proxy_protocol() {
             let resource = format!("{version}-{}", source.replace([':', '.'], "_"));
             let (client, local) = login(proxy, &pki, "direct", source, b"", &alice, &resource);
             let session = ej.wait_session(0, &format!("{alice}@{DOMAIN}/{resource}"));
-            assert_eq!(session.ip, local.ip().to_string(), "{version} from {source}");
+            assert_eq!(
+                session.ip,
+                local.ip().to_string(),
+                "{version} from {source}"
+            );
             assert_eq!(session.port, local.port(), "{version} from {source}");
             assert_ne!(session.ip, "127.0.0.1");
             assert_eq!(session.node, ej.node_name(0), "{alice} lives on node1");
@@ -244,7 +248,10 @@ fn ejabberd_cluster_behind_the_proxy_protocol() {
     let proxy_v1_header = b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 5222\r\n";
     let before = node_offers(ej.proxied_addr(0), proxy_v1_header);
     assert_eq!(node_offers(ej.plain_addr(0), b""), before);
-    assert!(before.contains("PLAIN") && before.contains("SCRAM-SHA-1"), "{before:?}");
+    assert!(
+        before.contains("PLAIN") && before.contains("SCRAM-SHA-1"),
+        "{before:?}"
+    );
     assert_eq!(shown(&v1, &pki), before);
     assert_eq!(shown(&v2, &pki), before);
 

@@ -73,7 +73,12 @@ fn v2(source: &str, destination: &str) -> Vec<u8> {
 }
 
 /// After `preamble` (the balancer's header), a STARTTLS or direct-TLS login of alice.
-async fn login_after(addr: SocketAddr, preamble: &[u8], starttls: bool, ca: &std::path::Path) -> Raw {
+async fn login_after(
+    addr: SocketAddr,
+    preamble: &[u8],
+    starttls: bool,
+    ca: &std::path::Path,
+) -> Raw {
     let mut raw = Raw::tcp(addr).await;
     raw.send_bytes(preamble).await;
     if starttls {
@@ -129,7 +134,11 @@ fn learned_addresses_drive_subnet_routing_logs_and_metrics() {
     ];
     for (preamble, starttls, ip, client) in cases {
         let raw = proxy.block_on(login_after(front, &preamble, starttls, &pki.ca_path()));
-        assert_eq!(node_of_alice(&mut cluster), vec![node_for(&proxy, &ip)], "{ip}");
+        assert_eq!(
+            node_of_alice(&mut cluster),
+            vec![node_for(&proxy, &ip)],
+            "{ip}"
+        );
         proxy.block_on(async { raw.vanish() });
         assert!(
             wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
@@ -144,13 +153,17 @@ fn learned_addresses_drive_subnet_routing_logs_and_metrics() {
         );
         let line = &logs.lines_with(&["xmpp_lb::access", &format!("client={client}")])[0];
         assert!(line.contains("via=127.0.0.1:"), "{line}");
-        assert!(line.contains("listener=front") && line.contains("subnet"), "{line}");
+        assert!(
+            line.contains("listener=front") && line.contains("subnet"),
+            "{line}"
+        );
         for i in 0..cluster.len() {
             cluster.wait_session(i, "alice@example.test", false, Duration::from_secs(10));
         }
     }
     assert_eq!(
-        proxy.metric("xmpp_lb_proxy_protocol_headers_total{listener=\"front\",result=\"accepted\"}"),
+        proxy
+            .metric("xmpp_lb_proxy_protocol_headers_total{listener=\"front\",result=\"accepted\"}"),
         2.0
     );
     assert_eq!(
@@ -168,13 +181,18 @@ fn bad_missing_or_untrusted_headers_are_refused_cleanly() {
     let front = proxy.addr("front", false);
     let untrusted: IpAddr = "127.0.0.2".parse().unwrap();
     let closed_silently = |raw: &mut Raw| {
-        proxy.block_on(async { raw.read_to_close(Duration::from_secs(10)).await }).is_empty()
+        proxy
+            .block_on(async { raw.read_to_close(Duration::from_secs(10)).await })
+            .is_empty()
     };
 
     // Trusted peer: no header, a malformed one, one cut short.
     for (bytes, result) in [
         (header(DOMAIN, None).into_bytes(), "missing"),
-        (b"PROXY TCP4 999.0.0.1 192.0.2.1 1 2\r\n".to_vec(), "invalid"),
+        (
+            b"PROXY TCP4 999.0.0.1 192.0.2.1 1 2\r\n".to_vec(),
+            "invalid",
+        ),
         (b"PROXY TCP4 198.51.100.1 19".to_vec(), "incomplete"),
     ] {
         let mut raw = proxy.block_on(Raw::tcp(front));
@@ -206,7 +224,9 @@ fn bad_missing_or_untrusted_headers_are_refused_cleanly() {
     proxy.block_on(raw.send_bytes(b"PROXY TCP4 198.51.100.1 192.0.2.1 1 2\r\n"));
     assert!(closed_silently(&mut raw));
     assert_eq!(
-        proxy.metric("xmpp_lb_proxy_protocol_headers_total{listener=\"front\",result=\"untrusted\"}"),
+        proxy.metric(
+            "xmpp_lb_proxy_protocol_headers_total{listener=\"front\",result=\"untrusted\"}"
+        ),
         1.0
     );
     // ... and without one it is served as the client it is.
@@ -246,8 +266,16 @@ fn bad_missing_or_untrusted_headers_are_refused_cleanly() {
         );
     }
     let text = logs.text();
-    assert_eq!(logs.lines_with(&["PROXY protocol header refused"]).len(), 3, "{text}");
-    assert_eq!(logs.lines_with(&["outside trusted_proxies"]).len(), 1, "{text}");
+    assert_eq!(
+        logs.lines_with(&["PROXY protocol header refused"]).len(),
+        3,
+        "{text}"
+    );
+    assert_eq!(
+        logs.lines_with(&["outside trusted_proxies"]).len(),
+        1,
+        "{text}"
+    );
     let raw = proxy.block_on(Raw::login(
         proxy.addr("direct", false),
         DOMAIN,
@@ -289,7 +317,9 @@ fn haproxy_in_front_with_send_proxy_v2() {
     };
     let mut cmd = Command::new(binary);
     cmd.arg("-db").arg("-f").arg(&cfg);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut haproxy = spawn_child(cmd).expect("haproxy runs");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     assert!(
@@ -318,7 +348,8 @@ fn haproxy_in_front_with_send_proxy_v2() {
     );
     // (The readiness check above went through HAProxy too.)
     assert!(
-        proxy.metric("xmpp_lb_proxy_protocol_headers_total{listener=\"front\",result=\"accepted\"}")
+        proxy
+            .metric("xmpp_lb_proxy_protocol_headers_total{listener=\"front\",result=\"accepted\"}")
             >= 1.0
     );
     let _ = terminate(&mut haproxy, Duration::from_secs(2));

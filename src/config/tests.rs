@@ -1070,7 +1070,12 @@ fn domains_are_normalized() {
 
 #[test]
 fn front_balancer_settings_need_each_other_and_real_networks() {
-    let listener = |extra: &str| edit(r#"key = "tls/cert.key""#, &format!("key = \"tls/cert.key\"\n{extra}"));
+    let listener = |extra: &str| {
+        edit(
+            r#"key = "tls/cert.key""#,
+            &format!("key = \"tls/cert.key\"\n{extra}"),
+        )
+    };
     let c = Fixture::new().ok(&listener(
         "accept_proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::2\", \"192.0.2.9/24\"]",
     ));
@@ -1081,7 +1086,11 @@ fn front_balancer_settings_need_each_other_and_real_networks() {
         .collect();
     // A single address is a /32 or /128; host bits of a network are dropped.
     assert_eq!(nets, ["10.0.0.0/8", "fd00::2/128", "192.0.2.0/24"]);
-    assert!(Fixture::new().ok(BASE).listeners[0].trusted_proxies.is_empty());
+    assert!(
+        Fixture::new().ok(BASE).listeners[0]
+            .trusted_proxies
+            .is_empty()
+    );
     assert_error(
         &listener("accept_proxy_protocol = true"),
         "bad.toml:7:25: listener[0].trusted_proxies: list the networks of the front balancers (e.g. [\"10.0.0.0/24\"])",
@@ -1111,7 +1120,12 @@ fn backend_links_are_checked_and_inherit_from_their_pool() {
     // node1 says nothing: the pool's settings; node2 overrides some of them.
     let node1 = c.backends[0].link.resolve(pool);
     assert_eq!(
-        (node1.proxy_protocol, node1.tls, node1.verify, node1.ca.clone()),
+        (
+            node1.proxy_protocol,
+            node1.tls,
+            node1.verify,
+            node1.ca.clone()
+        ),
         (ProxyProtocol::V1, BackendTls::Starttls, false, None)
     );
     let node2 = c.backends[1].link.resolve(pool);

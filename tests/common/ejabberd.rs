@@ -355,7 +355,11 @@ impl EjabberdCluster {
 
 impl Drop for EjabberdCluster {
     fn drop(&mut self) {
-        let mut children: Vec<Child> = self.nodes.iter_mut().filter_map(|n| n.child.take()).collect();
+        let mut children: Vec<Child> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.child.take())
+            .collect();
         let mut refs: Vec<&mut Child> = children.iter_mut().collect();
         process::terminate_all(&mut refs, Duration::from_secs(5));
         if let Some(mut epmd) = self.epmd.take() {
@@ -374,7 +378,11 @@ impl Drop for EjabberdCluster {
 /// The directory holding ejabberd's Erlang applications (`ejabberd-VERSION/ebin`), which the
 /// package's own script passes as `ERL_LIBS`.
 fn erl_libs() -> io::Result<PathBuf> {
-    for base in ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"] {
+    for base in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ] {
         let Ok(entries) = std::fs::read_dir(base) else {
             continue;
         };
