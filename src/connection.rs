@@ -213,32 +213,33 @@ async fn drive(
     rt: &Runtime,
     listener: &ListenerCtx,
     mut tcp: TcpStream,
-    tcp_peer: SocketAddr,
+    socket_peer: SocketAddr,
     started: Instant,
     trace: &mut Trace,
 ) -> Result<(), Failure> {
-    let peer = tcp_peer;
     let limits = &rt.config.limits;
-    let tcp_local = tcp
+    let socket_local = tcp
         .local_addr()
         .map_err(|_| Failure::Quiet("socket gone"))?;
-    let local = tcp_local;
     let prerouting_deadline = started + limits.prerouting_timeout;
     // Behind a front balancer, the client is who its PROXY header says, from here on.
-    let (peer, local) = front_header(
+    let learned = front_header(
         shared,
         rt,
         listener,
         &mut tcp,
-        peer,
-        local,
+        socket_peer,
         prerouting_deadline,
     )
     .await?;
-    if (peer, local) != (tcp_peer, tcp_local) {
-        trace.client = Some(peer);
-        trace.via = Some(tcp_peer);
-    }
+    let (peer, local) = match learned {
+        Some((client, destination)) => {
+            trace.client = Some(client);
+            trace.via = Some(socket_peer);
+            (client, destination)
+        }
+        None => (socket_peer, socket_local),
+    };
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
@@ -352,18 +353,18 @@ struct At<'a> {
 
 /// A listener with `accept_proxy_protocol`: a peer in its trusted networks must open with a
 /// PROXY header, which gives the client's address and the one it reached; anyone else must
-/// not send one. Returns the (client, destination) addresses the connection lives by. A
-/// refusal is logged and the connection closed without a word: before the header nothing is
-/// known of the protocol that follows, so there is no stream to send an error on.
+/// not send one. Returns those two addresses when a header gave them (`None`: the socket's
+/// own stand). A refusal is logged and the connection closed without a word: before the
+/// header nothing is known of the protocol that follows, so there is no stream to send an
+/// error on.
 async fn front_header(
     shared: &Shared,
     rt: &Runtime,
     listener: &ListenerCtx,
     tcp: &mut TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
     deadline: Instant,
-) -> Result<(SocketAddr, SocketAddr), Failure> {
+) -> Result<proxy_protocol::Learned, Failure> {
     let trusted = rt
         .config
         .listeners
@@ -371,7 +372,7 @@ async fn front_header(
         .find(|l| l.name == listener.name)
         .map_or(&[][..], |l| &l.trusted_proxies[..]);
     if trusted.is_empty() {
-        return Ok((peer, local));
+        return Ok(None);
     }
     let count = |result: &str| {
         shared
@@ -389,17 +390,17 @@ async fn front_header(
                 "PROXY protocol header from an untrusted peer".into(),
             ));
         }
-        return Ok((peer, local));
+        return Ok(None);
     }
     match proxy_protocol::read_header(tcp, deadline).await {
-        Ok(Some((client, destination))) => {
+        Ok(Some(addresses)) => {
             count("accepted");
-            Ok((client, destination))
+            Ok(Some(addresses))
         }
         // The balancer's own connection (a health check): it is the client.
         Ok(None) => {
             count("local");
-            Ok((peer, local))
+            Ok(None)
         }
         Err(e) => {
             let (result, reason) = match e {
@@ -854,8 +855,9 @@ struct Negotiation<'a> {
 
 impl Negotiation<'_> {
     /// Connect the node the policy and the pool pick for `decision`: admission first (a node
-    /// under a login storm makes clients wait, never overloads), then TCP; a node that refuses
-    /// is marked (passive health) and the next candidate tried.
+    /// under a login storm makes clients wait, never overloads), then its link for this domain
+    /// (TCP, PROXY header, TLS: `backend::connect`); a node whose link fails is marked
+    /// (passive health) and the next candidate tried.
     async fn open_backend(
         &mut self,
         decision: &Decision,
@@ -904,8 +906,8 @@ impl Negotiation<'_> {
             .await
             {
                 Ok(stream) => {
-                    // A TCP connect proves little about an XMPP node, so only the active
-                    // checks count successes; a refused connect does count as a failure.
+                    // An open link proves little about an XMPP node, so only the active
+                    // checks count successes; a failed link does count as a failure.
                     let name = &rt.names[idx];
                     shared
                         .metrics

@@ -40,7 +40,7 @@ pub enum BuildError {
         source: crate::tls::TlsError,
     },
     /// The admin token file could not be read or holds no token.
-    #[error("{file}: {message}")]
+    #[error("metrics.token_file {file}: {message}")]
     Token { file: String, message: String },
 }
 
