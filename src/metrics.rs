@@ -132,7 +132,7 @@ impl Metrics {
         let backend_connect_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "xmpp_lb_backend_connect_duration_seconds",
-                "Time to open a TCP connection to a backend.",
+                "Time to open the link to a backend: TCP, then the PROXY header and TLS where configured.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["backend"],

@@ -163,7 +163,7 @@ pub async fn read_header(tcp: &mut TcpStream, deadline: Instant) -> Result<Learn
             header.extend_from_slice(&fixed);
             header.resize(16 + len, 0);
             tcp.read_exact(&mut header[16..]).await?;
-            parse_v2(&header)
+            parse(&header)
         } else if start.starts_with(V1_PREFIX) {
             // Byte by byte up to the CRLF: nothing after the header may be consumed.
             let mut header = start.to_vec();
@@ -175,7 +175,7 @@ pub async fn read_header(tcp: &mut TcpStream, deadline: Instant) -> Result<Learn
                 }
                 header.push(tcp.read_u8().await?);
             }
-            parse_v1(&header)
+            parse(&header)
         } else {
             Err(HeaderError::Missing)
         }
@@ -183,6 +183,18 @@ pub async fn read_header(tcp: &mut TcpStream, deadline: Instant) -> Result<Learn
     tokio::time::timeout_at(deadline, read)
         .await
         .unwrap_or(Err(HeaderError::Timeout))
+}
+
+/// What one complete header (v1 with its CRLF, or v2 with its payload) says. Untrusted
+/// input: it never panics (fuzzed by `fuzz/fuzz_targets/proxy_header.rs`).
+pub fn parse(bytes: &[u8]) -> Result<Learned, HeaderError> {
+    if bytes.starts_with(V2_SIGNATURE) {
+        parse_v2(bytes)
+    } else if bytes.starts_with(V1_PREFIX) {
+        parse_v1(bytes)
+    } else {
+        Err(HeaderError::Missing)
+    }
 }
 
 /// A complete v2 header.
@@ -205,8 +217,19 @@ fn parse_v2(bytes: &[u8]) -> Result<Learned, HeaderError> {
     }
 }
 
-/// A complete v1 header, CRLF included.
+/// A complete v1 header: one ASCII line, its CRLF last.
 fn parse_v1(bytes: &[u8]) -> Result<Learned, HeaderError> {
+    // The header is ASCII by definition; `ppp` slices the text by byte offsets and panics
+    // inside a multi-byte character (found by fuzzing), so nothing else may reach it.
+    if !bytes.is_ascii() {
+        return Err(HeaderError::Invalid("v1 header is not ASCII".into()));
+    }
+    if bytes.len() > V1_MAX || bytes.windows(2).position(|w| w == b"\r\n") != Some(bytes.len() - 2)
+    {
+        return Err(HeaderError::Invalid(
+            "v1 header is not one line of at most 107 bytes".into(),
+        ));
+    }
     let text = std::str::from_utf8(bytes)
         .map_err(|_| HeaderError::Invalid("v1 header is not ASCII".into()))?;
     let header =
@@ -387,6 +410,17 @@ mod tests {
         assert!(matches!(r, Err(HeaderError::Invalid(_))), "{r:?}");
         let (r, _) = read(b"PROXY TCP4 1.2.3.4").await;
         assert!(matches!(r, Err(HeaderError::Io(_))), "{r:?}");
+    }
+
+    #[test]
+    fn what_fuzzing_found_is_refused_not_a_panic() {
+        // Non-ASCII in a v1 header made `ppp` slice inside a character.
+        let crash = b"PROXY TCP6 2001:db::7 2001:db8::1 40000 0 PROXY P\xc8\xbd5-2\r\xc8\xbd\n\xc8\xbd\xc8\xbd";
+        assert!(matches!(parse(crash), Err(HeaderError::Invalid(_))));
+        assert!(matches!(
+            parse(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 5222\r\nmore"),
+            Err(HeaderError::Invalid(_))
+        ));
     }
 
     #[test]

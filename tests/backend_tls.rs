@@ -119,6 +119,18 @@ fn starttls_and_direct_tls_to_the_node_verified_against_the_ca() {
         );
         drop(client);
         assert!(node.wait_session(0, "alice@example.test", false, Duration::from_secs(10)));
+        // Routed at the header (`from`): the node's own features come back over the link.
+        let answer = p.block_on(async {
+            let mut raw = Raw::direct_tls(p.addr("direct", false), DOMAIN, &ca).await;
+            raw.send(&header(DOMAIN, Some("alice@example.test"))).await;
+            let features = raw.expect("</stream:features>").await;
+            assert_eq!(mechanisms(&features), expected, "{link}");
+            raw.send(&common::raw::plain_auth("alice", "pw-alice"))
+                .await;
+            raw.expect_any(&["<success", "<failure"], Duration::from_secs(10))
+                .await
+        });
+        assert!(answer.contains("<success"), "{link}: {answer}");
         assert_eq!(p.metric("xmpp_lb_backend_healthy{backend=\"node1\"}"), 1.0);
     }
 
