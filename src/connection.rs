@@ -303,7 +303,10 @@ async fn drive(
     let origin = Origin {
         source: peer,
         destination: local,
-        alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+        alpn: session
+            .alpn_protocol()
+            .filter(|p| *p == crate::tls::ALPN_XMPP_CLIENT)
+            .map(|_| crate::tls::ALPN_XMPP_CLIENT),
         sni: session.server_name().map(str::to_string),
         tls_version: session.protocol_version().and_then(|v| v.as_str()),
     };

@@ -47,8 +47,9 @@ pub struct Origin {
     pub source: SocketAddr,
     /// The address the client connected to (the balancer's, or the proxy's listener).
     pub destination: SocketAddr,
-    /// The ALPN protocol negotiated with the client, if any.
-    pub alpn: Option<Vec<u8>>,
+    /// The ALPN protocol negotiated with the client, if any (the proxy offers only
+    /// `xmpp-client`, so this is a constant, and the connection owns no copy of it).
+    pub alpn: Option<&'static [u8]>,
     /// The server name (SNI) the client asked for, if any.
     pub sni: Option<String>,
     /// The TLS version negotiated with the client (`TLSv1.3`), if it used TLS.
@@ -86,7 +87,7 @@ pub fn encode(version: ProxyProtocol, origin: &Origin) -> io::Result<Option<Vec<
                 Protocol::Stream,
                 (source, destination),
             );
-            if let Some(alpn) = &origin.alpn {
+            if let Some(alpn) = origin.alpn {
                 header = header.write_tlv(Type::ALPN, alpn)?;
             }
             if let Some(sni) = &origin.sni {
@@ -331,7 +332,7 @@ mod tests {
     #[test]
     fn v2_headers_carry_alpn_sni_and_tls() {
         let mut o = origin("[2001:db8::7]:40000", "[2001:db8::1]:5223");
-        o.alpn = Some(b"xmpp-client".to_vec());
+        o.alpn = Some(b"xmpp-client");
         o.sni = Some("example.test".into());
         o.tls_version = Some("TLSv1.3");
         let bytes = encode(ProxyProtocol::V2, &o).unwrap().unwrap();

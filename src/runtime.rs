@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::backend::admission::AdmissionConfig;
 use crate::backend::link::Link;
 use crate::backend::state::{ActiveGuard, BackendState};
-use crate::config::{BackendConfig, Config};
+use crate::config::{BackendConfig, BackendTls, Config};
 use crate::route::policy::{Decision, PinTable, Policy, PolicySpec, Who, parse_pin_file};
 use crate::route::pool::DomainPool;
 
@@ -261,7 +261,7 @@ impl Runtime {
                                 source,
                             }
                         })?);
-                        if !l.config.verify {
+                        if l.config.tls != BackendTls::None && !l.config.verify {
                             tracing::warn!(backend = %backend.name, "tls_verify = false: the node's certificate is not checked");
                         }
                         built.push(l.clone());

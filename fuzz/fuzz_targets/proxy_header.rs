@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let origin = Origin {
         source,
         destination,
-        alpn: Some(b"xmpp-client".to_vec()),
+        alpn: Some(b"xmpp-client"),
         sni: Some("example.test".into()),
         tls_version: Some("TLSv1.3"),
     };
