@@ -159,21 +159,7 @@ impl Raw {
 
     /// Read until `needle` has been received, or panic after `limit`.
     pub async fn expect_within(&mut self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        while !self.received.contains(needle) {
-            assert!(
-                !self.closed,
-                "peer closed before sending {needle:?}; got {:?}",
-                self.received
-            );
-            let mut buf = [0u8; 8192];
-            match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
-                Err(_) => panic!("timed out waiting for {needle:?}; got {:?}", self.received),
-                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
-                Ok(Ok(n)) => self.received.push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
-        }
-        self.received.clone()
+        self.expect_any(&[needle], limit).await
     }
 
     /// Read until one of `needles` has been received, or panic after `limit`.
