@@ -78,13 +78,18 @@ wait_port() {
   done
   echo "port $1 never opened" >&2; return 1
 }
+alive() { kill -0 "$1" 2>/dev/null || { echo "$2 exited at start (port in use? another demo running?); see above" >&2; exit 1; }; }
 for n in 1 2 3; do wait_port 2530$n; done
+sleep 0.3
+for pid in "${pids[@]}"; do alive "$pid" "a Prosody node"; done
 say "three Prosody nodes up on 127.0.0.1:25301-25303"
 
 "$bin" --config config/demo.toml --log warn &
 pids+=($!)
 wait_port 25222
 wait_port 25223
+sleep 0.3
+alive "${pids[-1]}" "xmpp-lb"
 say "xmpp-lb up: STARTTLS on :25222, direct TLS on :25223 (IPv4 and IPv6), metrics on :25464"
 
 printf '\n%-8s %-9s %-18s %-16s %s\n' user tls "route says" "server says" "login"
@@ -92,7 +97,7 @@ i=0
 for u in $users; do
   if [ $((i % 2)) -eq 0 ]; then tls=starttls port=25222; else tls=direct port=25223; fi
   i=$((i + 1))
-  expected=$("$bin" route --config config/demo.toml "$u@$domain")
+  expected=$("$bin" route --config config/demo.toml "$u@$domain" | head -n 1)
   out=$("$python" tests/clients/xmpp_client.py login --jid "$u@$domain" --password "secret-$u" \
         --host 127.0.0.1 --port $port --tls $tls --ca "$demo/certs/ca.pem" --timeout 15 || true)
   node=$(printf '%s' "$out" | "$python" -c 'import json,sys; d=json.load(sys.stdin); print((d.get("node_contact") or "?").split(":")[-1].split("@")[0] if d.get("ok") else "FAILED: "+str(d.get("error")))' 2>/dev/null || echo "FAILED")
@@ -100,6 +105,8 @@ for u in $users; do
   printf '%-8s %-9s %-18s %-16s %s ms\n' "$u" "$tls" "$expected" "$node" "$ms"
 done
 
+printf '\nWhy alice lands where she does (xmpp-lb route):\n'
+"$bin" route --config config/demo.toml "alice@$domain"
 printf '\n'
 curl -s http://127.0.0.1:25464/metrics 2>/dev/null | grep -E '^xmpp_lb_routed_total' || true
 say "running; try a client of your own against 127.0.0.1:25222 (CA: $demo/certs/ca.pem). Ctrl-C stops."
