@@ -24,6 +24,7 @@ pub mod backend;
 pub mod config;
 pub mod connection;
 pub mod framed;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod prefixed;

@@ -353,6 +353,11 @@ extra_cert = [{ cert = "tls/cert.pem", key = "tls/cert.key", zz_unknown = 1 }]"#
             backend_keys,
         ),
         (
+            "[resumption]",
+            format!("{BASE}[resumption]\n{unknown}\n"),
+            keys(&table("resumption")),
+        ),
+        (
             "[metrics]",
             format!("{BASE}[metrics]\nbind = \"127.0.0.1:9464\"\n{unknown}\n"),
             keys(&table("metrics")),
@@ -1161,5 +1166,61 @@ fn backend_links_are_checked_and_inherit_from_their_pool() {
     assert_error(
         &format!("{BASE}\n[[domain]]\nname = \"example.test\"\ntls_ca = \"tls/missing.pem\"\n"),
         "bad.toml:22:10: domain[0].tls_ca: file not found: tls/missing.pem",
+    );
+}
+
+// ---- [resumption] ----------------------------------------------------------------------------
+
+#[test]
+fn resumption_keys_are_read_and_checked() {
+    let fx = Fixture::new();
+    let good = "0123456789abcdef0123456789abcdef-one";
+    let other = "0123456789abcdef0123456789abcdef-two";
+    std::fs::write(fx.root().join("sm-new.key"), format!("{good}\n")).unwrap();
+    std::fs::write(fx.root().join("sm-old.key"), other).unwrap();
+    std::fs::write(fx.root().join("copy.key"), good).unwrap();
+    std::fs::write(fx.root().join("short.key"), "short").unwrap();
+
+    let config = fx.ok(&format!(
+        "{BASE}[resumption]\nsm_key_files = [\"sm-new.key\", \"sm-old.key\"]\ntls_ticket_rotation = \"1h\"\n"
+    ));
+    let r = &config.resumption;
+    assert_eq!(r.sm_keys.len(), 2);
+    assert!(r.sm_keys[0].file().ends_with("sm-new.key"));
+    assert!(r.tls_ticket_keys.is_empty());
+    assert_eq!(r.tls_ticket_rotation, Duration::from_secs(3600));
+    assert_eq!(
+        fx.ok(BASE).resumption.tls_ticket_rotation,
+        DEFAULT_TICKET_ROTATION
+    );
+    // The secret never shows in a printed configuration.
+    assert!(!format!("{config:?}").contains("abcdef"));
+
+    let at = |body: &str| fx.error(&format!("{BASE}[resumption]\n{body}\n"));
+    let e = at(r#"sm_key_files = ["short.key"]"#);
+    assert!(
+        e.starts_with("bad.toml:20:17: resumption.sm_key_files[0]: key file ")
+            && e.contains("short.key holds 5 bytes"),
+        "{e}"
+    );
+    let e = at(r#"tls_ticket_key_files = ["sm-new.key", "missing.key"]"#);
+    assert!(
+        e.starts_with("bad.toml:20:39: resumption.tls_ticket_key_files[1]: file not found"),
+        "{e}"
+    );
+    let e = at(r#"sm_key_files = ["sm-new.key", "copy.key"]"#);
+    assert!(
+        e.starts_with("bad.toml:20:31: resumption.sm_key_files[1]: holds the same secret as"),
+        "{e}"
+    );
+    let e = at(r#"tls_ticket_rotation = "10s""#);
+    assert!(
+        e.starts_with("bad.toml:20:23: resumption.tls_ticket_rotation: must be between"),
+        "{e}"
+    );
+    let e = at(r#"tls_ticket_rotation = "soon""#);
+    assert!(
+        e.starts_with("bad.toml:20:23: resumption.tls_ticket_rotation: not a duration"),
+        "{e}"
     );
 }

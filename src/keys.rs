@@ -1,0 +1,171 @@
+//! Secrets shared by every proxy of a fleet, read from key files.
+//!
+//! Two features need the proxies of a fleet to agree on a secret without talking to each other:
+//! wrapped XEP-0198 stream-management ids ([`crate::route::resume`]), so that any proxy can
+//! verify which node holds a session, and TLS 1.3 session tickets ([`crate::tls::tickets`]), so
+//! that any proxy can resume a TLS session another one began.
+//!
+//! A key file holds one secret: at least [`MIN_SECRET_BYTES`] bytes of text (surrounding
+//! whitespace ignored), e.g. the output of `openssl rand -base64 48`. The secret itself is never
+//! used as a key: each purpose derives its own keys from it with HKDF-SHA-256 and a label, so
+//! one leaked derived key says nothing about the secret or the other purposes.
+//!
+//! Keys are listed newest first: the first one issues (wraps ids, encrypts tickets), every one
+//! verifies. Rotation is therefore: add a new file in front, reload every proxy, and remove the
+//! old file once what it issued has expired.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ring::{digest, hkdf};
+use zeroize::Zeroizing;
+
+/// The shortest secret accepted: 256 bits of entropy need 32 random bytes, and base64 text of
+/// 32 random bytes is longer still.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A secret from a key file, with the short id that names it inside what it protects.
+#[derive(Clone)]
+pub struct FleetKey {
+    /// Names the key in tokens and tickets (derived from the secret, so every proxy computes
+    /// the same id for the same file without being told).
+    id: [u8; 4],
+    /// The secret itself; zeroized when the last copy is dropped.
+    secret: std::sync::Arc<Zeroizing<Vec<u8>>>,
+    /// Where it came from (messages only).
+    file: PathBuf,
+}
+
+/// Why a key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file could not be read.
+    #[error("cannot read key file {}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// The secret is too short to be a real secret.
+    #[error(
+        "key file {} holds {len} bytes; at least {MIN_SECRET_BYTES} are required \
+         (create one with: openssl rand -base64 48 > {})",
+        file.display(),
+        file.display()
+    )]
+    TooShort { file: PathBuf, len: usize },
+}
+
+impl FleetKey {
+    /// Read a key file.
+    pub fn load(file: &Path) -> Result<FleetKey, KeyError> {
+        let raw = Zeroizing::new(std::fs::read(file).map_err(|source| KeyError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?);
+        let trimmed = raw.trim_ascii();
+        if trimmed.len() < MIN_SECRET_BYTES {
+            return Err(KeyError::TooShort {
+                file: file.to_path_buf(),
+                len: trimmed.len(),
+            });
+        }
+        Ok(FleetKey::from_secret(trimmed, file))
+    }
+
+    /// A key from secret bytes (tests, and [`FleetKey::load`]).
+    pub fn from_secret(secret: &[u8], file: &Path) -> FleetKey {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(b"xmpp-lb key id\0");
+        ctx.update(secret);
+        let hash = ctx.finish();
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&hash.as_ref()[..4]);
+        FleetKey {
+            id,
+            secret: std::sync::Arc::new(Zeroizing::new(secret.to_vec())),
+            file: file.to_path_buf(),
+        }
+    }
+
+    /// The key's id (4 bytes).
+    pub fn id(&self) -> [u8; 4] {
+        self.id
+    }
+
+    /// The key's id as 8 lowercase hex digits (logs, `xmpp-lb check`).
+    pub fn id_hex(&self) -> String {
+        self.id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The file the key was read from.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Derive `out.len()` bytes of key material for one purpose (`label`) with HKDF-SHA-256.
+    pub fn derive(&self, label: &[u8], out: &mut [u8]) {
+        /// HKDF output of a requested length.
+        struct Len(usize);
+        impl hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                self.0
+            }
+        }
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"xmpp-lb fleet key v1");
+        let prk = salt.extract(&self.secret);
+        let info = [label];
+        prk.expand(&info, Len(out.len()))
+            .and_then(|okm| okm.fill(out))
+            .expect("HKDF output length is within bounds");
+    }
+}
+
+impl fmt::Debug for FleetKey {
+    /// Never the secret: configurations are printed in logs and errors.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetKey")
+            .field("id", &self.id_hex())
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_derived_keys_depend_only_on_the_secret() {
+        let a = FleetKey::from_secret(b"0123456789abcdef0123456789abcdef", Path::new("a"));
+        let b = FleetKey::from_secret(b"0123456789abcdef0123456789abcdef", Path::new("b"));
+        let c = FleetKey::from_secret(b"0123456789abcdef0123456789abcdeF", Path::new("a"));
+        assert_eq!(a.id(), b.id());
+        assert_ne!(a.id(), c.id());
+        let (mut ka, mut kb, mut kc, mut other) = ([0u8; 32], [0u8; 32], [0u8; 32], [0u8; 32]);
+        a.derive(b"purpose", &mut ka);
+        b.derive(b"purpose", &mut kb);
+        c.derive(b"purpose", &mut kc);
+        a.derive(b"another purpose", &mut other);
+        assert_eq!(ka, kb);
+        assert_ne!(ka, kc);
+        assert_ne!(ka, other);
+    }
+
+    #[test]
+    fn short_and_missing_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "  too short\n").unwrap();
+        let e = FleetKey::load(&short).unwrap_err().to_string();
+        assert!(e.contains("short.key") && e.contains("9 bytes"), "{e}");
+        let e = FleetKey::load(&dir.path().join("missing.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.key"), "{e}");
+        let good = dir.path().join("good.key");
+        std::fs::write(&good, "\n  WW91IGNhbm5vdCBndWVzcyB0aGlzIHNlY3JldCwgY2FuIHlvdT8=  \n").unwrap();
+        let k = FleetKey::load(&good).unwrap();
+        assert_eq!(k.id_hex().len(), 8);
+        assert!(!format!("{k:?}").contains("WW91"));
+    }
+}
