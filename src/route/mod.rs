@@ -3,6 +3,7 @@
 pub mod key;
 pub mod policy;
 pub mod pool;
+pub mod resume;
 pub mod ring;
 
 /// Where a connection's routing key came from (a metric label and a log field).
@@ -24,6 +25,9 @@ pub enum KeySource {
     Random,
     /// No configured key applied (ANONYMOUS, registration, …): the client's subnet.
     Fallback,
+    /// A verified stream-management id named the node holding the session (SASL2 inline
+    /// resume).
+    Resume,
 }
 
 impl KeySource {
@@ -38,6 +42,7 @@ impl KeySource {
             KeySource::Tenant => "tenant",
             KeySource::Random => "random",
             KeySource::Fallback => "fallback",
+            KeySource::Resume => "resume",
         }
     }
 }

@@ -7,4 +7,5 @@ pub mod header;
 pub mod sasl;
 pub mod scanner;
 pub mod stream_error;
+pub mod sm;
 pub mod tracker;
