@@ -1256,6 +1256,7 @@ async fn relay_to_end(
         BOUNDARY_TIMEOUT,
         |n| up.inc_by(n),
         |n| down.inc_by(n),
+        relay::Watches::default(),
         interrupt,
     )
     .await;

@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::xmpp::tracker::Tracker;
+use crate::xmpp::tracker::{Event, Tracker};
 
 /// Size of the per-thread scratch buffer: one TLS record's worth of plaintext.
 const SCRATCH: usize = 16 * 1024;
@@ -38,6 +38,45 @@ const BUDGET: usize = 32;
 thread_local! {
     /// Reads land here; a connection only owns bytes its peer has not yet accepted.
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
+/// A held element larger than this is let through as it is: XEP-0198 elements are a few hundred
+/// bytes, and a relay must not buffer without bound for a peer that never ends an element.
+const HOLD_CAP: usize = 16 * 1024;
+
+/// Top-level elements one direction of the relay holds back until they are complete, to
+/// rewrite them (XEP-0198 ids, which must be changed in flight). Everything else streams
+/// through untouched, so a watch costs nothing but the name check at each top-level start.
+pub trait Watch: Send {
+    /// Whether to hold the top-level element whose qualified name (as written) is `name`.
+    fn wants(&self, name: &[u8]) -> bool;
+    /// A complete held element; returns the bytes to send in its place.
+    fn rewrite(&mut self, element: Vec<u8>) -> Vec<u8>;
+}
+
+/// The watches of the two directions (either may be absent).
+#[derive(Default)]
+pub struct Watches<'w> {
+    /// Client → backend.
+    pub up: Option<&'w mut dyn Watch>,
+    /// Backend → client.
+    pub down: Option<&'w mut dyn Watch>,
+}
+
+/// What one chunk comes to once a watch has seen it.
+enum Filtered {
+    /// The chunk as it is.
+    Pass,
+    /// These bytes instead (fewer while an element is held, a rewritten one once complete).
+    Replace(Vec<u8>),
+}
+
+/// Bytes of a held top-level element read so far.
+struct Hold {
+    /// From the element's `<` on.
+    buf: Vec<u8>,
+    /// The watch wants it; `false` while its name is still being read.
+    decided: bool,
 }
 
 /// Which side ended the relay first, and how.
@@ -159,22 +198,125 @@ struct Direction<'a> {
     phase: Phase,
     /// Bytes written so far (the proxy's own excluded).
     bytes: u64,
+    /// Elements to hold and rewrite, if any.
+    watch: Option<&'a mut dyn Watch>,
+    /// The element being held, if any (only with a watch); boxed so that an idle direction
+    /// stays a few words.
+    hold: Option<Box<Hold>>,
 }
 
 impl<'a> Direction<'a> {
-    fn new(ahead: &'a [u8]) -> Self {
-        let mut tracker = Tracker::new();
-        // Negotiation hands over at a frame boundary, so the ahead bytes start at one too.
-        tracker.feed(ahead);
-        Direction {
-            ahead,
+    fn new(ahead: &'a [u8], watch: Option<&'a mut dyn Watch>) -> Self {
+        let mut d = Direction {
+            ahead: &[],
             pending: None,
-            tracker,
+            // Negotiation hands over at a frame boundary, so the ahead bytes start at one too.
+            tracker: Tracker::new(),
             read_done: false,
             stop_at_boundary: false,
             inject: None,
             phase: Phase::Open,
             bytes: 0,
+            watch,
+            hold: None,
+        };
+        match d.filter(ahead) {
+            Filtered::Pass => d.ahead = ahead,
+            Filtered::Replace(bytes) => d.pending = Some((bytes, 0)),
+        }
+        d
+    }
+
+    /// Track a chunk that was read, and let the watch (if any) hold or rewrite its elements.
+    ///
+    /// Invariant: `data[..done]` is accounted for, in `out` or in the hold. An element is
+    /// known to be wanted only once its name is complete, so a chunk that ends inside a
+    /// top-level name keeps the bytes from that `<` on as an undecided hold until the next
+    /// chunk tells.
+    fn filter(&mut self, data: &[u8]) -> Filtered {
+        let Some(watch) = self.watch.as_deref_mut() else {
+            self.tracker.feed(data);
+            return Filtered::Pass;
+        };
+        let mut out: Option<Vec<u8>> = None;
+        let mut done = 0;
+        let mut hold = self.hold.take();
+        // Where the hold's bytes begin in this chunk (0 for a hold carried from before).
+        let mut hold_from = 0;
+        // A top-level start in this chunk whose name has not ended yet.
+        let mut start: Option<usize> = None;
+        self.tracker.feed_events(data, |event| match event {
+            Event::Start(at) => start = Some(at),
+            Event::Name { name, .. } => {
+                let wanted = name.is_some_and(|n| watch.wants(n));
+                if let Some(at) = start.take() {
+                    if wanted {
+                        out.get_or_insert_with(Vec::new)
+                            .extend_from_slice(&data[done..at]);
+                        done = at;
+                        hold_from = at;
+                        hold = Some(Box::new(Hold {
+                            buf: Vec::new(),
+                            decided: true,
+                        }));
+                    }
+                } else if let Some(h) = hold.as_mut().filter(|h| !h.decided) {
+                    if wanted {
+                        h.decided = true;
+                    } else if let Some(h) = hold.take() {
+                        out.get_or_insert_with(Vec::new).extend_from_slice(&h.buf);
+                    }
+                }
+            }
+            Event::End(at) => {
+                start = None;
+                if let Some(h) = hold.take() {
+                    let o = out.get_or_insert_with(Vec::new);
+                    if h.decided {
+                        let mut element = h.buf;
+                        element.extend_from_slice(&data[hold_from..at]);
+                        o.extend_from_slice(&watch.rewrite(element));
+                        done = at;
+                    } else {
+                        // A comment or processing instruction: nothing to hold.
+                        o.extend_from_slice(&h.buf);
+                    }
+                }
+            }
+            Event::StreamEnd(_) | Event::Lost(_) => {
+                start = None;
+                // The element will never be complete: let it through as it is.
+                if let Some(h) = hold.take() {
+                    out.get_or_insert_with(Vec::new).extend_from_slice(&h.buf);
+                }
+            }
+        });
+        if let Some(mut h) = hold {
+            let mut o = out.unwrap_or_default();
+            o.extend_from_slice(&data[done..hold_from]);
+            h.buf.extend_from_slice(&data[hold_from..]);
+            if h.buf.len() > HOLD_CAP {
+                o.extend_from_slice(&h.buf);
+            } else {
+                self.hold = Some(h);
+            }
+            return Filtered::Replace(o);
+        }
+        if let Some(at) = start {
+            let mut o = out.unwrap_or_default();
+            o.extend_from_slice(&data[done..at]);
+            self.hold = Some(Box::new(Hold {
+                buf: data[at..].to_vec(),
+                decided: false,
+            }));
+            return Filtered::Replace(o);
+        }
+        match out {
+            None => Filtered::Pass,
+            Some(mut o) => {
+                o.extend_from_slice(&data[done..]);
+                Filtered::Replace(o)
+            }
         }
     }
 
@@ -272,14 +414,22 @@ impl<'a> Direction<'a> {
                         let data = rb.filled();
                         if data.is_empty() {
                             self.read_done = true;
+                            // An element held when input ended goes out as it is.
+                            if let Some(h) = self.hold.take() {
+                                self.pending = Some((h.buf, 0));
+                            }
                             return Poll::Ready(Ok(()));
                         }
-                        // Every byte read will be written, so it is tracked now.
-                        self.tracker.feed(data);
+                        // Every byte read will be written (or its rewrite), so it is tracked now.
+                        let filtered = self.filter(data);
+                        let bytes: &[u8] = match &filtered {
+                            Filtered::Pass => data,
+                            Filtered::Replace(v) => v,
+                        };
                         // Write straight from the scratch buffer; keep only what the peer refused.
                         let mut written = 0;
-                        while written < data.len() {
-                            match w.as_mut().poll_write(cx, &data[written..]) {
+                        while written < bytes.len() {
+                            match w.as_mut().poll_write(cx, &bytes[written..]) {
                                 Poll::Ready(Ok(0)) => {
                                     return Poll::Ready(Err((
                                         io::ErrorKind::WriteZero.into(),
@@ -294,8 +444,11 @@ impl<'a> Direction<'a> {
                         if written > 0 {
                             self.count(written, on_bytes);
                         }
-                        if written < data.len() {
-                            self.pending = Some((data[written..].to_vec(), 0));
+                        if written < bytes.len() {
+                            self.pending = Some(match filtered {
+                                Filtered::Pass => (data[written..].to_vec(), 0),
+                                Filtered::Replace(v) => (v, written),
+                            });
                         }
                         Poll::Ready(Ok(()))
                     }
@@ -400,15 +553,16 @@ impl<'a> Direction<'a> {
 /// into a reset. All of it is bounded by `boundary_timeout`; past it the relay returns without
 /// injecting anything more and the caller drops both connections.
 #[allow(clippy::too_many_arguments)]
-pub async fn relay<C, B, I>(
+pub async fn relay<'a, C, B, I>(
     client: &mut C,
     backend: &mut B,
-    client_ahead: &[u8],
-    backend_ahead: &[u8],
+    client_ahead: &'a [u8],
+    backend_ahead: &'a [u8],
     half_close_timeout: Duration,
     boundary_timeout: Duration,
     mut on_up: impl FnMut(u64),
     mut on_down: impl FnMut(u64),
+    watches: Watches<'a>,
     interrupt: I,
 ) -> RelayStats
 where
@@ -416,8 +570,8 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     I: Future<Output = Interrupt>,
 {
-    let mut up = Direction::new(client_ahead);
-    let mut down = Direction::new(backend_ahead);
+    let mut up = Direction::new(client_ahead, watches.up);
+    let mut down = Direction::new(backend_ahead, watches.down);
     let mut interrupt = pin!(interrupt);
     let mut interrupted: Option<&'static str> = None;
     let mut first_closed: Option<Side> = None;
@@ -612,6 +766,7 @@ mod tests {
                 boundary_timeout,
                 |_| {},
                 |_| {},
+                Watches::default(),
                 on_signal(rx, order),
             )
             .await
@@ -666,6 +821,7 @@ mod tests {
                 Duration::from_secs(5),
                 |_| {},
                 |_| {},
+                Watches::default(),
                 never(),
             )
             .await
@@ -713,6 +869,7 @@ mod tests {
             Duration::from_secs(5),
             |_| {},
             |_| {},
+            Watches::default(),
             never(),
         )
         .await;
@@ -721,7 +878,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_relay_owns_no_buffer() {
-        let mut d = Direction::new(&[]);
+        let mut d = Direction::new(&[], None);
         let (mut a, mut b) = duplex(16);
         let (mut c, mut e) = duplex(16);
         let waker = std::task::Waker::noop();
@@ -748,7 +905,7 @@ mod tests {
         // Read-ahead bytes ending mid-stanza, then more of it, then silence: the tracker keeps
         // its place without keeping any of the bytes.
         let ahead = b"<presence/><message to='a@b'><body>hal";
-        let mut d = Direction::new(ahead);
+        let mut d = Direction::new(ahead, None);
         let (mut a, mut b) = duplex(64);
         let (mut c, mut e) = duplex(128);
         let waker = std::task::Waker::noop();
@@ -932,6 +1089,7 @@ mod tests {
                 move |n| {
                     down_count.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 },
+                Watches::default(),
                 on_signal(rx, drain_order()),
             )
             .await
@@ -1040,5 +1198,131 @@ mod tests {
             h.task.await.unwrap().reason,
             CloseReason::Interrupted("drain")
         );
+    }
+
+    /// Holds `<enabled>` and `<sm:resumed>` and writes them back marked, so tests can see that
+    /// exactly those elements, whole, went through the watch.
+    struct Marker {
+        seen: Vec<String>,
+    }
+
+    impl Watch for Marker {
+        fn wants(&self, name: &[u8]) -> bool {
+            name == b"enabled" || name == b"sm:resumed"
+        }
+        fn rewrite(&mut self, element: Vec<u8>) -> Vec<u8> {
+            let text = String::from_utf8(element).unwrap();
+            self.seen.push(text.clone());
+            format!("[{text}]").into_bytes()
+        }
+    }
+
+    const WATCHED: &str = "<r xmlns='urn:xmpp:sm:3'/><enabled xmlns='urn:xmpp:sm:3' id='a>b' resume='true'/><!-- c --><message to='x'><body>enabled</body></message><enabledx/><sm:resumed xmlns:sm='urn:xmpp:sm:3' previd='p' h='1'></sm:resumed> <iq/>";
+    const MARKED: &str = "<r xmlns='urn:xmpp:sm:3'/>[<enabled xmlns='urn:xmpp:sm:3' id='a>b' resume='true'/>]<!-- c --><message to='x'><body>enabled</body></message><enabledx/>[<sm:resumed xmlns:sm='urn:xmpp:sm:3' previd='p' h='1'></sm:resumed>] <iq/>";
+
+    /// Run `chunks` through a watching direction as the relay would, end of input included.
+    fn filtered(chunks: &[&[u8]]) -> (String, Vec<String>) {
+        let mut marker = Marker { seen: Vec::new() };
+        let mut out = Vec::new();
+        {
+            let mut d = Direction::new(chunks[0], Some(&mut marker));
+            out.extend_from_slice(d.ahead);
+            if let Some((p, _)) = d.pending.take() {
+                out.extend_from_slice(&p);
+            }
+            for chunk in &chunks[1..] {
+                match d.filter(chunk) {
+                    Filtered::Pass => out.extend_from_slice(chunk),
+                    Filtered::Replace(v) => out.extend_from_slice(&v),
+                }
+            }
+            if let Some(h) = d.hold.take() {
+                out.extend_from_slice(&h.buf);
+            }
+        }
+        (String::from_utf8(out).unwrap(), marker.seen)
+    }
+
+    #[test]
+    fn a_watch_sees_exactly_its_elements_whatever_the_chunking() {
+        let bytes = WATCHED.as_bytes();
+        let (whole, seen) = filtered(&[bytes]);
+        assert_eq!(whole, MARKED);
+        assert_eq!(seen.len(), 2);
+        for i in 0..=bytes.len() {
+            let (out, seen) = filtered(&[&bytes[..i], &bytes[i..]]);
+            assert_eq!(out, MARKED, "split at {i}");
+            assert_eq!(seen.len(), 2, "split at {i}");
+        }
+        // Three chunks, the middle one short: names split across three reads.
+        for i in 0..bytes.len() {
+            for len in 1..4 {
+                let j = (i + len).min(bytes.len());
+                let (out, _) = filtered(&[b"", &bytes[..i], &bytes[i..j], &bytes[j..]]);
+                assert_eq!(out, MARKED, "chunks at {i}, {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_held_element_is_let_through_when_it_cannot_complete() {
+        // Input ends inside a watched element: its bytes still go out, unchanged.
+        let (out, seen) = filtered(&[b"", b"<iq/><enabled id='x", b"y'"]);
+        assert_eq!(out, "<iq/><enabled id='xy'");
+        assert!(seen.is_empty());
+        // An element larger than the cap is not held without bound.
+        let big = format!("<enabled>{}</enabled><iq/>", "x".repeat(HOLD_CAP + 10));
+        let (head, tail) = big.as_bytes().split_at(HOLD_CAP + 5);
+        let (out, seen) = filtered(&[b"", head, tail]);
+        assert_eq!(out, big);
+        assert!(seen.is_empty());
+    }
+
+    #[tokio::test]
+    async fn watches_rewrite_in_a_live_relay_and_count_the_new_bytes() {
+        let (mut client_app, mut client_proxy) = duplex(64);
+        let (mut backend_proxy, mut backend_app) = duplex(64);
+        let task = tokio::spawn(async move {
+            let mut down = Marker { seen: Vec::new() };
+            let mut up = Marker { seen: Vec::new() };
+            let stats = relay(
+                &mut client_proxy,
+                &mut backend_proxy,
+                b"<enab",
+                b"",
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                |_| {},
+                |_| {},
+                Watches {
+                    up: Some(&mut up),
+                    down: Some(&mut down),
+                },
+                never(),
+            )
+            .await;
+            (stats, up.seen.len(), down.seen.len())
+        });
+        let client_side = async {
+            client_app.write_all(b"led/><message/>").await.unwrap();
+            client_app.shutdown().await.unwrap();
+            let mut to_client = Vec::new();
+            client_app.read_to_end(&mut to_client).await.unwrap();
+            to_client
+        };
+        let backend_side = async {
+            backend_app.write_all(WATCHED.as_bytes()).await.unwrap();
+            backend_app.shutdown().await.unwrap();
+            let mut to_backend = Vec::new();
+            backend_app.read_to_end(&mut to_backend).await.unwrap();
+            to_backend
+        };
+        let (to_client, to_backend) = tokio::join!(client_side, backend_side);
+        let (stats, up, down) = task.await.unwrap();
+        assert_eq!(to_backend, b"[<enabled/>]<message/>");
+        assert_eq!(String::from_utf8(to_client).unwrap(), MARKED);
+        assert_eq!((up, down), (1, 2));
+        assert_eq!(stats.client_to_backend, 22);
+        assert_eq!(stats.backend_to_client, MARKED.len() as u64);
     }
 }
