@@ -1253,7 +1253,8 @@ impl RawResumption {
             for (i, f) in list.get_ref().iter().enumerate() {
                 let key = format!("resumption.{name}[{i}]");
                 let path = resolve(f, &key)?;
-                let loaded = FleetKey::load(&path).map_err(|e| err(&f.span(), &key, e.to_string()))?;
+                let loaded =
+                    FleetKey::load(&path).map_err(|e| err(&f.span(), &key, e.to_string()))?;
                 if let Some(twin) = keys.iter().find(|k| k.id() == loaded.id()) {
                     return Err(err(
                         &f.span(),

@@ -163,7 +163,11 @@ mod tests {
             .to_string();
         assert!(e.contains("missing.key"), "{e}");
         let good = dir.path().join("good.key");
-        std::fs::write(&good, "\n  WW91IGNhbm5vdCBndWVzcyB0aGlzIHNlY3JldCwgY2FuIHlvdT8=  \n").unwrap();
+        std::fs::write(
+            &good,
+            "\n  WW91IGNhbm5vdCBndWVzcyB0aGlzIHNlY3JldCwgY2FuIHlvdT8=  \n",
+        )
+        .unwrap();
         let k = FleetKey::load(&good).unwrap();
         assert_eq!(k.id_hex().len(), 8);
         assert!(!format!("{k:?}").contains("WW91"));

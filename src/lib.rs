@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod prefixed;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod resumption;
 pub mod route;
 pub mod runtime;
 pub mod server;

@@ -94,6 +94,12 @@ pub struct Metrics {
     pub drain_redirects_total: IntCounterVec,
     /// PROXY protocol headers from front balancers, by listener and what became of them.
     pub proxy_headers_total: IntCounterVec,
+    /// Stream-management ids wrapped on their way to a client (resumable sessions), by backend.
+    pub sm_ids_wrapped_total: IntCounterVec,
+    /// Stream-management ids clients sent back to resume, by what checking them showed.
+    pub resume_ids_total: IntCounterVec,
+    /// Resumption attempts answered by a node, by backend, style and result.
+    pub resumes_total: IntCounterVec,
     /// Each backend's share (0..=1) of its domain's ring, i.e. of the users it is home to
     /// when every node is up; set from the running configuration.
     pub backend_ring_share: GaugeVec,
@@ -220,6 +226,21 @@ impl Metrics {
             "PROXY protocol headers on listeners that accept them, by result (accepted, local, missing, invalid, incomplete, untrusted).",
             &["listener", "result"],
         );
+        let sm_ids_wrapped_total = counter(
+            "xmpp_lb_sm_ids_wrapped_total",
+            "Stream-management ids wrapped with their node and a MAC on the way to a client (sessions made resumable through any proxy of the fleet).",
+            &["backend"],
+        );
+        let resume_ids_total = counter(
+            "xmpp_lb_resume_ids_total",
+            "Stream-management ids clients sent to resume, by check result (valid, other_node, unknown_node, bad_mac, unknown_key, not_wrapped).",
+            &["check"],
+        );
+        let resumes_total = counter(
+            "xmpp_lb_resumes_total",
+            "Stream resumptions answered by a backend, by style (legacy, inline) and result (resumed, failed).",
+            &["backend", "kind", "result"],
+        );
         let mut gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             register(registry_ref, defs, Kind::Gauge, g)
@@ -296,6 +317,9 @@ impl Metrics {
             config_reloads_total,
             drain_redirects_total,
             proxy_headers_total,
+            sm_ids_wrapped_total,
+            resume_ids_total,
+            resumes_total,
             backend_ring_share,
             build_info,
             log_lines_dropped_total,

@@ -428,6 +428,7 @@ impl Runtime {
                 .first()
                 .map(|&i| self.names[i].clone()),
             crate::route::policy::Placement::Random => None,
+            crate::route::policy::Placement::Resume { node, .. } => Some(node.clone()),
         };
         Ok(RouteInfo {
             jid: bare.clone(),

@@ -544,6 +544,29 @@ pub enum Placement {
     Ring(String),
     /// Any node of the domain.
     Random,
+    /// The node a verified stream-management id names (it holds the session being resumed),
+    /// then wherever the policy would have sent the client, should that node be down or gone.
+    Resume {
+        /// The node holding the session.
+        node: String,
+        /// The policy's own placement.
+        otherwise: Box<Placement>,
+    },
+}
+
+impl Decision {
+    /// This decision, sending the client first to `node`, which holds the session it resumes.
+    pub fn resuming_on(self, node: String) -> Decision {
+        let otherwise = Box::new(match self.placement {
+            Placement::Resume { otherwise, .. } => *otherwise,
+            other => other,
+        });
+        Decision {
+            rule: format!("resume on {node}, else {}", self.rule),
+            placement: Placement::Resume { node, otherwise },
+            ..self
+        }
+    }
 }
 
 /// The outcome of [`Policy::decide`], with enough to explain it (`xmpp-lb route`, logs).

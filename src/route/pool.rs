@@ -89,6 +89,22 @@ impl DomainPool {
         names: &[String],
     ) -> Vec<usize> {
         let base: Vec<usize> = match placement {
+            Placement::Resume { node, otherwise } => {
+                // The session's node first, even if it is draining (its sessions may finish
+                // there) or over the load bound; not when it is known to be down, and not if
+                // it no longer serves this domain: the session is gone with it.
+                let mut order = self.order(otherwise, states, names);
+                if let Some(i) = self
+                    .members
+                    .iter()
+                    .copied()
+                    .find(|&i| names[i] == *node && states[i].is_healthy())
+                {
+                    order.retain(|&j| j != i);
+                    order.insert(0, i);
+                }
+                return order;
+            }
             Placement::Pinned(name) => {
                 // Pins are strict: a pinned device never moves, even when its node is down.
                 return names.iter().position(|n| n == name).into_iter().collect();

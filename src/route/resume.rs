@@ -184,7 +184,9 @@ mod tests {
 
     #[test]
     fn round_trip_through_another_proxy_of_the_fleet() {
-        let issued = keys(&[A]).wrap("example.test", "node2", "g2gCZAAR.x").unwrap();
+        let issued = keys(&[A])
+            .wrap("example.test", "node2", "g2gCZAAR.x")
+            .unwrap();
         assert!(issued.starts_with("xlb1.") && issued.ends_with(".g2gCZAAR.x"));
         // Another process with the same key file.
         assert_eq!(
@@ -200,11 +202,17 @@ mod tests {
     fn rotation_accepts_old_issues_new() {
         let old = keys(&[A]).wrap("d.test", "n1", "id1").unwrap();
         let rotated = keys(&[B, A]);
-        assert!(matches!(rotated.check("d.test", &old), Checked::Valid { .. }));
+        assert!(matches!(
+            rotated.check("d.test", &old),
+            Checked::Valid { .. }
+        ));
         let new = rotated.wrap("d.test", "n1", "id1").unwrap();
         assert_ne!(new, old);
         assert_eq!(keys(&[A]).check("d.test", &new), Checked::UnknownKey);
-        assert!(matches!(keys(&[B]).check("d.test", &new), Checked::Valid { .. }));
+        assert!(matches!(
+            keys(&[B]).check("d.test", &new),
+            Checked::Valid { .. }
+        ));
     }
 
     #[test]

@@ -6,6 +6,6 @@ pub mod features;
 pub mod header;
 pub mod sasl;
 pub mod scanner;
-pub mod stream_error;
 pub mod sm;
+pub mod stream_error;
 pub mod tracker;
