@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::prefixed::Prefixed;
 use crate::proxy_protocol::{self, Origin};
 use crate::relay::{self, Interrupt, RelayStats};
+use crate::resumption;
 use crate::route::KeySource;
 use crate::route::key::{normalize_bare_jid, normalize_domain};
 use crate::route::policy::{Decision, RouteKey};
@@ -322,8 +323,8 @@ async fn drive(
     // Boxed: the negotiation's state is large and only needed until the relay starts; a
     // connection task that lives for days should not carry it.
     match Box::pin(serve(&at, &mut client, trace)).await {
-        Ok(Some((backend, backend_idx, guard))) => {
-            relay_to_end(&at, client, backend, backend_idx, trace).await;
+        Ok(Some(routed)) => {
+            let guard = relay_to_end(&at, client, routed, trace).await;
             drop(guard);
             Ok(())
         }
@@ -505,9 +506,19 @@ fn check_header(config: &Config, bytes: &[u8], trace: &mut Trace) -> Result<Stre
     Ok(header)
 }
 
-/// A routed connection ready for the relay: the backend, its index, and the load guard
-/// that keeps it counted on that backend until the connection ends.
-type Routed<S> = Option<(Framed<S>, usize, ActiveGuard)>;
+/// A routed connection ready for the relay.
+struct Routed {
+    /// The node's side, with whatever it read ahead.
+    backend: Framed<BackendStream>,
+    /// The node's index.
+    idx: usize,
+    /// Keeps the connection counted on that backend until it ends.
+    guard: ActiveGuard,
+    /// Namespaces of the client's stream header (to read its top-level elements).
+    client_ns: NsContext,
+    /// Namespaces of the node's current stream header.
+    backend_ns: NsContext,
+}
 
 /// Everything after TLS up to the end of authentication. `Ok(None)` means the backend ended
 /// the stream during negotiation (its words were already relayed).
@@ -515,7 +526,7 @@ async fn serve(
     at: &At<'_>,
     client: &mut Framed<ClientTls>,
     trace: &mut Trace,
-) -> Result<Routed<BackendStream>, Failure> {
+) -> Result<Option<Routed>, Failure> {
     let (shared, rt) = (at.shared, at.rt);
     let limits = &rt.config.limits;
     let prerouting_deadline = at.started + limits.prerouting_timeout;
@@ -541,6 +552,7 @@ async fn serve(
         placement: None,
         guard: None,
         permit: None,
+        inline: None,
     };
     let (backend, idx) = match immediate {
         Some(decision) => {
@@ -579,15 +591,21 @@ async fn serve(
             if jid.is_some() {
                 trace.jid = jid.clone();
             }
-            let decision = rt
+            let mut decision = rt
                 .decide(&domain, jid.as_deref(), at.peer.ip(), true)
                 .ok_or(Failure::Quiet("no routing policy for the domain"))?;
-            let source = source_of(&decision, false);
+            let mut source = source_of(&decision, false);
+            // A SASL2 login that resumes inline goes to the node holding the session.
+            let (first, resume_node) = n.inline_resume(&captured.first);
+            if let Some(node) = resume_node {
+                decision = decision.resuming_on(node);
+                source = KeySource::Resume;
+            }
             let (idx, mut backend) = n
                 .open_and_swallow(&decision, source, Some(&shown.mechanisms), trace)
                 .await?;
             backend
-                .send(&captured.first, SEND_LIMIT)
+                .send(&first, SEND_LIMIT)
                 .await
                 .map_err(|_| backend_lost())?;
             (backend, idx)
@@ -854,9 +872,44 @@ struct Negotiation<'a> {
     guard: Option<ActiveGuard>,
     /// The admission slot held while authenticating (login-storm shaping).
     permit: Option<Permit>,
+    /// The SASL2 inline resume of the latest attempt, if it asked for one.
+    inline: Option<resumption::Inline>,
 }
 
 impl Negotiation<'_> {
+    /// What rewriting stream-management ids needs to know on `node`.
+    fn sm_context(&self, node: &str) -> resumption::Context {
+        let rt = self.at.rt;
+        resumption::Context {
+            keys: rt.sm_keys.clone(),
+            domain: self.domain.clone(),
+            node: node.to_string(),
+            known_nodes: rt.known_nodes.clone(),
+            metrics: self.at.shared.metrics.clone(),
+        }
+    }
+
+    /// A SASL2 `<authenticate/>` that resumes inline: check its id and remember it for the
+    /// node's answer. Returns the bytes to send (the node's own id in place of the client's)
+    /// and the node the id names, if it is valid.
+    fn inline_resume(&mut self, bytes: &Bytes) -> (Bytes, Option<String>) {
+        self.inline = None;
+        let Ok(el) = Element::parse(bytes, &self.client_ns) else {
+            return (bytes.clone(), None);
+        };
+        if !el.is("authenticate", NS_SASL2) {
+            return (bytes.clone(), None);
+        }
+        match resumption::inline_resume(&self.sm_context(""), bytes, &el) {
+            Some(inline) => {
+                let out = (inline.element.clone(), inline.node.clone());
+                self.inline = Some(inline);
+                out
+            }
+            None => (bytes.clone(), None),
+        }
+    }
+
     /// Connect the node the policy and the pool pick for `decision`: admission first (a node
     /// under a login storm makes clients wait, never overloads), then its link for this domain
     /// (TCP, PROXY header, TLS: `backend::connect`); a node whose link fails is marked
@@ -995,7 +1048,7 @@ impl Negotiation<'_> {
         mut backend: Framed<BackendStream>,
         mut idx: usize,
         trace: &mut Trace,
-    ) -> Result<Routed<BackendStream>, Failure> {
+    ) -> Result<Option<Routed>, Failure> {
         let limits = &self.at.rt.config.limits;
         let deadline = self.at.started + limits.negotiation_timeout;
         client.set_max_frame(limits.max_negotiation_element_bytes);
@@ -1004,7 +1057,7 @@ impl Negotiation<'_> {
                 backend.buffered_frame().map_err(backend_frame_failure)?
             {
                 if self
-                    .on_backend_frame(client, &mut backend, kind, bytes)
+                    .on_backend_frame(client, &mut backend, idx, kind, bytes)
                     .await?
                 {
                     self.at
@@ -1018,7 +1071,13 @@ impl Negotiation<'_> {
                         .guard
                         .take()
                         .expect("a routed negotiation holds a guard");
-                    return Ok(Some((backend, idx, guard)));
+                    return Ok(Some(Routed {
+                        backend,
+                        idx,
+                        guard,
+                        client_ns: std::mem::take(&mut self.client_ns),
+                        backend_ns: std::mem::take(&mut self.backend_ns),
+                    }));
                 }
             }
             while let Some((kind, bytes)) = client.buffered_frame().map_err(client_frame_failure)? {
@@ -1052,6 +1111,7 @@ impl Negotiation<'_> {
         &mut self,
         client: &mut Framed<ClientTls>,
         backend: &mut Framed<BackendStream>,
+        idx: usize,
         kind: FrameKind,
         bytes: Bytes,
     ) -> Result<bool, Failure> {
@@ -1088,6 +1148,14 @@ impl Negotiation<'_> {
                         .sasl_total
                         .with_label_values(&[mech, "success"])
                         .inc();
+                    // Bind 2's session id goes out wrapped; an inline resume is answered here.
+                    let node = &self.at.rt.names[idx];
+                    out = resumption::rewrite_sasl2_success(
+                        &self.sm_context(node),
+                        &bytes,
+                        &element,
+                        self.inline.as_ref(),
+                    );
                     done = true;
                 } else if element.local_name() == "failure"
                     && (element.ns == NS_SASL || element.ns == NS_SASL2)
@@ -1114,7 +1182,7 @@ impl Negotiation<'_> {
         backend: &mut Framed<BackendStream>,
         idx: usize,
         kind: FrameKind,
-        bytes: Bytes,
+        mut bytes: Bytes,
         trace: &mut Trace,
     ) -> Result<Option<(usize, Framed<BackendStream>)>, Failure> {
         if kind == FrameKind::Element && !self.authenticated {
@@ -1130,6 +1198,15 @@ impl Negotiation<'_> {
                 )
             } else {
                 None
+            };
+            // A SASL2 attempt that resumes inline is routed to the session's node.
+            let resume_node = match payload {
+                Some(_) => {
+                    let (rewritten, node) = self.inline_resume(&bytes);
+                    bytes = rewritten;
+                    node
+                }
+                None => None,
             };
             if let Some(text) = payload {
                 self.mechanism = element.attr("mechanism").unwrap_or_default().to_string();
@@ -1147,15 +1224,27 @@ impl Negotiation<'_> {
                     trace.jid = key.clone();
                 }
                 let rt = self.at.rt;
-                let decision = key
-                    .as_deref()
-                    .and_then(|jid| rt.decide(&self.domain, Some(jid), self.at.peer.ip(), true));
+                let ip = self.at.peer.ip();
+                let decision = match &resume_node {
+                    Some(node) => rt
+                        .decide(&self.domain, key.as_deref(), ip, true)
+                        .map(|d| d.resuming_on(node.clone())),
+                    None => key
+                        .as_deref()
+                        .and_then(|jid| rt.decide(&self.domain, Some(jid), ip, true)),
+                };
                 // Only a different placement moves the client: the same user (or a key that
-                // does not depend on the user) stays where it is, whatever the load is now.
+                // does not depend on the user) stays where it is, whatever the load is now,
+                // and so does a resume whose session is on this very node.
                 if let Some(decision) = decision
                     && self.placement.as_ref() != Some(&decision.placement)
+                    && resume_node.as_deref() != Some(rt.names[idx].as_str())
                 {
-                    let source = source_of(&decision, false);
+                    let source = if resume_node.is_some() {
+                        KeySource::Resume
+                    } else {
+                        source_of(&decision, false)
+                    };
                     let (new_idx, mut new_backend) = self
                         .open_and_swallow(&decision, source, None, trace)
                         .await?;
@@ -1185,10 +1274,16 @@ const BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
 async fn relay_to_end(
     at: &At<'_>,
     client: Framed<ClientTls>,
-    backend: Framed<BackendStream>,
-    idx: usize,
+    routed: Routed,
     trace: &mut Trace,
-) {
+) -> ActiveGuard {
+    let Routed {
+        backend,
+        idx,
+        guard,
+        client_ns,
+        backend_ns,
+    } = routed;
     let (shared, rt) = (at.shared, at.rt);
     let name = rt.names[idx].clone();
     let m = &shared.metrics;
@@ -1245,6 +1340,18 @@ async fn relay_to_end(
             },
         }
     };
+    // XEP-0198 ids are rewritten in flight and resumption outcomes counted.
+    let (mut to_backend, mut to_client) = resumption::watches(
+        resumption::Context {
+            keys: rt.sm_keys.clone(),
+            domain: trace.domain.clone().unwrap_or_default(),
+            node: name.clone(),
+            known_nodes: rt.known_nodes.clone(),
+            metrics: shared.metrics.clone(),
+        },
+        client_ns,
+        backend_ns,
+    );
     open.inc();
     let open = GaugeGuard(open);
     let stats = relay::relay(
@@ -1256,12 +1363,16 @@ async fn relay_to_end(
         BOUNDARY_TIMEOUT,
         |n| up.inc_by(n),
         |n| down.inc_by(n),
-        relay::Watches::default(),
+        relay::Watches {
+            up: Some(&mut to_backend),
+            down: Some(&mut to_client),
+        },
         interrupt,
     )
     .await;
     drop(open);
     trace.relay = Some(stats);
+    guard
 }
 
 /// Send a stream error (preceded by a header if the client has none yet) and close.

@@ -158,6 +158,10 @@ pub struct Runtime {
     pub pins: Arc<PinTable>,
     /// The bearer token the admin endpoints require, read from `[metrics] token_file`.
     pub admin_token: Option<crate::admin::AdminToken>,
+    /// The fleet's keys for stream-management ids (`[resumption] sm_key_files`).
+    pub sm_keys: Arc<crate::route::resume::SmKeys>,
+    /// Backend names, shared with every connection's resumption context.
+    pub known_nodes: Arc<[String]>,
 }
 
 impl Runtime {
@@ -293,6 +297,10 @@ impl Runtime {
             }
             None => None,
         };
+        let sm_keys = Arc::new(crate::route::resume::SmKeys::new(
+            &config.resumption.sm_keys,
+        ));
+        let known_nodes: Arc<[String]> = names.clone().into();
         Ok(Runtime {
             config,
             names,
@@ -301,6 +309,8 @@ impl Runtime {
             acceptors,
             pins,
             admin_token,
+            sm_keys,
+            known_nodes,
         })
     }
 

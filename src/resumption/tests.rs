@@ -53,9 +53,19 @@ fn legacy_enable_then_resume_through_another_proxy() {
         .and_then(|r| r.split('\'').next())
         .unwrap()
         .to_string();
-    assert!(wrapped.starts_with("xlb1.") && wrapped.ends_with(".6a2f-11"), "{out}");
+    assert!(
+        wrapped.starts_with("xlb1.") && wrapped.ends_with(".6a2f-11"),
+        "{out}"
+    );
     assert!(out.ends_with("' resume='true' max='300'/>"));
-    assert_eq!(count(&a.metrics, "xmpp_lb_sm_ids_wrapped_total", &[("backend", "node2")]), 1);
+    assert_eq!(
+        count(
+            &a.metrics,
+            "xmpp_lb_sm_ids_wrapped_total",
+            &[("backend", "node2")]
+        ),
+        1
+    );
 
     // Another proxy (same key), same node: the node gets its own id, the client sees its own.
     let b = ctx("node2");
@@ -70,12 +80,23 @@ fn legacy_enable_then_resume_through_another_proxy() {
         text(&down.rewrite(resumed)),
         format!("<resumed xmlns='urn:xmpp:sm:3' h='7' previd='{wrapped}'/>")
     );
-    assert_eq!(count(&b.metrics, "xmpp_lb_resume_ids_total", &[("check", "valid")]), 1);
+    assert_eq!(
+        count(
+            &b.metrics,
+            "xmpp_lb_resume_ids_total",
+            &[("check", "valid")]
+        ),
+        1
+    );
     assert_eq!(
         count(
             &b.metrics,
             "xmpp_lb_resumes_total",
-            &[("backend", "node2"), ("kind", "legacy"), ("result", "resumed")]
+            &[
+                ("backend", "node2"),
+                ("kind", "legacy"),
+                ("result", "resumed")
+            ]
         ),
         1
     );
@@ -86,19 +107,32 @@ fn forged_and_foreign_ids_pass_untouched_and_are_counted() {
     let c = ctx("node1");
     let (mut up, mut down) = watches(c.clone(), ns(), ns());
     for (previd, check) in [
-        ("xlb1.00000000.bm9kZTE.AAAAAAAAAAAAAAAAAAAAAA.x", "unknown_key"),
+        (
+            "xlb1.00000000.bm9kZTE.AAAAAAAAAAAAAAAAAAAAAA.x",
+            "unknown_key",
+        ),
         ("plain-node-id", "not_wrapped"),
     ] {
         let resume = format!("<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/>");
         assert_eq!(text(&up.rewrite(resume.clone().into_bytes())), resume);
-        assert_eq!(count(&c.metrics, "xmpp_lb_resume_ids_total", &[("check", check)]), 1);
+        assert_eq!(
+            count(&c.metrics, "xmpp_lb_resume_ids_total", &[("check", check)]),
+            1
+        );
     }
     // A real id with its node swapped for another: bad MAC.
     let good = c.keys.wrap("example.test", "node3", "id9").unwrap();
     let forged = good.replacen("bm9kZTM", "bm9kZTE", 1);
     let resume = format!("<resume xmlns='urn:xmpp:sm:3' previd='{forged}' h='0'/>");
     assert_eq!(text(&up.rewrite(resume.clone().into_bytes())), resume);
-    assert_eq!(count(&c.metrics, "xmpp_lb_resume_ids_total", &[("check", "bad_mac")]), 1);
+    assert_eq!(
+        count(
+            &c.metrics,
+            "xmpp_lb_resume_ids_total",
+            &[("check", "bad_mac")]
+        ),
+        1
+    );
     // The node's refusal is counted as a failed legacy resume.
     let failed = b"<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>".to_vec();
     assert_eq!(down.rewrite(failed.clone()), failed);
@@ -112,7 +146,14 @@ fn forged_and_foreign_ids_pass_untouched_and_are_counted() {
         text(&up.rewrite(resume.into_bytes())),
         "<resume xmlns='urn:xmpp:sm:3' previd='id9' h='0'/>"
     );
-    assert_eq!(count(&c.metrics, "xmpp_lb_resume_ids_total", &[("check", "other_node")]), 1);
+    assert_eq!(
+        count(
+            &c.metrics,
+            "xmpp_lb_resume_ids_total",
+            &[("check", "other_node")]
+        ),
+        1
+    );
 }
 
 #[test]
@@ -146,7 +187,14 @@ fn no_keys_no_rewriting_but_outcomes_are_counted() {
     assert_eq!(text(&up.rewrite(resume.as_bytes().to_vec())), resume);
     let resumed = "<resumed xmlns='urn:xmpp:sm:3' previd='x' h='1'/>";
     assert_eq!(text(&down.rewrite(resumed.as_bytes().to_vec())), resumed);
-    assert_eq!(count(&c.metrics, "xmpp_lb_resumes_total", &[("result", "resumed")]), 1);
+    assert_eq!(
+        count(
+            &c.metrics,
+            "xmpp_lb_resumes_total",
+            &[("result", "resumed")]
+        ),
+        1
+    );
 }
 
 #[test]
@@ -165,9 +213,16 @@ fn sasl2_inline_resume_routes_and_success_is_rewritten() {
     let success = Bytes::from_static(b"<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>u@example.test/r</authorization-identifier><resumed xmlns='urn:xmpp:sm:3' h='5' previd='sess-1'/></success>");
     let el = Element::parse(&success, &ns()).unwrap();
     let out = text(&rewrite_sasl2_success(&c, &success, &el, Some(&inline)));
-    assert!(out.contains(&format!("previd='{wrapped}'/></success>")), "{out}");
+    assert!(
+        out.contains(&format!("previd='{wrapped}'/></success>")),
+        "{out}"
+    );
     assert_eq!(
-        count(&c.metrics, "xmpp_lb_resumes_total", &[("kind", "inline"), ("result", "resumed")]),
+        count(
+            &c.metrics,
+            "xmpp_lb_resumes_total",
+            &[("kind", "inline"), ("result", "resumed")]
+        ),
         1
     );
 
@@ -176,10 +231,15 @@ fn sasl2_inline_resume_routes_and_success_is_rewritten() {
     let el = Element::parse(&success, &ns()).unwrap();
     let out = text(&rewrite_sasl2_success(&c, &success, &el, None));
     let expected = c.keys.wrap("example.test", "node3", "sess-2").unwrap();
-    assert!(out.contains(&format!("resume='1' id='{expected}'/></bound><token")), "{out}");
+    assert!(
+        out.contains(&format!("resume='1' id='{expected}'/></bound><token")),
+        "{out}"
+    );
 
     // Forged: no routing, nothing replaced.
-    let forged = Bytes::from(raw_with_previd("xlb1.00000000.bm9kZTM.AAAAAAAAAAAAAAAAAAAAAA.s"));
+    let forged = Bytes::from(raw_with_previd(
+        "xlb1.00000000.bm9kZTM.AAAAAAAAAAAAAAAAAAAAAA.s",
+    ));
     let el = Element::parse(&forged, &ns()).unwrap();
     let inline = inline_resume(&c, &forged, &el).unwrap();
     assert_eq!((inline.node, inline.element), (None, forged));
