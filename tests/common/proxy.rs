@@ -213,3 +213,122 @@ impl Drop for Proxy {
         }
     }
 }
+
+/// The proxy binary running as a process of its own, from a configuration written like
+/// [`config_text`]'s: every `:0` bind address is given a free port first, so the test knows
+/// where the process listens. Dropping it stops it (SIGTERM by pid, then SIGKILL).
+pub struct ProxyProcess {
+    child: std::process::Child,
+    /// Bound addresses, by listener name, in the order the configuration lists them.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// The metrics address.
+    pub metrics: SocketAddr,
+    /// Where the configuration file was written.
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// Start `xmpp-lb run` on `text` (after giving every `:0` bind a free port) and wait until
+    /// every listener accepts connections.
+    pub fn start(text: &str) -> ProxyProcess {
+        let table: toml::Table = text.parse().expect("config text is TOML");
+        let mut text = text.to_string();
+        let mut listeners = Vec::new();
+        let mut give_port = |text: &mut String, ipv6: bool| -> SocketAddr {
+            let zero = if ipv6 {
+                "\"[::1]:0\""
+            } else {
+                "\"127.0.0.1:0\""
+            };
+            let port = super::process::free_port(ipv6).expect("a free port");
+            let addr: SocketAddr = if ipv6 {
+                format!("[::1]:{port}")
+            } else {
+                format!("127.0.0.1:{port}")
+            }
+            .parse()
+            .unwrap();
+            let at = text.find(zero).expect("a :0 bind left to fill");
+            text.replace_range(at..at + zero.len(), &format!("\"{addr}\""));
+            addr
+        };
+        for l in table["listener"].as_array().expect("listeners") {
+            let name = l["name"].as_str().unwrap().to_string();
+            for b in l["bind"].as_array().unwrap() {
+                let b = b.as_str().unwrap();
+                assert!(b.ends_with(":0"), "ProxyProcess fills :0 binds only: {b}");
+                let addr = give_port(&mut text, b.starts_with('['));
+                listeners.push((name.clone(), addr));
+            }
+        }
+        let metrics = give_port(&mut text, false);
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("xmpp-lb.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-lb"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
+        let child = super::process::spawn_child(cmd).expect("spawn xmpp-lb");
+        let mut p = ProxyProcess {
+            child,
+            listeners,
+            metrics,
+            config_path,
+            _dir: dir,
+        };
+        let all: Vec<SocketAddr> = p.listeners.iter().map(|(_, a)| *a).collect();
+        let ready = super::process::wait_for(
+            std::time::Duration::from_secs(15),
+            std::time::Duration::from_millis(20),
+            || {
+                all.iter()
+                    .all(|a| std::net::TcpStream::connect(a).is_ok())
+                    .then_some(())
+            },
+        );
+        if ready.is_none() {
+            let log = std::fs::read_to_string(p._dir.path().join("stderr.log")).unwrap_or_default();
+            let _ = super::process::terminate(&mut p.child, std::time::Duration::from_secs(2));
+            panic!("xmpp-lb process did not start listening: {log}");
+        }
+        p
+    }
+
+    /// The first address of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    /// The value of one sample line of its scrape (`name{labels}`), 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = super::process::terminate(&mut self.child, std::time::Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,327 @@
+//! Fast reconnect through a fleet of proxies, against real Prosody nodes with mod_smacks:
+//! stream-management ids wrapped by one proxy are verified and unwrapped by another (a separate
+//! process with the same keys), the session's node holds the session while the client is away,
+//! and what was sent to it meanwhile arrives after the resume with the right `h` counters.
+
+mod common;
+
+use std::time::Duration;
+
+use common::pki::TestPki;
+use common::prosody::{ProsodyCluster, ProsodyOpts};
+use common::proxy::{Proxy, ProxyProcess, config_text};
+use common::raw::{Raw, header, plain_auth};
+
+const DOMAIN: &str = "example.test";
+const USERS: &[(&str, &str)] = &[
+    ("alice", "pw-alice"),
+    ("bob", "pw-bob"),
+    ("carol", "pw-carol"),
+    ("dave", "pw-dave"),
+];
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Three Prosody nodes, and the fleet's key files.
+struct Fleet {
+    pki: TestPki,
+    cluster: ProsodyCluster,
+    keys: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let pki = TestPki::new(&[DOMAIN]);
+        let opts = ProsodyOpts {
+            extra_config: "smacks_hibernation_time = 120".into(),
+            ..ProsodyOpts::default()
+        };
+        let cluster = ProsodyCluster::start(3, DOMAIN, opts).expect("prosody nodes start");
+        cluster.register_many(USERS);
+        let keys = tempfile::tempdir().unwrap();
+        std::fs::write(
+            keys.path().join("sm.key"),
+            "fleet-shared stream management secret, 2026-11\n",
+        )
+        .unwrap();
+        std::fs::write(
+            keys.path().join("other.key"),
+            "some other fleet's secret, not shared with ours\n",
+        )
+        .unwrap();
+        Fleet { pki, cluster, keys }
+    }
+
+    /// The configuration every proxy of the fleet runs (with `key` as its SM key file).
+    fn config(&self, key: &str) -> String {
+        let backends: Vec<_> = (0..3).map(|i| self.cluster.addr(i)).collect();
+        config_text(
+            &self.pki.cert_path(DOMAIN),
+            &self.pki.key_path(DOMAIN),
+            DOMAIN,
+            "jid",
+            &backends,
+            &format!(
+                "\n[resumption]\nsm_key_files = [\"{}\"]\n",
+                self.keys.path().join(key).display()
+            ),
+        )
+    }
+
+    /// The node that holds a session of `user` (hibernating or not), if exactly one does.
+    fn holder(&mut self, user: &str) -> Option<usize> {
+        let nodes = self.cluster.nodes_with_session(&format!("{user}@{DOMAIN}"));
+        (nodes.len() == 1).then(|| nodes[0])
+    }
+
+    fn wait_hibernating(&self, node: usize, user: &str) {
+        let jid = format!("{user}@{DOMAIN}");
+        let ok = common::process::wait_for(WAIT, Duration::from_millis(50), || {
+            self.cluster
+                .sessions_detail(node)
+                .iter()
+                .any(|s| s.bare() == jid && s.hibernating)
+                .then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "{user}'s session never hibernated on node {}",
+            node + 1
+        );
+    }
+}
+
+/// The value of attribute `name` in the first element of `text` that starts with `tag`.
+fn attr(text: &str, tag: &str, name: &str) -> String {
+    let at = text
+        .find(tag)
+        .unwrap_or_else(|| panic!("no {tag} in {text}"));
+    let el = &text[at..];
+    let el = &el[..el.find('>').unwrap()];
+    for q in ['\'', '"'] {
+        if let Some(i) = el.find(&format!(" {name}={q}")) {
+            let v = &el[i + name.len() + 3..];
+            return v[..v.find(q).unwrap()].to_string();
+        }
+    }
+    panic!("no {name} in {el}")
+}
+
+/// Log in through `addr` (direct TLS), enable resumable stream management, and exchange two
+/// pings after it (so both sides' `h` are 2). Returns the client and the id it was given.
+async fn login_with_sm(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    user: &str,
+    pw: &str,
+) -> (Raw, String) {
+    let mut raw = Raw::login(addr, DOMAIN, ca, user, pw).await;
+    raw.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    let got = raw.expect_any(&["<enabled", "<failed"], WAIT).await;
+    assert!(got.contains("<enabled"), "{got}");
+    raw.expect("/>").await;
+    let id = attr(&raw.received, "<enabled", "id");
+    raw.clear();
+    raw.ping(DOMAIN).await;
+    raw.ping(DOMAIN).await;
+    (raw, id)
+}
+
+/// A fresh connection through `addr`: log in as `user` (no bind), then ask to resume `previd`
+/// having received `h` stanzas. Returns the client and everything received after `<resume/>`
+/// up to `<resumed/>` or `<failed/>`.
+async fn resume(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    user: &str,
+    pw: &str,
+    previd: &str,
+    h: u32,
+) -> (Raw, String) {
+    let mut raw = Raw::direct_tls(addr, DOMAIN, ca).await;
+    raw.send(&header(DOMAIN, None)).await;
+    raw.expect("</stream:features>").await;
+    raw.send(&plain_auth(user, pw)).await;
+    raw.expect("<success").await;
+    raw.clear();
+    raw.send(&header(DOMAIN, None)).await;
+    let features = raw.expect("</stream:features>").await;
+    assert!(features.contains("urn:xmpp:sm:3"), "{features}");
+    raw.clear();
+    raw.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>"
+    ))
+    .await;
+    let got = raw.expect_any(&["<resumed", "<failed"], WAIT).await;
+    (raw, got)
+}
+
+/// Send `n` chat messages from `from` to `to`'s full JID, logged in directly on the node at
+/// `node` (the nodes are not clustered: only a sender on the session's node reaches it).
+async fn send_messages(node: std::net::SocketAddr, from: (&str, &str), to: &str, n: usize) {
+    let mut raw = Raw::tcp(node)
+        .await
+        .log_in(DOMAIN, from.0, from.1, "sender")
+        .await;
+    for i in 1..=n {
+        raw.send(&format!(
+            "<message to='{to}@{DOMAIN}/raw' type='chat' id='m{i}'><body>while away {i}</body></message>"
+        ))
+        .await;
+    }
+    raw.ping(DOMAIN).await;
+    raw.send("</stream:stream>").await;
+    raw.read_to_close(WAIT).await;
+}
+
+#[test]
+fn a_session_enabled_through_one_proxy_resumes_through_another_process() {
+    let mut fleet = Fleet::new();
+    let a = Proxy::start(&fleet.config("sm.key"));
+    let b = ProxyProcess::start(&fleet.config("sm.key"));
+    let ca = fleet.pki.ca_path();
+    let (away, id) = a.block_on(login_with_sm(
+        a.addr("direct", false),
+        &ca,
+        "alice",
+        "pw-alice",
+    ));
+    assert!(id.starts_with("xlb1."), "the id is wrapped: {id}");
+    let node = fleet.holder("alice").expect("alice has one session");
+    let name = format!("node{}", node + 1);
+    assert!(
+        id.contains(&format!(".{}.", base64url(&name))),
+        "{id} names {name}"
+    );
+    assert_eq!(
+        a.metric(&format!(
+            "xmpp_lb_sm_ids_wrapped_total{{backend=\"{name}\"}}"
+        )),
+        1.0
+    );
+
+    // The connection is cut: no stream close reaches the node, which keeps the session.
+    away.vanish();
+    fleet.wait_hibernating(node, "alice");
+    a.block_on(send_messages(
+        fleet.cluster.addr(node),
+        ("bob", "pw-bob"),
+        "alice",
+        3,
+    ));
+
+    // Back through the other proxy process.
+    let (mut back, got) = a.block_on(resume(b.addr("direct"), &ca, "alice", "pw-alice", &id, 2));
+    assert!(got.contains("<resumed"), "resumed: {got}");
+    assert_eq!(
+        attr(&got, "<resumed", "previd"),
+        id,
+        "the client sees its own id again"
+    );
+    assert_eq!(
+        attr(&got, "<resumed", "h"),
+        "2",
+        "the node handled both pings"
+    );
+    a.block_on(async {
+        for i in 1..=3 {
+            back.expect(&format!("while away {i}")).await;
+        }
+        back.ping(DOMAIN).await;
+    });
+    assert_eq!(fleet.holder("alice"), Some(node), "same node, one session");
+    assert_eq!(b.metric("xmpp_lb_resume_ids_total{check=\"valid\"}"), 1.0);
+    assert_eq!(
+        b.metric(&format!(
+            "xmpp_lb_resumes_total{{backend=\"{name}\",kind=\"legacy\",result=\"resumed\"}}"
+        )),
+        1.0
+    );
+}
+
+#[test]
+fn forged_and_foreign_ids_reach_the_node_untouched_and_fail() {
+    let mut fleet = Fleet::new();
+    let a = Proxy::start(&fleet.config("sm.key"));
+    // A proxy of another fleet: it cannot verify our ids.
+    let stranger = Proxy::start(&fleet.config("other.key"));
+    let ca = fleet.pki.ca_path();
+    let addr = a.addr("direct", false);
+    let (away, id) = a.block_on(login_with_sm(addr, &ca, "carol", "pw-carol"));
+    away.vanish();
+    let node = fleet.holder("carol").expect("one session");
+    fleet.wait_hibernating(node, "carol");
+
+    // The same id with its node swapped for another: the MAC does not match.
+    let parts: Vec<&str> = id.splitn(5, '.').collect();
+    let other = format!("node{}", (node + 1) % 3 + 1);
+    let forged = format!(
+        "xlb1.{}.{}.{}.{}",
+        parts[1],
+        base64url(&other),
+        parts[3],
+        parts[4]
+    );
+    let (_, got) = a.block_on(resume(addr, &ca, "carol", "pw-carol", &forged, 2));
+    assert!(got.contains("<failed"), "a forged id fails: {got}");
+    assert_eq!(a.metric("xmpp_lb_resume_ids_total{check=\"bad_mac\"}"), 1.0);
+    let failed = format!(
+        "xmpp_lb_resumes_total{{backend=\"node{}\",kind=\"legacy\",result=\"failed\"}}",
+        node + 1
+    );
+    assert_eq!(a.metric(&failed), 1.0);
+
+    // A proxy without our key passes the id on as it is: the node does not know it.
+    let (_, got) = a.block_on(resume(
+        stranger.addr("direct", false),
+        &ca,
+        "carol",
+        "pw-carol",
+        &id,
+        2,
+    ));
+    assert!(got.contains("<failed"), "{got}");
+    assert_eq!(
+        stranger.metric("xmpp_lb_resume_ids_total{check=\"unknown_key\"}"),
+        1.0
+    );
+
+    // The real id still works (a failed attempt does not end the hibernating session).
+    let (_, got) = a.block_on(resume(addr, &ca, "carol", "pw-carol", &id, 2));
+    assert!(got.contains("<resumed"), "{got}");
+    assert_eq!(fleet.holder("carol"), Some(node));
+}
+
+#[test]
+fn an_explicit_close_ends_the_session_and_is_not_resumable() {
+    let mut fleet = Fleet::new();
+    let a = Proxy::start(&fleet.config("sm.key"));
+    let ca = fleet.pki.ca_path();
+    let addr = a.addr("direct", false);
+    let (mut leaving, id) = a.block_on(login_with_sm(addr, &ca, "dave", "pw-dave"));
+    let node = fleet.holder("dave").expect("one session");
+    a.block_on(async {
+        leaving.send("</stream:stream>").await;
+        leaving.read_to_close(WAIT).await;
+    });
+    assert!(
+        fleet
+            .cluster
+            .wait_session(node, &format!("dave@{DOMAIN}"), false, WAIT),
+        "the close reached the node, which ended the session"
+    );
+    let (_, got) = a.block_on(resume(addr, &ca, "dave", "pw-dave", &id, 2));
+    assert!(got.contains("<failed"), "{got}");
+    assert_eq!(
+        a.metric(&format!(
+            "xmpp_lb_resumes_total{{backend=\"node{}\",kind=\"legacy\",result=\"failed\"}}",
+            node + 1
+        )),
+        1.0
+    );
+}
+
+fn base64url(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
