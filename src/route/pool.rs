@@ -267,4 +267,38 @@ mod tests {
         }
         assert_eq!(seen, [0usize, 2].into_iter().collect());
     }
+
+    #[test]
+    fn a_resume_goes_to_the_sessions_node_first_even_draining_unless_down() {
+        let (states, names) = states(3);
+        let pool = DomainPool::new(vec![0, 1, 2], &names, &[1, 1, 1], Some(1.25));
+        let key = "juliet@example.test";
+        let ring = pool.ring_order(key);
+        let holder = ring[2];
+        let resume = Placement::Resume {
+            node: names[holder].clone(),
+            otherwise: Box::new(Placement::Ring(key.into())),
+        };
+        assert_eq!(
+            pool.order(&resume, &states, &names),
+            vec![holder, ring[0], ring[1]]
+        );
+        // Draining: its sessions may still be resumed there.
+        states[holder].set_draining(true);
+        assert_eq!(
+            pool.order(&resume, &states, &names),
+            vec![holder, ring[0], ring[1]]
+        );
+        // Down: the session is gone with it; the policy's order alone.
+        for _ in 0..2 {
+            states[holder].record(false, 2, 2);
+        }
+        assert_eq!(pool.order(&resume, &states, &names), vec![ring[0], ring[1]]);
+        // A node this domain does not use (or no longer has): the policy's order.
+        let gone = Placement::Resume {
+            node: "node9".into(),
+            otherwise: Box::new(Placement::Ring(key.into())),
+        };
+        assert_eq!(pool.order(&gone, &states, &names), vec![ring[0], ring[1]]);
+    }
 }
