@@ -4,6 +4,12 @@
 //! are chosen by the SNI name the client sends (XEP-0368 clients send the JID's domain; STARTTLS
 //! clients usually do too); a client that sends no SNI, or a name we hold no certificate for,
 //! gets the listener's default certificate, which is what a plain TLS server would do.
+//!
+//! Reconnects resume the TLS session where they can (no certificate, no signature): with
+//! `[resumption] tls_ticket_key_files`, through session tickets every proxy of the fleet can
+//! open ([`tickets`]); without, through this process's own session cache.
+
+pub mod tickets;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
