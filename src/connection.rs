@@ -301,6 +301,11 @@ async fn drive(
     };
     // What the node's PROXY header says about the client, TLS facts included.
     let session = tls.get_ref().1;
+    shared
+        .metrics
+        .tls_handshakes_total
+        .with_label_values(&[&listener.name, handshake_label(session.handshake_kind())])
+        .inc();
     let origin = Origin {
         source: peer,
         destination: local,
@@ -353,6 +358,15 @@ struct At<'a> {
     started: Instant,
     /// What the PROXY protocol header to a node says about the client.
     origin: Origin,
+}
+
+/// The `kind` label of `xmpp_lb_tls_handshakes_total`: `resumed`, or `full` (a
+/// HelloRetryRequest round trip is still a full handshake).
+fn handshake_label(kind: Option<rustls::HandshakeKind>) -> &'static str {
+    match kind {
+        Some(rustls::HandshakeKind::Resumed) => "resumed",
+        _ => "full",
+    }
 }
 
 /// A listener with `accept_proxy_protocol`: a peer in its trusted networks must open with a

@@ -95,7 +95,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             // Certificates are part of the configuration: a key that does not match its
             // certificate should fail here, not at the first client's handshake.
             for l in &config.listeners {
-                xmpp_lb::tls::acceptor(&l.certs)
+                xmpp_lb::tls::acceptor(&l.certs, &config.resumption)
                     .with_context(|| format!("listener {:?}", l.name))?;
             }
             // So are pins and routing policies: a bad pin file should fail here, not at a

@@ -55,6 +55,8 @@ pub struct Metrics {
     definitions: Vec<Definition>,
     /// Client connections accepted, by listener and TLS style.
     pub connections_total: IntCounterVec,
+    /// Client TLS handshakes completed, by listener and kind (`full` or `resumed`).
+    pub tls_handshakes_total: IntCounterVec,
     /// Client connections open now, by listener and TLS style (`pending` on a `tls = "auto"`
     /// listener until the first byte shows which).
     pub connections_open: IntGaugeVec,
@@ -160,6 +162,11 @@ impl Metrics {
             "xmpp_lb_connections_total",
             "Client connections accepted.",
             &["listener", "tls"],
+        );
+        let tls_handshakes_total = counter(
+            "xmpp_lb_tls_handshakes_total",
+            "Client TLS handshakes completed, by kind (full, resumed).",
+            &["listener", "kind"],
         );
         let routed_total = counter(
             "xmpp_lb_routed_total",
@@ -298,6 +305,7 @@ impl Metrics {
         );
         Metrics {
             connections_total,
+            tls_handshakes_total,
             connections_open,
             backend_connections_open,
             routed_total,

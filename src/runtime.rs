@@ -176,10 +176,13 @@ impl Runtime {
             .collect();
         let mut acceptors = HashMap::new();
         for l in &config.listeners {
-            let acceptor = crate::tls::acceptor(&l.certs).map_err(|source| BuildError::Tls {
-                listener: l.name.clone(),
-                source,
-            })?;
+            let acceptor =
+                crate::tls::acceptor(&l.certs, &config.resumption).map_err(|source| {
+                    BuildError::Tls {
+                        listener: l.name.clone(),
+                        source,
+                    }
+                })?;
             acceptors.insert(l.name.clone(), acceptor);
         }
         let mut entries = config.routing.pins.clone();

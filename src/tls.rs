@@ -4,6 +4,12 @@
 //! are chosen by the SNI name the client sends (XEP-0368 clients send the JID's domain; STARTTLS
 //! clients usually do too); a client that sends no SNI, or a name we hold no certificate for,
 //! gets the listener's default certificate, which is what a plain TLS server would do.
+//!
+//! Reconnects resume the TLS session where they can (no certificate, no signature): with
+//! `[resumption] tls_ticket_key_files`, through session tickets every proxy of the fleet can
+//! open ([`tickets`]); without, through this process's own session cache.
+
+pub mod tickets;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +22,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::CertPair;
+use crate::config::{CertPair, ResumptionConfig};
 
 /// ALPN protocol id of XMPP client-to-server over direct TLS (XEP-0368).
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
@@ -153,8 +159,18 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A TLS acceptor for one listener: TLS 1.2 and 1.3, ALPN `xmpp-client` offered.
-pub fn acceptor(pairs: &[CertPair]) -> Result<TlsAcceptor, TlsError> {
+/// TLS 1.3 tickets sent after each handshake: each is good for one resumption, and a resumed
+/// handshake brings new ones, so two let a client race two connections (IPv4 and IPv6) and
+/// still resume both.
+pub const TLS13_TICKETS: usize = 2;
+
+/// The TLS server configuration of one listener: TLS 1.2 and 1.3, ALPN `xmpp-client` offered,
+/// session resumption by fleet tickets (with `tls_ticket_keys`) or by this process's own cache,
+/// never 0-RTT early data.
+pub fn server_config(
+    pairs: &[CertPair],
+    resumption: &ResumptionConfig,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let resolver = SniResolver::load(pairs, &provider)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -162,8 +178,30 @@ pub fn acceptor(pairs: &[CertPair]) -> Result<TlsAcceptor, TlsError> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
+    if !resumption.tls_ticket_keys.is_empty() {
+        // Stateless tickets, TLS 1.3 and 1.2 alike: any proxy holding the same key files
+        // opens them, and so does this one after a reload (the keys come from the files and
+        // the clock, not from this configuration object).
+        config.ticketer = Arc::new(tickets::FleetTicketer::new(
+            &resumption.tls_ticket_keys,
+            resumption.tls_ticket_rotation,
+        ));
+    }
+    // Otherwise rustls' default stays: a session cache in memory, per listener and per
+    // configuration, that TLS 1.3 stateful tickets and TLS 1.2 session ids point into.
+    config.send_tls13_tickets = TLS13_TICKETS;
     // Early data would let a network attacker replay a client's first flight; keep it off.
+    // (rustls never offers it with stateless tickets either.)
     config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// A TLS acceptor for one listener (see [`server_config`]).
+pub fn acceptor(
+    pairs: &[CertPair],
+    resumption: &ResumptionConfig,
+) -> Result<TlsAcceptor, TlsError> {
+    let config = server_config(pairs, resumption)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -259,5 +297,146 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rustls::HandshakeKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::keys::FleetKey;
+
+    const SNI: &str = "example.test";
+
+    fn pairs() -> Vec<CertPair> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/certs");
+        vec![CertPair {
+            cert: dir.join("example.test.pem"),
+            key: dir.join("example.test.key"),
+        }]
+    }
+
+    fn key(name: &str) -> FleetKey {
+        let secret = format!("a ticket secret for the unit tests: {name:>8}");
+        FleetKey::from_secret(secret.as_bytes(), Path::new(name))
+    }
+
+    fn resumption(keys: &[FleetKey]) -> ResumptionConfig {
+        ResumptionConfig {
+            sm_keys: Vec::new(),
+            tls_ticket_keys: keys.to_vec(),
+            tls_ticket_rotation: Duration::from_secs(3600),
+        }
+    }
+
+    /// A client config trusting any certificate, limited to `versions`, with rustls' default
+    /// session store (shared by every connection made with it).
+    fn client(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> tokio_rustls::TlsConnector {
+        let provider = provider();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
+        config.enable_early_data = true;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    /// One connection over an in-memory pipe; the server writes a line the client reads (so
+    /// the client takes in the tickets sent after the handshake). Returns what each side saw.
+    async fn connect(
+        client: &tokio_rustls::TlsConnector,
+        server: &TlsAcceptor,
+    ) -> (HandshakeKind, HandshakeKind, bool) {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from(SNI).unwrap();
+        let serve = async {
+            let mut tls = server.accept(s).await.expect("server handshake");
+            let kind = tls.get_ref().1.handshake_kind().unwrap();
+            tls.write_all(b"hello\n").await.unwrap();
+            tls.flush().await.unwrap();
+            let mut rest = Vec::new();
+            let _ = tls.read_to_end(&mut rest).await;
+            kind
+        };
+        let talk = async {
+            let mut tls = client.connect(name, c).await.expect("client handshake");
+            let mut line = [0u8; 6];
+            tls.read_exact(&mut line).await.unwrap();
+            let kind = tls.get_ref().1.handshake_kind().unwrap();
+            let early = tls.get_ref().1.is_early_data_accepted();
+            tls.shutdown().await.unwrap();
+            (kind, early)
+        };
+        let (server_kind, (client_kind, early)) = tokio::join!(serve, talk);
+        (client_kind, server_kind, early)
+    }
+
+    #[test]
+    fn ticket_keys_turn_stateless_tickets_on_and_early_data_stays_off() {
+        for keys in [vec![], vec![key("a")], vec![key("b"), key("a")]] {
+            let config = server_config(&pairs(), &resumption(&keys)).unwrap();
+            assert_eq!(config.max_early_data_size, 0, "{keys:?}");
+            assert_eq!(config.ticketer.enabled(), !keys.is_empty(), "{keys:?}");
+            assert_eq!(config.send_tls13_tickets, TLS13_TICKETS);
+            assert!(config.session_storage.can_cache(), "{keys:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_begun_on_one_proxy_resumes_on_another_with_the_same_keys() {
+        let fleet = resumption(&[key("a")]);
+        let one = acceptor(&pairs(), &fleet).unwrap();
+        let two = acceptor(&pairs(), &fleet).unwrap();
+        let client = client(&[&rustls::version::TLS13]);
+        assert_eq!(
+            connect(&client, &one).await,
+            (HandshakeKind::Full, HandshakeKind::Full, false)
+        );
+        assert_eq!(
+            connect(&client, &two).await,
+            (HandshakeKind::Resumed, HandshakeKind::Resumed, false),
+            "no early data either, though the client would send it"
+        );
+        // Each resumption brings new tickets: the client goes on resuming.
+        for server in [&one, &two, &one] {
+            let (c, s, _) = connect(&client, server).await;
+            assert_eq!((c, s), (HandshakeKind::Resumed, HandshakeKind::Resumed));
+        }
+        // A proxy after a secret rotation (new key first) still opens the old tickets.
+        let rotated = acceptor(&pairs(), &resumption(&[key("b"), key("a")])).unwrap();
+        assert_eq!(connect(&client, &rotated).await.1, HandshakeKind::Resumed);
+        // A proxy with other keys cannot: a full handshake, which works as always.
+        let stranger = acceptor(&pairs(), &resumption(&[key("c")])).unwrap();
+        assert_eq!(connect(&client, &stranger).await.1, HandshakeKind::Full);
+    }
+
+    #[tokio::test]
+    async fn tls12_clients_resume_across_proxies_with_the_same_tickets() {
+        let fleet = resumption(&[key("a")]);
+        let one = acceptor(&pairs(), &fleet).unwrap();
+        let two = acceptor(&pairs(), &fleet).unwrap();
+        let client = client(&[&rustls::version::TLS12]);
+        assert_eq!(connect(&client, &one).await.1, HandshakeKind::Full);
+        assert_eq!(connect(&client, &two).await.1, HandshakeKind::Resumed);
+    }
+
+    #[tokio::test]
+    async fn without_ticket_keys_sessions_resume_on_the_same_proxy_only() {
+        let none = resumption(&[]);
+        let one = acceptor(&pairs(), &none).unwrap();
+        let two = acceptor(&pairs(), &none).unwrap();
+        let client = client(&[&rustls::version::TLS13]);
+        assert_eq!(connect(&client, &one).await.1, HandshakeKind::Full);
+        assert_eq!(connect(&client, &one).await.1, HandshakeKind::Resumed);
+        assert_eq!(connect(&client, &two).await.1, HandshakeKind::Full);
     }
 }

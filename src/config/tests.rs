@@ -245,7 +245,7 @@ fn example_toml_validates_and_shows_every_mode() {
     }
     // Real PEM files that the TLS side loads, not placeholders.
     for l in &c.listeners {
-        if let Err(e) = crate::tls::acceptor(&l.certs) {
+        if let Err(e) = crate::tls::acceptor(&l.certs, &c.resumption) {
             panic!("listener {}: {e}", l.name);
         }
     }

@@ -28,10 +28,25 @@ pub struct Raw {
     pub closed: bool,
     /// The client's own address (its source address and port).
     pub local: Option<SocketAddr>,
+    /// What the client saw of its TLS handshake (full or resumed), once TLS is up.
+    pub tls_kind: Option<rustls::HandshakeKind>,
 }
 
 /// A TLS connector trusting only the test CA, offering ALPN `xmpp-client`.
 pub fn connector(ca: &Path) -> TlsConnector {
+    connector_with_versions(ca, rustls::DEFAULT_VERSIONS)
+}
+
+/// Like [`connector`], TLS 1.3 only. Connections made through one connector share its session
+/// store (rustls' default, in memory, by server name): reuse it and reconnects resume.
+pub fn connector_tls13(ca: &Path) -> TlsConnector {
+    connector_with_versions(ca, &[&rustls::version::TLS13])
+}
+
+fn connector_with_versions(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> TlsConnector {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = RootCertStore::empty();
@@ -40,7 +55,7 @@ pub fn connector(ca: &Path) -> TlsConnector {
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -73,6 +88,7 @@ impl Raw {
             io: Box::new(tcp),
             received: String::new(),
             closed: false,
+            tls_kind: None,
         }
     }
 
@@ -95,20 +111,24 @@ impl Raw {
             io: Box::new(tcp),
             received: String::new(),
             closed: false,
+            tls_kind: None,
         }
     }
 
     /// Direct TLS (XEP-0368) with SNI = `domain`.
     pub async fn direct_tls(addr: SocketAddr, domain: &str, ca: &Path) -> Raw {
+        Raw::direct_tls_via(addr, domain, &connector(ca)).await
+    }
+
+    /// Direct TLS through a given connector (one that may hold sessions to resume).
+    pub async fn direct_tls_via(addr: SocketAddr, domain: &str, connector: &TlsConnector) -> Raw {
         let tcp = TcpStream::connect(addr).await.expect("connect proxy");
         tcp.set_nodelay(true).unwrap();
         let name = ServerName::try_from(domain.to_string()).unwrap();
         let local = tcp.local_addr().ok();
-        let tls = connector(ca)
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
+        let tls = connector.connect(name, tcp).await.expect("TLS handshake");
         Raw {
+            tls_kind: tls.get_ref().1.handshake_kind(),
             io: Box::new(tls),
             received: String::new(),
             closed: false,
@@ -119,24 +139,32 @@ impl Raw {
     /// STARTTLS: clear-text header, `<starttls/>`, `<proceed/>`, TLS. Returns the client ready
     /// to send its post-TLS header.
     pub async fn starttls(addr: SocketAddr, domain: &str, ca: &Path) -> Raw {
+        Raw::starttls_via(addr, domain, &connector(ca)).await
+    }
+
+    /// STARTTLS through a given connector (one that may hold sessions to resume).
+    pub async fn starttls_via(addr: SocketAddr, domain: &str, connector: &TlsConnector) -> Raw {
         let mut raw = Raw::tcp(addr).await;
         raw.send(&header(domain, None)).await;
         raw.expect("</stream:features>").await;
         raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await;
         raw.expect("<proceed").await;
-        raw.upgrade(domain, ca).await;
+        raw.upgrade_via(domain, connector).await;
         raw
     }
 
     /// Switch this connection to TLS (after `<proceed/>`).
     pub async fn upgrade(&mut self, domain: &str, ca: &Path) {
+        self.upgrade_via(domain, &connector(ca)).await;
+    }
+
+    /// Switch this connection to TLS through a given connector.
+    pub async fn upgrade_via(&mut self, domain: &str, connector: &TlsConnector) {
         let io = std::mem::replace(&mut self.io, Box::new(tokio::io::duplex(1).0));
         let name = ServerName::try_from(domain.to_string()).unwrap();
-        let tls = connector(ca)
-            .connect(name, io)
-            .await
-            .expect("TLS handshake");
+        let tls = connector.connect(name, io).await.expect("TLS handshake");
+        self.tls_kind = tls.get_ref().1.handshake_kind();
         self.io = Box::new(tls);
         self.received.clear();
     }
