@@ -235,7 +235,7 @@ impl ProxyProcess {
         let table: toml::Table = text.parse().expect("config text is TOML");
         let mut text = text.to_string();
         let mut listeners = Vec::new();
-        let mut give_port = |text: &mut String, ipv6: bool| -> SocketAddr {
+        let give_port = |text: &mut String, ipv6: bool| -> SocketAddr {
             let zero = if ipv6 {
                 "\"[::1]:0\""
             } else {
