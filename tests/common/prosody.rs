@@ -50,6 +50,10 @@ pub struct ProsodyOpts {
     pub log_level: String,
     /// Readiness timeout per start (all nodes start in parallel).
     pub start_timeout: Duration,
+    /// Modules shipped with the harness, as (name, Lua source): written to
+    /// `mod_<name>.lua` in the node's own plugin directory, which is added to
+    /// `plugin_paths`. Name them in `extra_modules` to load them.
+    pub plugins: Vec<(String, String)>,
 }
 
 impl Default for ProsodyOpts {
@@ -62,6 +66,46 @@ impl Default for ProsodyOpts {
             authentication: "internal_plain".into(),
             log_level: std::env::var("XMPP_LB_PROSODY_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
             start_timeout: DEFAULT_START_TIMEOUT,
+            plugins: Vec::new(),
+        }
+    }
+}
+
+/// Source of the harness's `sasl2_compat` module (see [`ProsodyOpts::fast_reconnect`]).
+pub const SASL2_COMPAT_LUA: &str = include_str!("mod_sasl2_compat.lua");
+
+/// How long a vanished smacks session waits for resumption under
+/// [`ProsodyOpts::fast_reconnect`].
+pub const FAST_RECONNECT_HIBERNATION: Duration = Duration::from_secs(60);
+
+impl ProsodyOpts {
+    /// SASL2 (XEP-0388) with inline Bind 2 (XEP-0386), inline stream
+    /// management (XEP-0198 enable and resume) and FAST tokens (XEP-0484):
+    /// the community modules `sasl2`, `sasl2_bind2`, `sasl2_sm`, `sasl2_fast`
+    /// next to core `smacks` (always loaded), with smacks sessions hibernating
+    /// for [`FAST_RECONNECT_HIBERNATION`] and default FAST token lifetimes.
+    ///
+    /// With Prosody 0.12 `sasl2_fast` and `sasl2_sm` fail at run time (they
+    /// were written for later core APIs; see `mod_sasl2_compat.lua` for the
+    /// exact failures), so this also loads the harness's `sasl2_compat`
+    /// module, which supplies the missing pieces and nothing else.
+    pub fn fast_reconnect() -> ProsodyOpts {
+        ProsodyOpts {
+            extra_modules: [
+                "sasl2",
+                "sasl2_bind2",
+                "sasl2_sm",
+                "sasl2_fast",
+                "sasl2_compat",
+            ]
+            .map(String::from)
+            .to_vec(),
+            extra_config: format!(
+                "smacks_hibernation_time = {}",
+                FAST_RECONNECT_HIBERNATION.as_secs()
+            ),
+            plugins: vec![("sasl2_compat".into(), SASL2_COMPAT_LUA.into())],
+            ..Default::default()
         }
     }
 }
@@ -585,6 +629,10 @@ impl ProsodyCluster {
                     "a module failed to load: {line}"
                 )));
             }
+            // A module that loads but breaks streams shows on the readiness probe.
+            if let Some(line) = new_log.lines().find(|l| l.contains("Traceback[c2s]")) {
+                return Err(StartError::Other(format!("a client stream failed: {line}")));
+            }
             let sock_ok = n.admin_socket.exists();
             if sock_ok && probe_stream(addr, &self.domain, Duration::from_millis(500)).is_ok() {
                 match addr6 {
@@ -643,6 +691,18 @@ impl ProsodyCluster {
             "admin_socket = {}",
             lua_str(&n.admin_socket.to_string_lossy())
         );
+        if !o.plugins.is_empty() {
+            let dir = n.dir.join("plugins");
+            std::fs::create_dir_all(&dir)?;
+            for (name, source) in &o.plugins {
+                std::fs::write(dir.join(format!("mod_{name}.lua")), source)?;
+            }
+            let _ = writeln!(
+                c,
+                "plugin_paths = {{ {} }}",
+                lua_str(&dir.to_string_lossy())
+            );
+        }
         let _ = writeln!(c, "c2s_ports = {{ {} }}", n.port);
         let ifaces = if o.ipv6 {
             r#"{ "127.0.0.1", "::1" }"#

@@ -199,28 +199,34 @@ impl Raw {
                 "peer closed before any of {needles:?}; got {:?}",
                 self.received
             );
-            let mut buf = [0u8; 8192];
-            match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
-                Err(_) => panic!("timed out waiting for {needles:?}; got {:?}", self.received),
-                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
-                Ok(Ok(n)) => self.received.push_str(&String::from_utf8_lossy(&buf[..n])),
+            if !self.read_some(deadline).await {
+                panic!("timed out waiting for {needles:?}; got {:?}", self.received);
             }
         }
         self.received.clone()
+    }
+
+    /// One read into `received` (or `closed` set when the peer is gone); false if `deadline`
+    /// passed first.
+    pub async fn read_some(&mut self, deadline: Instant) -> bool {
+        let mut buf = [0u8; 8192];
+        match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
+            Ok(Ok(n)) => self.received.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+        true
     }
 
     /// Read until the peer closes (or `limit` passes); returns everything received.
     pub async fn read_to_close(&mut self, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         while !self.closed {
-            let mut buf = [0u8; 8192];
-            match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
-                Err(_) => panic!(
+            if !self.read_some(deadline).await {
+                panic!(
                     "peer did not close within {limit:?}; got {:?}",
                     self.received
-                ),
-                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
-                Ok(Ok(n)) => self.received.push_str(&String::from_utf8_lossy(&buf[..n])),
+                );
             }
         }
         self.received.clone()
