@@ -458,7 +458,7 @@ fn plain_inline_resume_without_tokens() {
 
 /// Without the harness's compatibility module, stock mod_sasl2_fast on
 /// Prosody 0.12 kills every stream before its features (see
-/// `common/mod_sasl2_compat.lua`). When this starts failing, Prosody or the
+/// `contrib/prosody/mod_sasl2_compat.lua`). When this starts failing, Prosody or the
 /// community modules changed: the compatibility module may no longer be needed.
 #[test]
 fn stock_sasl2_fast_breaks_prosody_0_12_streams() {

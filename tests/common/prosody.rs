@@ -72,7 +72,7 @@ impl Default for ProsodyOpts {
 }
 
 /// Source of the harness's `sasl2_compat` module (see [`ProsodyOpts::fast_reconnect`]).
-pub const SASL2_COMPAT_LUA: &str = include_str!("mod_sasl2_compat.lua");
+pub const SASL2_COMPAT_LUA: &str = include_str!("../../contrib/prosody/mod_sasl2_compat.lua");
 
 /// How long a vanished smacks session waits for resumption under
 /// [`ProsodyOpts::fast_reconnect`].

@@ -1,5 +1,5 @@
--- Test-harness shim: lets the community modules mod_sasl2_fast and
--- mod_sasl2_sm (written against Prosody trunk) run on Prosody 0.12.
+-- Compatibility module for Prosody 0.12 (xmpp-lb fast reconnect): lets the community
+-- modules mod_sasl2_fast and mod_sasl2_sm (written against Prosody trunk) run on 0.12.
 --
 -- Stock 0.12.3 with prosody-modules hg 556bf57d6417 (2023-02-23) fails thus:
 --  * mod_sasl2 calls conn:ssl_info() on encrypted streams, a method 0.12's
