@@ -1,7 +1,9 @@
-//! Fast reconnect through a fleet of proxies, against real Prosody nodes with mod_smacks:
-//! stream-management ids wrapped by one proxy are verified and unwrapped by another (a separate
-//! process with the same keys), the session's node holds the session while the client is away,
-//! and what was sent to it meanwhile arrives after the resume with the right `h` counters.
+//! Fast reconnect through a fleet of proxies, against real Prosody nodes with mod_smacks and the
+//! community SASL2, Bind 2, FAST and inline-SM modules: stream-management ids wrapped by one
+//! proxy are verified and unwrapped by another (a separate process with the same keys), the
+//! session's node holds the session while the client is away, and what was sent to it meanwhile
+//! arrives after the resume with the right `h` counters. A SASL2 inline resume follows its id to
+//! the old node after the ring changed; a legacy one cannot (its login was routed first).
 
 mod common;
 
@@ -11,6 +13,7 @@ use common::pki::TestPki;
 use common::prosody::{ProsodyCluster, ProsodyOpts};
 use common::proxy::{Proxy, ProxyProcess, config_text};
 use common::raw::{Raw, header, plain_auth};
+use common::sasl2::{Authenticate, Client, HT_SHA_256_NONE, NS_CLIENT, new_user_agent_id};
 
 const DOMAIN: &str = "example.test";
 const USERS: &[(&str, &str)] = &[
@@ -31,12 +34,14 @@ struct Fleet {
 impl Fleet {
     fn new() -> Fleet {
         let pki = TestPki::new(&[DOMAIN]);
-        let opts = ProsodyOpts {
-            extra_config: "smacks_hibernation_time = 120".into(),
-            ..ProsodyOpts::default()
-        };
-        let cluster = ProsodyCluster::start(3, DOMAIN, opts).expect("prosody nodes start");
+        let cluster = ProsodyCluster::start(3, DOMAIN, ProsodyOpts::fast_reconnect())
+            .expect("prosody nodes start");
         cluster.register_many(USERS);
+        let many: Vec<(String, String)> = (1..=24)
+            .map(|i| (format!("u{i}"), format!("pw-u{i}")))
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+        cluster.register_many(&many);
         let keys = tempfile::tempdir().unwrap();
         std::fs::write(
             keys.path().join("sm.key"),
@@ -53,7 +58,12 @@ impl Fleet {
 
     /// The configuration every proxy of the fleet runs (with `key` as its SM key file).
     fn config(&self, key: &str) -> String {
-        let backends: Vec<_> = (0..3).map(|i| self.cluster.addr(i)).collect();
+        self.config_with(key, 3)
+    }
+
+    /// The same with only the first `nodes` nodes.
+    fn config_with(&self, key: &str, nodes: usize) -> String {
+        let backends: Vec<_> = (0..nodes).map(|i| self.cluster.addr(i)).collect();
         config_text(
             &self.pki.cert_path(DOMAIN),
             &self.pki.key_path(DOMAIN),
@@ -156,7 +166,7 @@ async fn resume(
     (raw, got)
 }
 
-/// Send `n` chat messages from `from` to `to`'s full JID, logged in directly on the node at
+/// Send `n` chat messages from `from` to the full JID `to`, logged in directly on the node at
 /// `node` (the nodes are not clustered: only a sender on the session's node reaches it).
 async fn send_messages(node: std::net::SocketAddr, from: (&str, &str), to: &str, n: usize) {
     let mut raw = Raw::tcp(node)
@@ -165,7 +175,7 @@ async fn send_messages(node: std::net::SocketAddr, from: (&str, &str), to: &str,
         .await;
     for i in 1..=n {
         raw.send(&format!(
-            "<message to='{to}@{DOMAIN}/raw' type='chat' id='m{i}'><body>while away {i}</body></message>"
+            "<message to='{to}' type='chat' id='m{i}'><body>while away {i}</body></message>"
         ))
         .await;
     }
@@ -206,7 +216,7 @@ fn a_session_enabled_through_one_proxy_resumes_through_another_process() {
     a.block_on(send_messages(
         fleet.cluster.addr(node),
         ("bob", "pw-bob"),
-        "alice",
+        &format!("alice@{DOMAIN}/raw"),
         3,
     ));
 
@@ -324,4 +334,242 @@ fn an_explicit_close_ends_the_session_and_is_not_resumable() {
 fn base64url(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+/// What a SASL2 client keeps to come back: its wrapped id, FAST token, user agent and h.
+struct Away {
+    id: String,
+    token: String,
+    agent: String,
+    h: u32,
+    jid: String,
+}
+
+/// SASL2 PLAIN with Bind 2, inline enable and a FAST token request through `addr`; two pings
+/// each way; then the connection is cut.
+async fn sasl2_login_and_vanish(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    user: &str,
+    pw: &str,
+) -> Away {
+    let bare = format!("{user}@{DOMAIN}");
+    let agent = new_user_agent_id();
+    let mut c = Client::open(Raw::direct_tls(addr, DOMAIN, ca).await, DOMAIN, Some(&bare)).await;
+    assert_eq!(
+        c.features.fast_mechanisms,
+        vec![HT_SHA_256_NONE.to_string()],
+        "FAST offered through the proxy"
+    );
+    let auth = Authenticate::plain(user, pw)
+        .user_agent(&agent)
+        .bind("phone")
+        .enable_sm()
+        .request_token(HT_SHA_256_NONE);
+    let ok = c.authenticate(&auth).await.expect("SASL2 success");
+    let id = ok.enabled.expect("inline enable").id.expect("resumable");
+    assert!(
+        id.starts_with("xlb1."),
+        "the id inside <bound/> is wrapped: {id}"
+    );
+    let token = ok.token.expect("FAST token").token;
+    let jid = ok.jid.expect("JID");
+    for id in ["p1", "p2"] {
+        c.send_stanza(&format!(
+            "<iq type='get' id='{id}' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        c.expect("pong", |e| {
+            e.is("iq", NS_CLIENT) && e.attr("id") == Some(id)
+        })
+        .await;
+    }
+    assert_eq!(c.request_ack().await, 2);
+    let h = c.h_in;
+    c.vanish();
+    Away {
+        id,
+        token,
+        agent,
+        h,
+        jid,
+    }
+}
+
+/// FAST (`HT-SHA-256-NONE`) with an inline resume through `addr`; the success's `<resumed/>`.
+async fn fast_resume(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    user: &str,
+    away: &Away,
+) -> (Client, common::sasl2::Success) {
+    let bare = format!("{user}@{DOMAIN}");
+    let mut c = Client::open(Raw::direct_tls(addr, DOMAIN, ca).await, DOMAIN, Some(&bare)).await;
+    let auth = Authenticate::fast(user, &away.token)
+        .user_agent(&away.agent)
+        .resume(&away.id, away.h);
+    let ok = c.authenticate(&auth).await.expect("FAST success");
+    (c, ok)
+}
+
+fn within<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+    async move {
+        tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("bounded in time")
+    }
+}
+
+#[test]
+fn fast_with_inline_resume_comes_back_through_another_proxy_process() {
+    let mut fleet = Fleet::new();
+    let a = Proxy::start(&fleet.config("sm.key"));
+    let b = ProxyProcess::start(&fleet.config("sm.key"));
+    let ca = fleet.pki.ca_path();
+    let away = a.block_on(within(sasl2_login_and_vanish(
+        a.addr("direct", false),
+        &ca,
+        "bob",
+        "pw-bob",
+    )));
+    let node = fleet.holder("bob").expect("one session");
+    let name = format!("node{}", node + 1);
+    fleet.wait_hibernating(node, "bob");
+    a.block_on(send_messages(
+        fleet.cluster.addr(node),
+        ("carol", "pw-carol"),
+        &away.jid,
+        2,
+    ));
+
+    let (mut c, ok) = a.block_on(within(fast_resume(b.addr("direct"), &ca, "bob", &away)));
+    let resumed = ok.resumed.expect("<resumed/> inside <success/>");
+    assert_eq!(resumed.previd, away.id, "the client sees its own id again");
+    assert_eq!(resumed.h, 2, "the node handled both pings");
+    a.block_on(within(async {
+        for i in 1..=2 {
+            let m = c.expect_message().await;
+            assert_eq!(
+                m.child_text("body", NS_CLIENT),
+                Some(format!("while away {i}").as_str())
+            );
+        }
+        assert_eq!(
+            c.h_in,
+            away.h + 2,
+            "the client counts what it got after the resume"
+        );
+    }));
+    assert_eq!(fleet.holder("bob"), Some(node), "same node, one session");
+    assert_eq!(
+        a.metric(&format!(
+            "xmpp_lb_sm_ids_wrapped_total{{backend=\"{name}\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(b.metric("xmpp_lb_resume_ids_total{check=\"valid\"}"), 1.0);
+    assert_eq!(
+        b.metric(&format!(
+            "xmpp_lb_resumes_total{{backend=\"{name}\",kind=\"inline\",result=\"resumed\"}}"
+        )),
+        1.0
+    );
+}
+
+/// A user the ring sends to `new` once a third node joins (it was elsewhere with two).
+fn moved_user(small: &Proxy, big: &Proxy) -> (String, String, usize) {
+    (1..=24)
+        .map(|i| (format!("u{i}"), format!("pw-u{i}")))
+        .find_map(|(u, p)| {
+            let jid = format!("{u}@{DOMAIN}");
+            let before = small.preference(&jid)[0].clone();
+            (big.preference(&jid)[0] == "node3" && before != "node3").then(|| {
+                let old = before.trim_start_matches("node").parse::<usize>().unwrap() - 1;
+                (u, p, old)
+            })
+        })
+        .expect("some user moves to the new node")
+}
+
+#[test]
+fn after_a_node_is_added_an_inline_resume_still_lands_on_the_old_node() {
+    let mut fleet = Fleet::new();
+    // Proxy A knows two nodes; B runs the configuration after a third node was added.
+    let a = Proxy::start(&fleet.config_with("sm.key", 2));
+    let b = Proxy::start(&fleet.config_with("sm.key", 3));
+    let ca = fleet.pki.ca_path();
+    let (user, pw, old) = moved_user(&a, &b);
+    let away = a.block_on(within(sasl2_login_and_vanish(
+        a.addr("direct", false),
+        &ca,
+        &user,
+        &pw,
+    )));
+    assert_eq!(fleet.holder(&user), Some(old));
+    fleet.wait_hibernating(old, &user);
+    a.block_on(send_messages(
+        fleet.cluster.addr(old),
+        ("carol", "pw-carol"),
+        &away.jid,
+        1,
+    ));
+
+    // B hashes the user to node3, but the verified id names the node holding the session.
+    let (mut c, ok) = b.block_on(within(fast_resume(
+        b.addr("direct", false),
+        &ca,
+        &user,
+        &away,
+    )));
+    assert!(
+        ok.resumed.is_some(),
+        "resumed on the old node: {}",
+        ok.xml()
+    );
+    b.block_on(within(async {
+        let m = c.expect_message().await;
+        assert_eq!(m.child_text("body", NS_CLIENT), Some("while away 1"));
+    }));
+    assert_eq!(
+        fleet.holder(&user),
+        Some(old),
+        "still one session, on the old node"
+    );
+    let old_name = format!("node{}", old + 1);
+    assert_eq!(
+        b.metric(&format!(
+            "xmpp_lb_routed_total{{backend=\"{old_name}\",source=\"resume\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        b.metric(&format!(
+            "xmpp_lb_resumes_total{{backend=\"{old_name}\",kind=\"inline\",result=\"resumed\"}}"
+        )),
+        1.0
+    );
+}
+
+#[test]
+fn after_a_node_is_added_a_legacy_resume_is_counted_as_other_node_and_fails() {
+    let mut fleet = Fleet::new();
+    let a = Proxy::start(&fleet.config_with("sm.key", 2));
+    let b = Proxy::start(&fleet.config_with("sm.key", 3));
+    let ca = fleet.pki.ca_path();
+    let (user, pw, old) = moved_user(&a, &b);
+    let (away, id) = a.block_on(login_with_sm(a.addr("direct", false), &ca, &user, &pw));
+    away.vanish();
+    fleet.wait_hibernating(old, &user);
+    // The login is routed by its username, to node3, before the <resume/> names the old node:
+    // SASL cannot be replayed elsewhere, so the node that has no such session says <failed/>.
+    let (_, got) = b.block_on(resume(b.addr("direct", false), &ca, &user, &pw, &id, 2));
+    assert!(got.contains("<failed"), "{got}");
+    assert_eq!(
+        b.metric("xmpp_lb_resume_ids_total{check=\"other_node\"}"),
+        1.0
+    );
+    assert_eq!(
+        b.metric("xmpp_lb_resumes_total{backend=\"node3\",kind=\"legacy\",result=\"failed\"}"),
+        1.0
+    );
 }
