@@ -14,9 +14,12 @@
 //! 5. The ring ([`route::ring`], through [`route::pool`]) picks the node; [`backend::connect`]
 //!    opens its link ([`backend::link`]: TCP, a PROXY header, STARTTLS or direct TLS), or the
 //!    next distinct node's if that fails.
+//!    A SASL2 `<authenticate/>` that resumes a session inline goes to the node its verified
+//!    stream-management id names instead ([`route::resume`], [`resumption`]).
 //! 6. The client's header and SASL element are replayed byte-exact; the node's duplicate
 //!    header and features are swallowed; parsing continues until authentication ends.
-//! 7. [`relay`] copies bytes both ways until either side closes; [`metrics`] counts it all,
+//! 7. [`relay`] copies bytes both ways until either side closes, rewriting XEP-0198 ids in
+//!    flight so that any proxy of the fleet can route a resume; [`metrics`] counts it all,
 //!    and one access-log line per connection ([`logging`]) says how it went.
 
 pub mod admin;
