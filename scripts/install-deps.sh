@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what the demo and the tests need on a Debian machine: Prosody and ejabberd (the real
-# XMPP servers the tests run), HAProxy (a real front balancer speaking the PROXY protocol),
+# Install what the demo and the tests need on a Debian machine: Prosody with its community
+# modules, and ejabberd (the real XMPP servers the tests run), HAProxy (a real front balancer speaking the PROXY protocol),
 # Prometheus and promtool (the tests scrape the proxy with a real server and lint its
 # exposition), openssl (demo certificates), curl, and slixmpp (the real XMPP client).
 # Idempotent: installs only what is missing.
@@ -11,6 +11,8 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v prosody >/dev/null || missing+=(prosody)
+# The community modules (SASL2, Bind 2, FAST, inline stream management) for fast reconnect.
+[ -f /usr/lib/prosody/modules/mod_sasl2_fast/mod_sasl2_fast.lua ] || missing+=(prosody-modules)
 # ejabberdctl and haproxy live in /usr/sbin, which a non-root PATH may lack.
 { command -v ejabberdctl >/dev/null || [ -x /usr/sbin/ejabberdctl ]; } || missing+=(ejabberd)
 { command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ]; } || missing+=(haproxy)
