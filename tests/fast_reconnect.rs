@@ -412,12 +412,10 @@ async fn fast_resume(
     (c, ok)
 }
 
-fn within<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
-    async move {
-        tokio::time::timeout(Duration::from_secs(60), f)
-            .await
-            .expect("bounded in time")
-    }
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("bounded in time")
 }
 
 #[test]
@@ -552,7 +550,7 @@ fn after_a_node_is_added_an_inline_resume_still_lands_on_the_old_node() {
 
 #[test]
 fn after_a_node_is_added_a_legacy_resume_is_counted_as_other_node_and_fails() {
-    let mut fleet = Fleet::new();
+    let fleet = Fleet::new();
     let a = Proxy::start(&fleet.config_with("sm.key", 2));
     let b = Proxy::start(&fleet.config_with("sm.key", 3));
     let ca = fleet.pki.ca_path();
