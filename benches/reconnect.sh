@@ -166,15 +166,15 @@ curl -fsS "http://127.0.0.1:$p_metrics/metrics" > "$work/metrics.txt"
 
 say "results"
 if ! {
-  echo "Machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg); xmpp-lb $(git rev-parse --short HEAD 2>/dev/null || echo '?'); Prosody $(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?')"
+  echo "Machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg); xmpp-lb $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' with uncommitted changes in src/'); Prosody $(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?')"
   echo
   python3 - "$work/results.jsonl" "$work/metrics.txt" "$USERS" "$ROUNDS" "$CONC" <<'PY'
 import json, re, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 users, rounds, conc = map(int, sys.argv[3:6])
 print(f"{users} users x {rounds} reconnects per mode, {conc} at once; times from TCP connect to usable session\n")
-print("| mode | TLS handshake | reconnects | failed users | round trips | p50 ms | p90 ms | p99 ms | max ms | round trips x 100 ms |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| mode | TLS handshake | reconnects | failed users | TLS resumed (all connections) | round trips | p50 ms | p90 ms | p99 ms | max ms | round trips x 100 ms |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 names = {"full": "full login", "resume": "XEP-0198 resume", "fast": "FAST + inline resume"}
 bad = 0
 for r in runs:
@@ -185,7 +185,7 @@ for r in runs:
     if r["label"] == "warmup":
         continue
     ms, rt = r["ms"] or {}, r["round_trips"] or 0
-    print(f"| {names[r['mode']]} | {r['label']} | {r['reconnects']} | {r['failed_users']} | {rt:.0f} | "
+    print(f"| {names[r['mode']]} | {r['label']} | {r['reconnects']} | {r['failed_users']} | {r['tls_resumed']} | {rt:.0f} | "
           + " | ".join(f"{ms.get(q, float('nan')):.2f}" for q in ("p50", "p90", "p99", "max"))
           + f" | {rt * 100:.0f} ms |")
 # The proxy's counters: every resume and FAST reconnect (warm-up included) is a resume it saw.

@@ -49,28 +49,27 @@ struct Pending {
     client_previd: Option<String>,
 }
 
-/// State the two watches of one relay share.
-#[derive(Debug, Default)]
-struct Shared {
-    /// A legacy `<resume/>` went to the node.
-    pending: Option<Pending>,
+/// What the two watches of one relay share, in one allocation: a relay may live for days, and
+/// an idle one should hold as little as possible.
+struct Inner {
+    ctx: Context,
+    /// Namespaces of the client's stream header.
+    client_ns: NsContext,
+    /// Namespaces of the node's current stream header.
+    backend_ns: NsContext,
+    /// A legacy `<resume/>` went to the node and awaits its answer.
+    pending: Mutex<Option<Pending>>,
 }
 
 /// The relay's two watches for one connection.
 pub fn watches(ctx: Context, client_ns: NsContext, backend_ns: NsContext) -> (ToBackend, ToClient) {
-    let shared = Arc::new(Mutex::new(Shared::default()));
-    (
-        ToBackend {
-            ctx: ctx.clone(),
-            ns: client_ns,
-            shared: shared.clone(),
-        },
-        ToClient {
-            ctx,
-            ns: backend_ns,
-            shared,
-        },
-    )
+    let inner = Arc::new(Inner {
+        ctx,
+        client_ns,
+        backend_ns,
+        pending: Mutex::new(None),
+    });
+    (ToBackend(inner.clone()), ToClient(inner))
 }
 
 /// Whether a qualified name (as written) has this local part.
@@ -83,12 +82,7 @@ fn local_is(name: &[u8], local: &[u8]) -> bool {
 }
 
 /// Client → node: a legacy `<resume previd/>` gets the node's own id back.
-pub struct ToBackend {
-    ctx: Context,
-    /// Namespaces of the client's stream header.
-    ns: NsContext,
-    shared: Arc<Mutex<Shared>>,
-}
+pub struct ToBackend(Arc<Inner>);
 
 impl Watch for ToBackend {
     fn wants(&self, name: &[u8]) -> bool {
@@ -96,21 +90,22 @@ impl Watch for ToBackend {
     }
 
     fn rewrite(&mut self, element: Vec<u8>) -> Vec<u8> {
-        let Ok(el) = Element::parse(&element, &self.ns) else {
+        let inner = &*self.0;
+        let Ok(el) = Element::parse(&element, &inner.client_ns) else {
             return element;
         };
         let Some(previd) = el.attr("previd").filter(|_| sm::is_sm(&el, "resume")) else {
             return element;
         };
-        let (out, client_previd) = match check(&self.ctx, previd, false) {
+        let (out, client_previd) = match check(&inner.ctx, previd, false) {
             Some(id) => match sm::set_attr(&element, 0, "previd", id) {
                 Some(out) => (out, Some(previd.to_string())),
                 None => (element.clone(), None),
             },
             None => (element.clone(), None),
         };
-        if let Ok(mut shared) = self.shared.lock() {
-            shared.pending = Some(Pending { client_previd });
+        if let Ok(mut pending) = inner.pending.lock() {
+            *pending = Some(Pending { client_previd });
         }
         out
     }
@@ -118,12 +113,7 @@ impl Watch for ToBackend {
 
 /// Node → client: `<enabled id/>` is wrapped; `<resumed/>` and `<failed/>` after a resume are
 /// counted (and `<resumed previd/>` shows the client its own id again).
-pub struct ToClient {
-    ctx: Context,
-    /// Namespaces of the node's stream header.
-    ns: NsContext,
-    shared: Arc<Mutex<Shared>>,
-}
+pub struct ToClient(Arc<Inner>);
 
 impl Watch for ToClient {
     fn wants(&self, name: &[u8]) -> bool {
@@ -131,22 +121,23 @@ impl Watch for ToClient {
     }
 
     fn rewrite(&mut self, element: Vec<u8>) -> Vec<u8> {
-        let Ok(el) = Element::parse(&element, &self.ns) else {
+        let inner = &*self.0;
+        let Ok(el) = Element::parse(&element, &inner.backend_ns) else {
             return element;
         };
         if el.ns != NS_SM {
             return element;
         }
         match el.local_name() {
-            "enabled" => wrap_enabled(&self.ctx, &element, &el).unwrap_or(element),
+            "enabled" => wrap_enabled(&inner.ctx, &element, &el).unwrap_or(element),
             "resumed" | "failed" => {
-                let pending = self.shared.lock().ok().and_then(|mut s| s.pending.take());
+                let pending = inner.pending.lock().ok().and_then(|mut p| p.take());
                 let Some(pending) = pending else {
                     // A <failed/> answering something else (an <enable/> refused).
                     return element;
                 };
                 let resumed = el.local_name() == "resumed";
-                count_resume(&self.ctx, "legacy", resumed);
+                count_resume(&inner.ctx, "legacy", resumed);
                 match pending.client_previd {
                     Some(previd) if resumed => {
                         sm::set_attr(&element, 0, "previd", &previd).unwrap_or(element)
