@@ -97,12 +97,13 @@ impl Watch for ToBackend {
         let Some(previd) = el.attr("previd").filter(|_| sm::is_sm(&el, "resume")) else {
             return element;
         };
-        let (out, client_previd) = match check(&inner.ctx, previd, false) {
-            Some(id) => match sm::set_attr(&element, 0, "previd", id) {
+        let (out, client_previd) = match check(&inner.ctx, previd, false).0 {
+            // Even for another node: in a cluster (ejabberd) any node may resume it.
+            Checked::Valid { id, .. } => match sm::set_attr(&element, 0, "previd", id) {
                 Some(out) => (out, Some(previd.to_string())),
                 None => (element.clone(), None),
             },
-            None => (element.clone(), None),
+            _ => (element.clone(), None),
         };
         if let Ok(mut pending) = inner.pending.lock() {
             *pending = Some(Pending { client_previd });
@@ -152,7 +153,10 @@ impl Watch for ToClient {
 
 /// Check a previd; count the result; the node's own id when it is valid. `routed` says whether
 /// the connection was routed by it (inline resume) rather than by the login.
-fn check<'a>(ctx: &Context, previd: &'a str, routed: bool) -> Option<&'a str> {
+/// Check a previd and count the result (`xmpp_lb_resume_ids_total{check}`): the check and its
+/// label. `routed` says whether the connection is routed by the id (inline resume) rather than
+/// by its login, in which case a valid id's node is where it goes, not where it is.
+fn check<'a>(ctx: &Context, previd: &'a str, routed: bool) -> (Checked<'a>, &'static str) {
     let checked = ctx.keys.check(&ctx.domain, previd);
     let label = match &checked {
         Checked::Valid { node, .. } if !routed && *node != ctx.node => {
@@ -169,10 +173,7 @@ fn check<'a>(ctx: &Context, previd: &'a str, routed: bool) -> Option<&'a str> {
         .resume_ids_total
         .with_label_values(&[label])
         .inc();
-    match checked {
-        Checked::Valid { id, .. } => Some(id),
-        _ => None,
-    }
+    (checked, label)
 }
 
 fn count_resume(ctx: &Context, kind: &str, resumed: bool) {
@@ -215,17 +216,8 @@ pub struct Inline {
 pub fn inline_resume(ctx: &Context, raw: &Bytes, auth: &Element) -> Option<Inline> {
     let resume = auth.child("resume", NS_SM)?;
     let previd = resume.attr("previd")?;
-    let checked = ctx.keys.check(&ctx.domain, previd);
-    let label = match &checked {
-        Checked::Valid { node, .. } if !ctx.known_nodes.contains(node) => "unknown_node",
-        other => other.label(),
-    };
-    ctx.metrics
-        .resume_ids_total
-        .with_label_values(&[label])
-        .inc();
-    match checked {
-        Checked::Valid { node, id } if label == "valid" => {
+    match check(ctx, previd, true) {
+        (Checked::Valid { node, id }, "valid") => {
             let element = sm::set_attr(raw, resume.span.start, "previd", id)?;
             Some(Inline {
                 node: Some(node),

@@ -173,27 +173,12 @@ impl Proxy {
 
     /// The Prometheus text the proxy serves now.
     pub fn scrape(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        scrape(self.metrics)
     }
 
     /// The value of one sample line of the scrape (`name{labels}`), 0 if absent.
     pub fn metric(&self, series: &str) -> f64 {
-        self.scrape()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        sample(&self.scrape(), series)
     }
 
     /// Run a future on the proxy's runtime (for the raw client).
@@ -309,21 +294,7 @@ impl ProxyProcess {
 
     /// The value of one sample line of its scrape (`name{labels}`), 0 if absent.
     pub fn metric(&self, series: &str) -> f64 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        sample(&scrape(self.metrics), series)
     }
 }
 
@@ -331,4 +302,29 @@ impl Drop for ProxyProcess {
     fn drop(&mut self) {
         let _ = super::process::terminate(&mut self.child, std::time::Duration::from_secs(5));
     }
+}
+
+/// GET /metrics from a proxy's admin address.
+pub fn scrape(admin: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of one sample line (`name{labels}`) of a scrape, 0 if absent.
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
 }
