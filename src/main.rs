@@ -115,6 +115,25 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.listeners.len(),
                 config.backends.len()
             );
+            // Key ids (never the secrets), so that an operator can see that every proxy of a
+            // fleet holds the same keys, the issuing one first.
+            let ids = |keys: &[xmpp_lb::keys::FleetKey]| {
+                keys.iter()
+                    .map(|k| k.id_hex())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let r = &config.resumption;
+            if !r.sm_keys.is_empty() {
+                println!("stream-management id keys: {}", ids(&r.sm_keys));
+            }
+            if !r.tls_ticket_keys.is_empty() {
+                println!(
+                    "TLS ticket keys: {} (a new ticket key every {})",
+                    ids(&r.tls_ticket_keys),
+                    humantime_serde::re::humantime::format_duration(r.tls_ticket_rotation)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Route { jid, ip } => {

@@ -186,3 +186,34 @@ fn help_documents_every_command() {
     let out = xmpp_lb().args(["route", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--ip"));
 }
+
+#[test]
+fn check_names_the_fleet_keys_by_id_never_by_secret() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-lb"))
+        .args(["check", "--config"])
+        .arg(root.join("example.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sm = xmpp_lb::keys::FleetKey::load(&root.join("example.sm.key")).unwrap();
+    let tickets = xmpp_lb::keys::FleetKey::load(&root.join("example.tickets.key")).unwrap();
+    assert!(
+        text.contains(&format!("stream-management id keys: {}\n", sm.id_hex())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "TLS ticket keys: {} (a new ticket key every 12h)",
+            tickets.id_hex()
+        )),
+        "{text}"
+    );
+    let secret = std::fs::read_to_string(root.join("example.sm.key")).unwrap();
+    assert!(!text.contains(secret.trim()));
+}
