@@ -571,3 +571,45 @@ fn after_a_node_is_added_a_legacy_resume_is_counted_as_other_node_and_fails() {
         1.0
     );
 }
+
+#[test]
+fn an_inline_resume_reaches_its_node_while_that_node_drains() {
+    let mut fleet = Fleet::new();
+    let a = Proxy::start(&format!(
+        "{}\n[drain]\nmode = \"wait\"\n",
+        fleet.config("sm.key")
+    ));
+    let ca = fleet.pki.ca_path();
+    let addr = a.addr("direct", false);
+    let away = a.block_on(within(sasl2_login_and_vanish(addr, &ca, "dave", "pw-dave")));
+    let node = fleet.holder("dave").expect("one session");
+    let name = format!("node{}", node + 1);
+    fleet.wait_hibernating(node, "dave");
+    a.block_on(async { a.shared.set_draining(&name, true) })
+        .unwrap();
+    // New logins avoid the draining node; the session that lives there is resumed there.
+    let rt = a.shared.runtime.load_full();
+    let decision = rt
+        .decide(
+            DOMAIN,
+            Some("dave@example.test"),
+            "127.0.0.1".parse().unwrap(),
+            true,
+        )
+        .unwrap();
+    let order: Vec<&str> = rt
+        .order(DOMAIN, &decision)
+        .into_iter()
+        .map(|i| rt.names[i].as_str())
+        .collect();
+    assert!(!order.contains(&name.as_str()), "{order:?}");
+    let (_, ok) = a.block_on(within(fast_resume(addr, &ca, "dave", &away)));
+    assert!(ok.resumed.is_some(), "{}", ok.xml());
+    assert_eq!(fleet.holder("dave"), Some(node));
+    assert_eq!(
+        a.metric(&format!(
+            "xmpp_lb_resumes_total{{backend=\"{name}\",kind=\"inline\",result=\"resumed\"}}"
+        )),
+        1.0
+    );
+}
