@@ -29,13 +29,15 @@ use crate::relay::{self, Interrupt, RelayStats};
 use crate::resumption;
 use crate::route::KeySource;
 use crate::route::key::{normalize_bare_jid, normalize_domain};
-use crate::route::policy::{Decision, RouteKey};
+use crate::route::policy::{Decision, Placement, RouteKey};
+use crate::route::resume::Checked;
 use crate::runtime::{Runtime, Shared};
 use crate::xmpp::element::{Element, NsContext, XmlError};
 use crate::xmpp::features::{self, NS_SASL, NS_SASL2, NS_TLS};
 use crate::xmpp::header::{HeaderError, STREAM_NS, StreamHeader};
 use crate::xmpp::sasl;
 use crate::xmpp::scanner::{FrameKind, ScanError};
+use crate::xmpp::sm::NS_SM;
 use crate::xmpp::stream_error::{Condition, proxy_header, render};
 
 /// What a connection needs to know about the listener that accepted it (its PROXY protocol
@@ -532,6 +534,8 @@ struct Routed {
     client_ns: NsContext,
     /// Namespaces of the node's current stream header.
     backend_ns: NsContext,
+    /// A client element read during negotiation and not sent yet: it goes first in the relay.
+    client_first: Option<Bytes>,
 }
 
 /// Everything after TLS up to the end of authentication. `Ok(None)` means the backend ended
@@ -567,6 +571,10 @@ async fn serve(
         guard: None,
         permit: None,
         inline: None,
+        replay: None,
+        restart_header: None,
+        awaiting_first: false,
+        first_after_auth: None,
     };
     let (backend, idx) = match immediate {
         Some(decision) => {
@@ -618,6 +626,7 @@ async fn serve(
             let (idx, mut backend) = n
                 .open_and_swallow(&decision, source, Some(&shown.mechanisms), trace)
                 .await?;
+            n.keep_for_replay(&first);
             backend
                 .send(&first, SEND_LIMIT)
                 .await
@@ -888,6 +897,17 @@ struct Negotiation<'a> {
     permit: Option<Permit>,
     /// The SASL2 inline resume of the latest attempt, if it asked for one.
     inline: Option<resumption::Inline>,
+    /// A legacy SASL PLAIN `<auth/>` as the node got it, kept until the client's first element
+    /// after authentication: if that is a `<resume/>` whose session lives on another node, the
+    /// same login is replayed there (PLAIN, unlike SCRAM, can be). Zeroized when dropped.
+    replay: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// The client's stream header after legacy SASL success (replayed with `replay`).
+    restart_header: Option<Bytes>,
+    /// Authenticated with `replay` kept: the client's next element decides where it goes.
+    awaiting_first: bool,
+    /// The client's first element after authentication, held back for the relay (whose watch
+    /// rewrites a `<resume/>`): negotiation is over.
+    first_after_auth: Option<Bytes>,
 }
 
 impl Negotiation<'_> {
@@ -1074,24 +1094,7 @@ impl Negotiation<'_> {
                     .on_backend_frame(client, &mut backend, idx, kind, bytes)
                     .await?
                 {
-                    self.at
-                        .shared
-                        .metrics
-                        .negotiation_seconds
-                        .observe(self.at.started.elapsed().as_secs_f64());
-                    // Authentication is over: the admission slot goes to the next login.
-                    self.permit = None;
-                    let guard = self
-                        .guard
-                        .take()
-                        .expect("a routed negotiation holds a guard");
-                    return Ok(Some(Routed {
-                        backend,
-                        idx,
-                        guard,
-                        client_ns: std::mem::take(&mut self.client_ns),
-                        backend_ns: std::mem::take(&mut self.backend_ns),
-                    }));
+                    return Ok(Some(self.finish(backend, idx)));
                 }
             }
             while let Some((kind, bytes)) = client.buffered_frame().map_err(client_frame_failure)? {
@@ -1101,6 +1104,10 @@ impl Negotiation<'_> {
                 {
                     idx = new_idx;
                     backend = new_backend;
+                }
+                if self.first_after_auth.is_some() {
+                    // What follows stays in the client's buffer, behind it, for the relay.
+                    return Ok(Some(self.finish(backend, idx)));
                 }
             }
             tokio::select! {
@@ -1118,6 +1125,140 @@ impl Negotiation<'_> {
                 },
             }
         }
+    }
+
+    /// Authentication is over: count it, free the admission slot, hand over to the relay.
+    fn finish(&mut self, backend: Framed<BackendStream>, idx: usize) -> Routed {
+        self.at
+            .shared
+            .metrics
+            .negotiation_seconds
+            .observe(self.at.started.elapsed().as_secs_f64());
+        // The admission slot goes to the next login.
+        self.permit = None;
+        self.replay = None;
+        let guard = self
+            .guard
+            .take()
+            .expect("a routed negotiation holds a guard");
+        Routed {
+            backend,
+            idx,
+            guard,
+            client_ns: std::mem::take(&mut self.client_ns),
+            backend_ns: std::mem::take(&mut self.backend_ns),
+            client_first: self.first_after_auth.take(),
+        }
+    }
+
+    /// Keep a legacy PLAIN `<auth/>` for a possible replay (see [`Negotiation::replay`]);
+    /// anything else forgets what was kept.
+    fn keep_for_replay(&mut self, bytes: &Bytes) {
+        self.replay = None;
+        if !self.at.rt.sm_keys.enabled() {
+            return;
+        }
+        if let Ok(el) = Element::parse(bytes, &self.client_ns)
+            && el.is("auth", NS_SASL)
+            && el.attr("mechanism") == Some("PLAIN")
+        {
+            self.replay = Some(zeroize::Zeroizing::new(bytes.to_vec()));
+        }
+    }
+
+    /// The client's first element after a legacy login with `replay` kept. A `<resume/>` whose
+    /// verified id names another node (the ring changed since the session began, or the node
+    /// drains) moves the stream there: the same PLAIN login is replayed on that node, then the
+    /// stream restarted, and the `<resume/>` goes to it through the relay. If anything fails on
+    /// the way, the stream stays where it is (the node will answer `<failed/>`).
+    async fn first_after_auth(
+        &mut self,
+        idx: usize,
+        bytes: Bytes,
+        trace: &mut Trace,
+    ) -> Option<(usize, Framed<BackendStream>)> {
+        self.awaiting_first = false;
+        self.first_after_auth = Some(bytes.clone());
+        let replay = self.replay.take()?;
+        let rt = self.at.rt;
+        let el = Element::parse(&bytes, &self.client_ns).ok()?;
+        let previd = el.attr("previd").filter(|_| el.is("resume", NS_SM))?;
+        let node = match rt.sm_keys.check(&self.domain, previd) {
+            Checked::Valid { node, .. } if node != rt.names[idx] => node,
+            _ => return None,
+        };
+        let target = rt.index_of(&node)?;
+        let base = rt.decide(&self.domain, trace.jid.as_deref(), self.at.peer.ip(), true)?;
+        // Only the session's node will do: elsewhere the resume fails anyway.
+        let decision = Decision {
+            placement: Placement::Pinned(node.clone()),
+            ..base.resuming_on(node.clone())
+        };
+        let kept = (
+            self.guard.take(),
+            self.permit.take(),
+            self.placement.clone(),
+            trace.backend.clone(),
+            trace.source,
+            self.backend_ns.clone(),
+        );
+        match self.replay_on(&decision, target, &replay, trace).await {
+            Some(moved) => {
+                tracing::debug!(from = %rt.names[idx], to = %node, "legacy resume moved to the session's node");
+                Some(moved)
+            }
+            None => {
+                tracing::info!(from = %rt.names[idx], to = %node, "legacy resume could not move to the session's node; left where it is");
+                (
+                    self.guard,
+                    self.permit,
+                    self.placement,
+                    trace.backend,
+                    trace.source,
+                    self.backend_ns,
+                ) = kept;
+                None
+            }
+        }
+    }
+
+    /// Open `target` for `decision`, replay the login `auth` and the client's restart header,
+    /// and swallow the node's answers: a stream on `target` in the state the client's is in.
+    async fn replay_on(
+        &mut self,
+        decision: &Decision,
+        target: usize,
+        auth: &[u8],
+        trace: &mut Trace,
+    ) -> Option<(usize, Framed<BackendStream>)> {
+        let restart = self.restart_header.clone()?;
+        let (idx, mut backend) = self
+            .open_and_swallow(decision, KeySource::Resume, None, trace)
+            .await
+            .ok()?;
+        if idx != target {
+            return None;
+        }
+        let deadline = self.at.started + self.at.rt.config.limits.negotiation_timeout;
+        backend.send(auth, SEND_LIMIT).await.ok()?;
+        loop {
+            let (kind, frame) = backend.next_non_ws(deadline).await.ok()?;
+            if kind != FrameKind::Element {
+                return None;
+            }
+            let el = Element::parse(&frame, &self.backend_ns).ok()?;
+            if el.is("success", NS_SASL) {
+                break;
+            }
+            if !el.is("challenge", NS_SASL) {
+                return None;
+            }
+        }
+        backend.restart();
+        backend.send(&restart, SEND_LIMIT).await.ok()?;
+        let (header, _features) = read_preamble(&mut backend, deadline).await.ok()?;
+        self.backend_ns = header.ns;
+        Some((idx, backend))
     }
 
     /// One frame from the node. Returns true when authentication is complete.
@@ -1147,7 +1288,16 @@ impl Negotiation<'_> {
                         .map_err(|_| backend_lost())?
                         .bytes
                         .into();
-                    done = self.authenticated;
+                    // With a PLAIN login kept for replay, the client's first element decides
+                    // (a resume may have to move); otherwise authentication is over.
+                    if self.authenticated
+                        && self.replay.is_some()
+                        && element.child("sm", NS_SM).is_some()
+                    {
+                        self.awaiting_first = true;
+                    } else {
+                        done = self.authenticated;
+                    }
                 } else if element.is("success", NS_SASL) {
                     metrics
                         .sasl_total
@@ -1199,6 +1349,12 @@ impl Negotiation<'_> {
         mut bytes: Bytes,
         trace: &mut Trace,
     ) -> Result<Option<(usize, Framed<BackendStream>)>, Failure> {
+        if kind == FrameKind::Element && self.awaiting_first {
+            return Ok(self.first_after_auth(idx, bytes, trace).await);
+        }
+        if kind == FrameKind::Header && self.authenticated {
+            self.restart_header = Some(bytes.clone());
+        }
         if kind == FrameKind::Element && !self.authenticated {
             let element = Element::parse(&bytes, &self.client_ns).map_err(client_xml_failure)?;
             let payload = if element.is("auth", NS_SASL) {
@@ -1222,6 +1378,9 @@ impl Negotiation<'_> {
                 }
                 None => None,
             };
+            if payload.is_some() {
+                self.keep_for_replay(&bytes);
+            }
             if let Some(text) = payload {
                 self.mechanism = element.attr("mechanism").unwrap_or_default().to_string();
                 let key = sasl::decode_payload(&text)
@@ -1297,6 +1456,7 @@ async fn relay_to_end(
         guard,
         client_ns,
         backend_ns,
+        client_first,
     } = routed;
     let (shared, rt) = (at.shared, at.rt);
     let name = rt.names[idx].clone();
@@ -1315,7 +1475,10 @@ async fn relay_to_end(
     let (client_ahead, backend_ahead) = {
         // Moved in here so the original buffers are dropped now, not when the relay ends.
         let (client, backend) = (client_ahead, backend_ahead);
-        (client.to_vec(), backend.to_vec())
+        // An element negotiation held back goes first, then what the client sent after it.
+        let mut up = client_first.map(|b| b.to_vec()).unwrap_or_default();
+        up.extend_from_slice(&client);
+        (up, backend.to_vec())
     };
     let pinned = trace.source == Some(KeySource::Pin);
     let (_registration, commands) = rt.states[idx].register_relay(pinned);

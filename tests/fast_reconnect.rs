@@ -2,8 +2,9 @@
 //! community SASL2, Bind 2, FAST and inline-SM modules: stream-management ids wrapped by one
 //! proxy are verified and unwrapped by another (a separate process with the same keys), the
 //! session's node holds the session while the client is away, and what was sent to it meanwhile
-//! arrives after the resume with the right `h` counters. A SASL2 inline resume follows its id to
-//! the old node after the ring changed; a legacy one cannot (its login was routed first).
+//! arrives after the resume with the right `h` counters. After the ring changed, a SASL2 inline
+//! resume follows its id to the old node, and so does a legacy one after a PLAIN login (the
+//! login is replayed there).
 
 mod common;
 
@@ -549,8 +550,8 @@ fn after_a_node_is_added_an_inline_resume_still_lands_on_the_old_node() {
 }
 
 #[test]
-fn after_a_node_is_added_a_legacy_resume_is_counted_as_other_node_and_fails() {
-    let fleet = Fleet::new();
+fn after_a_node_is_added_a_legacy_plain_resume_is_replayed_on_the_old_node() {
+    let mut fleet = Fleet::new();
     let a = Proxy::start(&fleet.config_with("sm.key", 2));
     let b = Proxy::start(&fleet.config_with("sm.key", 3));
     let ca = fleet.pki.ca_path();
@@ -558,16 +559,35 @@ fn after_a_node_is_added_a_legacy_resume_is_counted_as_other_node_and_fails() {
     let (away, id) = a.block_on(login_with_sm(a.addr("direct", false), &ca, &user, &pw));
     away.vanish();
     fleet.wait_hibernating(old, &user);
-    // The login is routed by its username, to node3, before the <resume/> names the old node:
-    // SASL cannot be replayed elsewhere, so the node that has no such session says <failed/>.
-    let (_, got) = b.block_on(resume(b.addr("direct", false), &ca, &user, &pw, &id, 2));
-    assert!(got.contains("<failed"), "{got}");
+    a.block_on(send_messages(
+        fleet.cluster.addr(old),
+        ("carol", "pw-carol"),
+        &format!("{user}@{DOMAIN}/raw"),
+        1,
+    ));
+    // The login is routed by its username, to node3, before the <resume/> names the old node.
+    // A PLAIN login can be replayed: the proxy logs in again on the old node and resumes there.
+    let (mut back, got) = b.block_on(resume(b.addr("direct", false), &ca, &user, &pw, &id, 2));
+    assert!(got.contains("<resumed"), "{got}");
+    assert_eq!(attr(&got, "<resumed", "previd"), id);
+    b.block_on(back.expect("while away 1"));
     assert_eq!(
-        b.metric("xmpp_lb_resume_ids_total{check=\"other_node\"}"),
+        fleet.holder(&user),
+        Some(old),
+        "one session, on the old node"
+    );
+    let old_name = format!("node{}", old + 1);
+    assert_eq!(b.metric("xmpp_lb_resume_ids_total{check=\"valid\"}"), 1.0);
+    assert_eq!(
+        b.metric(&format!(
+            "xmpp_lb_routed_total{{backend=\"{old_name}\",source=\"resume\"}}"
+        )),
         1.0
     );
     assert_eq!(
-        b.metric("xmpp_lb_resumes_total{backend=\"node3\",kind=\"legacy\",result=\"failed\"}"),
+        b.metric(&format!(
+            "xmpp_lb_resumes_total{{backend=\"{old_name}\",kind=\"legacy\",result=\"resumed\"}}"
+        )),
         1.0
     );
 }
