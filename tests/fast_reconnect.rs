@@ -633,3 +633,28 @@ fn an_inline_resume_reaches_its_node_while_that_node_drains() {
         1.0
     );
 }
+
+/// A real client library (slixmpp: SCRAM, legacy XEP-0198) resumes through the other proxy
+/// process of the fleet. Node contacts (XEP-0157) tell which node it was on before and after.
+#[test]
+fn slixmpp_resumes_its_stream_through_the_other_proxy() {
+    let fleet = Fleet::new();
+    let a = Proxy::start(&fleet.config("sm.key"));
+    let b = ProxyProcess::start(&fleet.config("sm.key"));
+    let ca = fleet.pki.ca_path();
+    let conn = common::client::Conn::direct(a.addr("direct", false), &ca).sm();
+    let got = common::client::expect_ok(
+        common::client::resume(
+            &conn,
+            &format!("alice@{DOMAIN}"),
+            "pw-alice",
+            b.addr("direct").port(),
+        ),
+        "slixmpp resume",
+    );
+    assert_eq!(got["outcome"], "resumed", "{got}");
+    assert!(got["sm_id"].as_str().unwrap().starts_with("xlb1."), "{got}");
+    assert_eq!(got["node_before"], got["node_after"], "{got}");
+    assert!(got["mech"].as_str().unwrap().starts_with("SCRAM"), "{got}");
+    assert_eq!(b.metric("xmpp_lb_resume_ids_total{check=\"valid\"}"), 1.0);
+}

@@ -421,6 +421,43 @@ async def cmd_hold(args):
     return None if why != "disconnected" else 3
 
 
+async def cmd_resume(args):
+    """Log in with XEP-0198 resumption, lose the connection (no stream close), and come back
+    through --resume-port: slixmpp resumes the stream if the server still knows it."""
+    s = Session(args, args.jid, args.password, "a")
+    x = s.xmpp
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + args.timeout
+    rem = lambda: max(0.5, deadline - time.monotonic())
+    await s.login(args.timeout)
+    sm = x.plugin["xep_0198"]
+    while sm.sm_id is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    if sm.sm_id is None:
+        raise Failure("sm", "stream management was not enabled with resumption")
+    sm_id = sm.sm_id
+    before = node_name(await s.node_contact(rem()))
+    # The connection is cut: no </stream:stream>, the server keeps the session.
+    lost = loop.create_future()
+    x.add_event_handler("disconnected", lambda _r: lost.done() or lost.set_result(True))
+    x.abort()
+    await asyncio.wait_for(asyncio.shield(lost), rem())
+    await asyncio.sleep(args.away)
+    outcome = loop.create_future()
+    x.add_event_handler("session_resumed", lambda _e: outcome.done() or outcome.set_result("resumed"))
+    x.add_event_handler("session_start", lambda _e: outcome.done() or outcome.set_result("new session"))
+    x.connect(args.host, args.resume_port)
+    try:
+        how = await asyncio.wait_for(asyncio.shield(outcome), rem())
+    except asyncio.TimeoutError:
+        raise Failure("timeout", "no resumption nor new session after reconnecting")
+    after = node_name(await s.node_contact(rem()))
+    res = {"ok": True, "outcome": how, "sm_id": sm_id, "node_before": before, "node_after": after,
+           "mech": s.mech_used}
+    await s.close()
+    return res
+
+
 class JsonArgParser(argparse.ArgumentParser):
     def error(self, message):
         emit({"ok": False, "kind": "usage", "error": message})
@@ -456,6 +493,12 @@ def parse_args(argv):
     p.add_argument("--pb", required=True)
     p.add_argument("--body", default="hello from a")
     add_conn_args(p)
+    p = sub.add_parser("resume")
+    p.add_argument("--jid", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--resume-port", type=int, required=True, help="where to reconnect")
+    p.add_argument("--away", type=float, default=0.3, help="seconds between losing the connection and reconnecting")
+    add_conn_args(p)
     p = sub.add_parser("hold")
     p.add_argument("--jid", required=True)
     p.add_argument("--password", required=True)
@@ -465,7 +508,7 @@ def parse_args(argv):
 
 
 async def run(args):
-    cmds = {"login": cmd_login, "chat": cmd_chat, "hold": cmd_hold}
+    cmds = {"login": cmd_login, "chat": cmd_chat, "hold": cmd_hold, "resume": cmd_resume}
     return await cmds[args.cmd](args)
 
 

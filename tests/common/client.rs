@@ -303,6 +303,23 @@ pub fn login(conn: &Conn, jid: &str, password: &str) -> Value {
     run_owned(a)
 }
 
+/// Log in with stream management (`conn` should have `.sm()`), lose the connection without a
+/// stream close, and reconnect through `resume_port`. Result: {"ok", "outcome" ("resumed" or
+/// "new session"), "sm_id", "node_before", "node_after", "mech"}.
+pub fn resume(conn: &Conn, jid: &str, password: &str, resume_port: u16) -> Value {
+    let mut a = vec![
+        "resume".to_string(),
+        "--jid".into(),
+        jid.into(),
+        "--password".into(),
+        password.into(),
+        "--resume-port".into(),
+        resume_port.to_string(),
+    ];
+    a.extend(conn.args());
+    run_owned(a)
+}
+
 /// Log A and B in concurrently; A sends `body` to B's bare JID; B must get it.
 /// Result: {"ok", "received_by_b", "a_node", "b_node", "a_jid", "b_jid", ...}.
 pub fn chat(conn: &Conn, a: (&str, &str), b: (&str, &str), body: &str) -> Value {
