@@ -53,10 +53,10 @@ struct Pending {
 /// an idle one should hold as little as possible.
 struct Inner {
     ctx: Context,
-    /// Namespaces of the client's stream header.
-    client_ns: NsContext,
-    /// Namespaces of the node's current stream header.
-    backend_ns: NsContext,
+    /// Namespaces of the client's stream header, unless they are the usual ones.
+    client_ns: Option<Box<NsContext>>,
+    /// Namespaces of the node's current stream header, unless they are the usual ones.
+    backend_ns: Option<Box<NsContext>>,
     /// A legacy `<resume/>` went to the node and awaits its answer.
     pending: Mutex<Option<Pending>>,
 }
@@ -65,11 +65,33 @@ struct Inner {
 pub fn watches(ctx: Context, client_ns: NsContext, backend_ns: NsContext) -> (ToBackend, ToClient) {
     let inner = Arc::new(Inner {
         ctx,
-        client_ns,
-        backend_ns,
+        client_ns: unusual(client_ns),
+        backend_ns: unusual(backend_ns),
         pending: Mutex::new(None),
     });
     (ToBackend(inner.clone()), ToClient(inner))
+}
+
+/// The namespaces nearly every stream header declares: `jabber:client` and the `stream` prefix.
+fn usual_ns() -> NsContext {
+    NsContext {
+        default_ns: "jabber:client".into(),
+        prefixes: vec![("stream".into(), crate::xmpp::header::STREAM_NS.into())],
+    }
+}
+
+/// Keep a stream's namespaces only if they differ from [`usual_ns`]: a relay lives for days,
+/// and the usual ones can be rebuilt on the rare occasion an element is parsed.
+fn unusual(ns: NsContext) -> Option<Box<NsContext>> {
+    (ns != usual_ns()).then(|| Box::new(ns))
+}
+
+/// Parse a held element with a stream's namespaces.
+fn parse(element: &[u8], ns: &Option<Box<NsContext>>) -> Option<Element> {
+    match ns {
+        Some(ns) => Element::parse(element, ns).ok(),
+        None => Element::parse(element, &usual_ns()).ok(),
+    }
 }
 
 /// Whether a qualified name (as written) has this local part.
@@ -91,7 +113,7 @@ impl Watch for ToBackend {
 
     fn rewrite(&mut self, element: Vec<u8>) -> Vec<u8> {
         let inner = &*self.0;
-        let Ok(el) = Element::parse(&element, &inner.client_ns) else {
+        let Some(el) = parse(&element, &inner.client_ns) else {
             return element;
         };
         let Some(previd) = el.attr("previd").filter(|_| sm::is_sm(&el, "resume")) else {
@@ -123,7 +145,7 @@ impl Watch for ToClient {
 
     fn rewrite(&mut self, element: Vec<u8>) -> Vec<u8> {
         let inner = &*self.0;
-        let Ok(el) = Element::parse(&element, &inner.backend_ns) else {
+        let Some(el) = parse(&element, &inner.backend_ns) else {
             return element;
         };
         if el.ns != NS_SM {

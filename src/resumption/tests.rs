@@ -254,3 +254,17 @@ fn raw_with_previd(previd: &str) -> String {
         "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/></authenticate>"
     )
 }
+
+#[test]
+fn a_stream_that_declares_its_own_prefixes_is_still_understood() {
+    let c = ctx("node1");
+    let mut declared = ns();
+    declared.prefixes.push(("sm".into(), NS_SM.into()));
+    let (_, mut down) = watches(c.clone(), ns(), declared);
+    let out = text(&down.rewrite(b"<sm:enabled id='x' resume='true'/>".to_vec()));
+    assert!(out.starts_with("<sm:enabled id='xlb1."), "{out}");
+    assert!(
+        unusual(ns()).is_none(),
+        "the usual namespaces are not stored"
+    );
+}
