@@ -618,7 +618,10 @@ async fn serve(
                 .ok_or(Failure::Quiet("no routing policy for the domain"))?;
             let mut source = source_of(&decision, false);
             // A SASL2 login that resumes inline goes to the node holding the session.
-            let (first, resume_node) = n.inline_resume(&captured.first);
+            let (first, resume_node) = match Element::parse(&captured.first, &header.ns) {
+                Ok(el) => n.sasl_attempt(&captured.first, &el),
+                Err(_) => (captured.first.clone(), None),
+            };
             if let Some(node) = resume_node {
                 decision = decision.resuming_on(node);
                 source = KeySource::Resume;
@@ -626,7 +629,6 @@ async fn serve(
             let (idx, mut backend) = n
                 .open_and_swallow(&decision, source, Some(&shown.mechanisms), trace)
                 .await?;
-            n.keep_for_replay(&first);
             backend
                 .send(&first, SEND_LIMIT)
                 .await
@@ -923,18 +925,24 @@ impl Negotiation<'_> {
         }
     }
 
-    /// A SASL2 `<authenticate/>` that resumes inline: check its id and remember it for the
-    /// node's answer. Returns the bytes to send (the node's own id in place of the client's)
-    /// and the node the id names, if it is valid.
-    fn inline_resume(&mut self, bytes: &Bytes) -> (Bytes, Option<String>) {
+    /// A SASL attempt (`bytes`, parsed as `el`) on its way to a node. A legacy PLAIN `<auth/>`
+    /// is kept for a possible replay (see [`Negotiation::replay`]). A SASL2 `<authenticate/>`
+    /// that resumes inline has its id checked and remembered for the node's answer. Returns
+    /// the bytes to send (the node's own id in place of the client's) and the node the id
+    /// names, if it is valid.
+    fn sasl_attempt(&mut self, bytes: &Bytes, el: &Element) -> (Bytes, Option<String>) {
         self.inline = None;
-        let Ok(el) = Element::parse(bytes, &self.client_ns) else {
+        self.replay = None;
+        if el.is("auth", NS_SASL) {
+            if self.at.rt.sm_keys.enabled() && el.attr("mechanism") == Some("PLAIN") {
+                self.replay = Some(zeroize::Zeroizing::new(bytes.to_vec()));
+            }
             return (bytes.clone(), None);
-        };
+        }
         if !el.is("authenticate", NS_SASL2) {
             return (bytes.clone(), None);
         }
-        match resumption::inline_resume(&self.sm_context(""), bytes, &el) {
+        match resumption::inline_resume(&self.sm_context(""), bytes, el) {
             Some(inline) => {
                 let out = (inline.element.clone(), inline.node.clone());
                 self.inline = Some(inline);
@@ -1151,21 +1159,6 @@ impl Negotiation<'_> {
         }
     }
 
-    /// Keep a legacy PLAIN `<auth/>` for a possible replay (see [`Negotiation::replay`]);
-    /// anything else forgets what was kept.
-    fn keep_for_replay(&mut self, bytes: &Bytes) {
-        self.replay = None;
-        if !self.at.rt.sm_keys.enabled() {
-            return;
-        }
-        if let Ok(el) = Element::parse(bytes, &self.client_ns)
-            && el.is("auth", NS_SASL)
-            && el.attr("mechanism") == Some("PLAIN")
-        {
-            self.replay = Some(zeroize::Zeroizing::new(bytes.to_vec()));
-        }
-    }
-
     /// The client's first element after a legacy login with `replay` kept. A `<resume/>` whose
     /// verified id names another node (the ring changed since the session began, or the node
     /// drains) moves the stream there: the same PLAIN login is replayed on that node, then the
@@ -1372,15 +1365,12 @@ impl Negotiation<'_> {
             // A SASL2 attempt that resumes inline is routed to the session's node.
             let resume_node = match payload {
                 Some(_) => {
-                    let (rewritten, node) = self.inline_resume(&bytes);
+                    let (rewritten, node) = self.sasl_attempt(&bytes, &element);
                     bytes = rewritten;
                     node
                 }
                 None => None,
             };
-            if payload.is_some() {
-                self.keep_for_replay(&bytes);
-            }
             if let Some(text) = payload {
                 self.mechanism = element.attr("mechanism").unwrap_or_default().to_string();
                 let key = sasl::decode_payload(&text)
