@@ -475,7 +475,18 @@ fn fast_with_inline_resume_comes_back_through_another_proxy_process() {
     );
 }
 
-/// A user the ring sends to `new` once a third node joins (it was elsewhere with two).
+/// `b` moved one client to node `old` by its id, where its `kind` resume succeeded.
+fn moved_and_resumed(b: &Proxy, old: usize, kind: &str) {
+    let old_name = format!("node{}", old + 1);
+    let routed = format!("xmpp_lb_routed_total{{backend=\"{old_name}\",source=\"resume\"}}");
+    assert_eq!(b.metric(&routed), 1.0);
+    let resumed = format!(
+        "xmpp_lb_resumes_total{{backend=\"{old_name}\",kind=\"{kind}\",result=\"resumed\"}}"
+    );
+    assert_eq!(b.metric(&resumed), 1.0);
+}
+
+/// A user the ring sends to node3 once a third node joins (it was elsewhere with two).
 fn moved_user(small: &Proxy, big: &Proxy) -> (String, String, usize) {
     (1..=24)
         .map(|i| (format!("u{i}"), format!("pw-u{i}")))
@@ -534,19 +545,7 @@ fn after_a_node_is_added_an_inline_resume_still_lands_on_the_old_node() {
         Some(old),
         "still one session, on the old node"
     );
-    let old_name = format!("node{}", old + 1);
-    assert_eq!(
-        b.metric(&format!(
-            "xmpp_lb_routed_total{{backend=\"{old_name}\",source=\"resume\"}}"
-        )),
-        1.0
-    );
-    assert_eq!(
-        b.metric(&format!(
-            "xmpp_lb_resumes_total{{backend=\"{old_name}\",kind=\"inline\",result=\"resumed\"}}"
-        )),
-        1.0
-    );
+    moved_and_resumed(&b, old, "inline");
 }
 
 #[test]
@@ -576,20 +575,8 @@ fn after_a_node_is_added_a_legacy_plain_resume_is_replayed_on_the_old_node() {
         Some(old),
         "one session, on the old node"
     );
-    let old_name = format!("node{}", old + 1);
     assert_eq!(b.metric("xmpp_lb_resume_ids_total{check=\"valid\"}"), 1.0);
-    assert_eq!(
-        b.metric(&format!(
-            "xmpp_lb_routed_total{{backend=\"{old_name}\",source=\"resume\"}}"
-        )),
-        1.0
-    );
-    assert_eq!(
-        b.metric(&format!(
-            "xmpp_lb_resumes_total{{backend=\"{old_name}\",kind=\"legacy\",result=\"resumed\"}}"
-        )),
-        1.0
-    );
+    moved_and_resumed(&b, old, "legacy");
 }
 
 #[test]
