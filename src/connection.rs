@@ -336,7 +336,8 @@ async fn drive(
             Ok(())
         }
         Ok(None) => {
-            let _shut = client.io.shutdown().await;
+            // Bounded: a client that stopped reading must not hold the connection open.
+            let _shut = tokio::time::timeout(SEND_LIMIT, client.io.shutdown()).await;
             Ok(())
         }
         Err(failure) => {
@@ -458,8 +459,8 @@ async fn starttls(
         .next_non_ws(deadline)
         .await
         .map_err(client_frame_failure)?;
-    let header = check_header(&rt.config, &header_bytes, trace)?;
-    let domain = trace.domain.clone().unwrap_or_default();
+    let (header, domain) = check_header(&rt.config, &header_bytes)?;
+    trace.domain = Some(domain.clone());
     let greeting = format!(
         "{}{FEATURES_STARTTLS}",
         proxy_header(&domain, &new_stream_id())
@@ -491,8 +492,8 @@ async fn starttls(
     Ok(())
 }
 
-/// Check a client's stream header; record the domain it asks for.
-fn check_header(config: &Config, bytes: &[u8], trace: &mut Trace) -> Result<StreamHeader, Failure> {
+/// Check a client's stream header; returns it with the (normalized, served) domain it asks for.
+fn check_header(config: &Config, bytes: &[u8]) -> Result<(StreamHeader, String), Failure> {
     let header = StreamHeader::parse(bytes).map_err(|e| match e {
         HeaderError::InvalidNamespace(why) => Failure::Refuse(Condition::InvalidNamespace, why),
         HeaderError::Restricted(why) => Failure::Refuse(Condition::RestrictedXml, why),
@@ -504,19 +505,33 @@ fn check_header(config: &Config, bytes: &[u8], trace: &mut Trace) -> Result<Stre
             "the stream header has no 'to'".into(),
         ));
     };
-    match normalize_domain(to) {
-        Some(d) if config.routing.domains.contains(&d) => trace.domain = Some(d),
+    let domain = match normalize_domain(to) {
+        Some(d) if config.routing.domains.contains(&d) => d,
         _ => {
             return Err(Failure::Refuse(
                 Condition::HostUnknown,
                 "this service does not serve that domain".into(),
             ));
         }
-    }
+    };
     if header.version.as_deref() != Some("1.0") {
         return Err(Failure::Refuse(
             Condition::UnsupportedVersion,
             "XMPP version 1.0 is required".into(),
+        ));
+    }
+    Ok((header, domain))
+}
+
+/// Check the header a client sends when its stream restarts after SASL success: the same
+/// checks as the first one, and the same domain. The login was routed (and authenticated) for
+/// that domain; a restart naming another would reach a node, over a link, chosen for the first.
+fn check_restart(config: &Config, bytes: &[u8], domain: &str) -> Result<StreamHeader, Failure> {
+    let (header, restarted) = check_header(config, bytes)?;
+    if restarted != domain {
+        return Err(Failure::Refuse(
+            Condition::HostUnknown,
+            "a restarted stream must name the domain it authenticated for".into(),
         ));
     }
     Ok(header)
@@ -552,8 +567,8 @@ async fn serve(
         .next_non_ws(prerouting_deadline)
         .await
         .map_err(client_frame_failure)?;
-    let header = check_header(&rt.config, &header_bytes, trace)?;
-    let domain = trace.domain.clone().unwrap_or_default();
+    let (header, domain) = check_header(&rt.config, &header_bytes)?;
+    trace.domain = Some(domain.clone());
     client.set_max_frame(limits.max_prerouting_element_bytes);
 
     let from = bare_from(&header, &domain);
@@ -575,12 +590,18 @@ async fn serve(
         restart_header: None,
         awaiting_first: false,
         first_after_auth: None,
+        sasl_in_flight: false,
+        reroutes: 0,
     };
     let (backend, idx) = match immediate {
         Some(decision) => {
             // The node answers the client directly: its header and features are relayed.
             let source = source_of(&decision, from.is_some());
-            let (idx, tcp) = n.open_backend(&decision, source, trace).await?;
+            // No admission yet: a login slot is taken when the client starts a login (its
+            // first SASL element), not for a stream that has sent no credentials.
+            let (idx, tcp) = n
+                .open_backend(&decision, source, Admit::AtFirstSasl, trace)
+                .await?;
             let mut backend = Framed::new(tcp, limits.max_negotiation_element_bytes);
             backend
                 .send(&n.header_bytes, SEND_LIMIT)
@@ -590,16 +611,21 @@ async fn serve(
         }
         None => {
             let members = rt.members_of(&domain);
-            let shown = shared
-                .features
-                .get(&members, &domain, rt.config.probe.timeout, &shared.metrics)
-                .await
-                .ok_or_else(|| {
-                    Failure::Refuse(
-                        Condition::RemoteConnectionFailed,
-                        "no server node is reachable".into(),
-                    )
-                })?;
+            // A cold cache probes the nodes (one probe per domain at a time, however many
+            // clients wait for it); the client waits no longer than its pre-routing deadline.
+            let probed = tokio::time::timeout_at(
+                prerouting_deadline,
+                shared
+                    .features
+                    .get(&members, &domain, rt.config.probe.timeout, &shared.metrics),
+            )
+            .await;
+            let shown = probed.ok().flatten().ok_or_else(|| {
+                Failure::Refuse(
+                    Condition::RemoteConnectionFailed,
+                    "no server node is reachable".into(),
+                )
+            })?;
             let mut greeting = proxy_header(&domain, &new_stream_id()).into_bytes();
             greeting.extend_from_slice(&shown.bytes);
             client
@@ -633,6 +659,7 @@ async fn serve(
                 .send(&first, SEND_LIMIT)
                 .await
                 .map_err(|_| backend_lost())?;
+            n.sasl_in_flight = captured.sasl;
             (backend, idx)
         }
     };
@@ -669,6 +696,8 @@ struct Captured {
     mechanism: String,
     /// The JID the client claims, if it names one.
     identity: Option<String>,
+    /// `first` starts a SASL exchange (`<auth/>`, `<authenticate/>`).
+    sasl: bool,
 }
 
 /// Read client elements until one says who the client is (or that it never will).
@@ -708,6 +737,7 @@ async fn capture_auth(
                 first: bytes,
                 mechanism: String::new(),
                 identity,
+                sasl: false,
             });
         };
         let mechanism = element.attr("mechanism").unwrap_or_default().to_string();
@@ -727,6 +757,7 @@ async fn capture_auth(
                     first: bytes,
                     mechanism,
                     identity: None,
+                    sasl: true,
                 });
             }
         };
@@ -738,6 +769,7 @@ async fn capture_auth(
                 first: bytes,
                 mechanism,
                 identity,
+                sasl: true,
             });
         }
         if !client_first(&mechanism) {
@@ -746,6 +778,7 @@ async fn capture_auth(
                 first: bytes,
                 mechanism,
                 identity: None,
+                sasl: true,
             });
         }
         // No initial response in a client-first mechanism: ask for it with an empty challenge,
@@ -791,6 +824,7 @@ async fn capture_auth(
             first: with_initial_response(&bytes, &element, sasl_ns, &answer.text),
             mechanism,
             identity,
+            sasl: true,
         });
     }
 }
@@ -910,6 +944,26 @@ struct Negotiation<'a> {
     /// The client's first element after authentication, held back for the relay (whose watch
     /// rewrites a `<resume/>`): negotiation is over.
     first_after_auth: Option<Bytes>,
+    /// A SASL attempt went to the node and it has not answered `<success/>` or `<failure/>`
+    /// yet. A retry as another user may only move the connection once the node has failed the
+    /// attempt before it: a client may not pipeline logins across nodes.
+    sasl_in_flight: bool,
+    /// How many times a SASL retry moved this connection to another node.
+    reroutes: u8,
+}
+
+/// How many times one connection may move to another node for a SASL retry as another user.
+/// A person who mistyped their name needs one or two; a password guesser wants hundreds, each
+/// a new connection to some node.
+const MAX_REROUTES: u8 = 3;
+
+/// When [`Negotiation::open_backend`] takes the node's admission slot (login-storm shaping).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Before connecting: the client's SASL element is in hand.
+    Now,
+    /// When the client sends its first SASL element (the stream was routed by its header).
+    AtFirstSasl,
 }
 
 impl Negotiation<'_> {
@@ -960,6 +1014,7 @@ impl Negotiation<'_> {
         &mut self,
         decision: &Decision,
         source: KeySource,
+        admit: Admit,
         trace: &mut Trace,
     ) -> Result<(usize, BackendStream), Failure> {
         let (shared, rt) = (self.at.shared, self.at.rt);
@@ -971,28 +1026,16 @@ impl Negotiation<'_> {
         while let Some((idx, guard)) = rt.pick(&self.domain, decision, &tried) {
             tried.push(idx);
             let state = &rt.states[idx];
-            let permit = match state.admission.admit().await {
-                Ok(p) => p,
-                Err(refused) => {
-                    shared
-                        .metrics
-                        .admission_refused_total
-                        .with_label_values(&[&rt.names[idx]])
-                        .inc();
-                    tracing::warn!(backend = %rt.names[idx], reason = %refused, "login refused by admission control");
-                    return Err(match &rt.config.admission.overflow_redirect {
-                        Some(other) => Failure::Refuse(
-                            Condition::SeeOtherHost(other.clone()),
-                            "this node is busy; try the other proxy".into(),
-                        ),
-                        None => Failure::Refuse(
-                            Condition::ResourceConstraint,
-                            "too many logins at once; try again shortly".into(),
-                        ),
-                    });
-                }
+            // Routing only picks members of the domain, which all have a link; never fall back
+            // to an unconfigured one (see `Runtime::link`).
+            let Some(link) = rt.link(&self.domain, idx) else {
+                tracing::warn!(backend = %rt.names[idx], domain = %self.domain, "no link to this node for the domain; skipped");
+                continue;
             };
-            let link = rt.link(&self.domain, idx);
+            let permit = match admit {
+                Admit::Now => Some(self.admit(idx).await?),
+                Admit::AtFirstSasl => None,
+            };
             match connect(
                 &rt.config.backends[idx],
                 &link,
@@ -1015,7 +1058,7 @@ impl Negotiation<'_> {
                     trace.backend = Some(name.clone());
                     trace.source = Some(source);
                     self.guard = Some(guard);
-                    self.permit = Some(permit);
+                    self.permit = permit;
                     self.placement = Some(decision.placement.clone());
                     return Ok((idx, stream));
                 }
@@ -1033,6 +1076,33 @@ impl Negotiation<'_> {
         ))
     }
 
+    /// The admission slot of node `idx` for one login (it waits in the node's queue under a
+    /// login storm); a refusal becomes the client's stream error.
+    async fn admit(&self, idx: usize) -> Result<Permit, Failure> {
+        let (shared, rt) = (self.at.shared, self.at.rt);
+        match rt.states[idx].admission.admit().await {
+            Ok(p) => Ok(p),
+            Err(refused) => {
+                shared
+                    .metrics
+                    .admission_refused_total
+                    .with_label_values(&[&rt.names[idx]])
+                    .inc();
+                tracing::warn!(backend = %rt.names[idx], reason = %refused, "login refused by admission control");
+                Err(match &rt.config.admission.overflow_redirect {
+                    Some(other) => Failure::Refuse(
+                        Condition::SeeOtherHost(other.clone()),
+                        "this node is busy; try the other proxy".into(),
+                    ),
+                    None => Failure::Refuse(
+                        Condition::ResourceConstraint,
+                        "too many logins at once; try again shortly".into(),
+                    ),
+                })
+            }
+        }
+    }
+
     /// Connect a node, replay the client's header, and swallow the node's header and features
     /// (the client already has the proxy's). A node offering other mechanisms than the client
     /// was shown is counted and the cache refreshed; the login goes on regardless.
@@ -1043,7 +1113,9 @@ impl Negotiation<'_> {
         shown: Option<&[String]>,
         trace: &mut Trace,
     ) -> Result<(usize, Framed<BackendStream>), Failure> {
-        let (idx, tcp) = self.open_backend(decision, source, trace).await?;
+        let (idx, tcp) = self
+            .open_backend(decision, source, Admit::Now, trace)
+            .await?;
         let (shared, rt) = (self.at.shared, self.at.rt);
         let limits = &rt.config.limits;
         let mut backend = Framed::new(tcp, limits.max_negotiation_element_bytes);
@@ -1317,6 +1389,7 @@ impl Negotiation<'_> {
                 } else if element.local_name() == "failure"
                     && (element.ns == NS_SASL || element.ns == NS_SASL2)
                 {
+                    self.sasl_in_flight = false;
                     metrics
                         .sasl_total
                         .with_label_values(&[mech, "failure"])
@@ -1346,6 +1419,8 @@ impl Negotiation<'_> {
             return Ok(self.first_after_auth(idx, bytes, trace).await);
         }
         if kind == FrameKind::Header && self.authenticated {
+            let header = check_restart(&self.at.rt.config, &bytes, &self.domain)?;
+            self.client_ns = header.ns;
             self.restart_header = Some(bytes.clone());
         }
         if kind == FrameKind::Element && !self.authenticated {
@@ -1403,6 +1478,20 @@ impl Negotiation<'_> {
                     && self.placement.as_ref() != Some(&decision.placement)
                     && resume_node.as_deref() != Some(rt.names[idx].as_str())
                 {
+                    if self.sasl_in_flight {
+                        return Err(Failure::Refuse(
+                            Condition::PolicyViolation,
+                            "a new login before the server answered the last one".into(),
+                        ));
+                    }
+                    if self.reroutes >= MAX_REROUTES {
+                        return Err(Failure::Refuse(
+                            Condition::PolicyViolation,
+                            "too many logins as other users on one connection".into(),
+                        ));
+                    }
+                    self.reroutes += 1;
+                    self.sasl_in_flight = true;
                     let source = if resume_node.is_some() {
                         KeySource::Resume
                     } else {
@@ -1418,6 +1507,12 @@ impl Negotiation<'_> {
                     tracing::debug!(from = %rt.names[idx], to = %rt.names[new_idx], "SASL retry re-routed");
                     return Ok(Some((new_idx, new_backend)));
                 }
+                // A login starts on this node: its admission slot, if the stream was routed
+                // before any login (by its header) and holds none yet.
+                if self.permit.is_none() {
+                    self.permit = Some(self.admit(idx).await?);
+                }
+                self.sasl_in_flight = true;
             }
         }
         backend

@@ -324,6 +324,11 @@ impl<'a> Direction<'a> {
         matches!(self.phase, Phase::Done)
     }
 
+    /// The reader of this direction reached its end (what it read may still be on its way).
+    fn input_ended(&self) -> bool {
+        self.read_done || self.is_done()
+    }
+
     fn interrupt(&mut self, inject: Option<Bytes>) {
         self.stop_at_boundary = true;
         self.inject = inject;
@@ -689,7 +694,10 @@ where
                 if deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(CloseReason::Interrupted(reason));
                 }
-            } else if up.is_done() || down.is_done() {
+            } else if up.input_ended() || down.input_ended() {
+                // From the moment one side's input ends, not once its last bytes are
+                // delivered: a peer that never reads would otherwise keep both directions
+                // (and the connection) alive forever.
                 let sleep =
                     linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(half_close_timeout)));
                 if sleep.as_mut().poll(cx).is_ready() {
@@ -874,6 +882,63 @@ mod tests {
         )
         .await;
         assert_eq!(stats.reason, CloseReason::HalfCloseTimeout);
+    }
+
+    /// A peer that takes what is written but never lets a close through (as a TLS peer that
+    /// stopped reading blocks the `close_notify`), and never sends.
+    struct NeverCloses;
+
+    impl AsyncRead for NeverCloses {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for NeverCloses {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn half_close_towards_a_peer_that_never_reads_is_cut_too() {
+        // The client closes; the backend never takes the close and never sends. The relay
+        // must still end within the half-close timeout, not live on with both sockets.
+        let (mut client_app, mut client_proxy) = duplex(64);
+        let mut backend = NeverCloses;
+        client_app.write_all(b"<presence/>").await.unwrap();
+        client_app.shutdown().await.unwrap();
+        let relay = relay(
+            &mut client_proxy,
+            &mut backend,
+            &[],
+            &[],
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+            |_| {},
+            |_| {},
+            Watches::default(),
+            never(),
+        );
+        let stats = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay ended");
+        assert_eq!(stats.reason, CloseReason::HalfCloseTimeout);
+        assert_eq!(stats.client_to_backend, 11);
     }
 
     #[tokio::test]

@@ -372,22 +372,25 @@ impl Runtime {
                 .pool
                 .members()
                 .iter()
-                .map(|&i| Member {
-                    name: self.names[i].clone(),
-                    address: self.config.backends[i].address,
-                    link: self.link(domain, i),
+                .filter_map(|&i| {
+                    Some(Member {
+                        name: self.names[i].clone(),
+                        address: self.config.backends[i].address,
+                        link: self.link(domain, i)?,
+                    })
                 })
                 .collect()
         })
     }
 
-    /// How backend `idx` is reached for clients of `domain` (plain TCP if it does not serve
-    /// the domain, which routing never asks for).
-    pub fn link(&self, domain: &str, idx: usize) -> Arc<Link> {
+    /// How backend `idx` is reached for clients of `domain`; `None` if it does not serve the
+    /// domain. There is deliberately no default: a plain link to a node that expects TLS or a
+    /// PROXY header would hand it a client's credentials in clear, so a (domain, node) pair
+    /// without a configured link is never connected for a client.
+    pub fn link(&self, domain: &str, idx: usize) -> Option<Arc<Link>> {
         self.domains
             .get(domain)
             .and_then(|route| route.links.get(idx).cloned().flatten())
-            .unwrap_or_else(|| Arc::new(Link::plain()))
     }
 
     /// Index of a backend by name.
@@ -706,7 +709,8 @@ impl Shared {
                     let domain = rt.domains_of(idx).first().map(|d| d.to_string());
                     let Some(domain) = domain else { return };
                     let health = &rt.config.health;
-                    let link = rt.link(&domain, idx);
+                    // Its first domain serves it, so it has a link there.
+                    let Some(link) = rt.link(&domain, idx) else { return };
                     let ok = crate::backend::probe::probe(
                         rt.config.backends[idx].address,
                         &link,

@@ -107,7 +107,14 @@ impl DomainPool {
             }
             Placement::Pinned(name) => {
                 // Pins are strict: a pinned device never moves, even when its node is down.
-                return names.iter().position(|n| n == name).into_iter().collect();
+                // Only a member of this domain can be the target: a node that stopped serving
+                // the domain must not receive its clients (nor their credentials).
+                return self
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|&i| names[i] == *name)
+                    .collect();
             }
             Placement::Ring(key) => self.ring_order(key),
             Placement::Random => {
@@ -253,7 +260,12 @@ mod tests {
     #[test]
     fn pins_are_strict_and_random_covers_members() {
         let (states, names) = states(3);
-        let pool = DomainPool::new(vec![0, 2], &names, &[1, 1, 1], None);
+        let pool = DomainPool::new(vec![1, 2], &names, &[1, 1, 1], None);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            seen.insert(pool.order(&Placement::Random, &states, &names)[0]);
+        }
+        assert_eq!(seen, [1usize, 2].into_iter().collect());
         for _ in 0..2 {
             states[1].record(false, 2, 2);
         }
@@ -261,11 +273,12 @@ mod tests {
             pool.order(&Placement::Pinned("node2".into()), &states, &names),
             vec![1]
         );
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..64 {
-            seen.insert(pool.order(&Placement::Random, &states, &names)[0]);
-        }
-        assert_eq!(seen, [0usize, 2].into_iter().collect());
+        // A node outside the domain is never a target, even by name (a resumed session whose
+        // node has left the domain must not be sent there).
+        assert_eq!(
+            pool.order(&Placement::Pinned("node1".into()), &states, &names),
+            Vec::<usize>::new()
+        );
     }
 
     #[test]
