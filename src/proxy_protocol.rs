@@ -252,6 +252,10 @@ fn parse_v1(bytes: &[u8]) -> Result<Learned, HeaderError> {
 /// Looks without consuming anything; waits, until `deadline`, only while the bytes seen so
 /// far could still be the start of a header.
 pub async fn starts_with_header(tcp: &TcpStream, deadline: Instant) -> bool {
+    // A real header arrives in one segment; a peer that stops inside a signature's prefix is
+    // not looked at for longer than this (it would otherwise be polled until the pre-routing
+    // deadline), and is then read as whatever it sends next.
+    let deadline = deadline.min(Instant::now() + PARTIAL_SIGNATURE_WAIT);
     let mut first = [0u8; 12];
     loop {
         let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
@@ -274,6 +278,9 @@ pub async fn starts_with_header(tcp: &TcpStream, deadline: Instant) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// How long [`starts_with_header`] waits for the rest of a signature an untrusted peer began.
+const PARTIAL_SIGNATURE_WAIT: Duration = Duration::from_secs(1);
 
 /// Whether `ip` is in one of `nets` (IPv4-mapped IPv6 addresses count as IPv4).
 pub fn trusted(nets: &[ipnet::IpNet], ip: IpAddr) -> bool {
@@ -431,5 +438,32 @@ mod tests {
         assert!(trusted(&nets, "::ffff:10.1.2.3".parse().unwrap()));
         assert!(trusted(&nets, "::1".parse().unwrap()));
         assert!(!trusted(&nets, "192.0.2.1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_partial_signature_is_not_waited_on_until_the_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for start in [&b"PROX"[..], &V2_SIGNATURE[..6]] {
+            peer.write_all(start).await.unwrap();
+            let began = Instant::now();
+            assert!(!starts_with_header(&tcp, deadline).await);
+            assert!(
+                began.elapsed() < Duration::from_secs(3),
+                "waited {:?} on a partial signature",
+                began.elapsed()
+            );
+            let mut drain = vec![0u8; start.len()];
+            tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut drain)
+                .await
+                .unwrap();
+        }
+        // A whole signature is still recognised.
+        peer.write_all(b"PROXY TCP4 ").await.unwrap();
+        assert!(starts_with_header(&tcp, deadline).await);
     }
 }

@@ -8,7 +8,8 @@
 //! something else.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -117,6 +118,18 @@ pub async fn probe(
 pub struct FeatureCache {
     /// Domain → features the backends offer for it.
     by_domain: RwLock<HashMap<String, Arc<FilteredFeatures>>>,
+    /// Domain → its probe in flight. With the cache cold and the nodes down, every new client
+    /// would otherwise start its own round of probes to every node.
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+}
+
+/// One domain's probing: one round at a time; those who waited for a round take its answer.
+#[derive(Default)]
+struct Flight {
+    /// Held while a round of probes runs.
+    running: tokio::sync::Mutex<()>,
+    /// Rounds finished so far.
+    rounds: AtomicU64,
 }
 
 impl Default for FeatureCache {
@@ -130,7 +143,17 @@ impl FeatureCache {
     pub fn new() -> Self {
         FeatureCache {
             by_domain: RwLock::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The features cached for `domain`, if any.
+    fn cached(&self, domain: &str) -> Option<Arc<FilteredFeatures>> {
+        self.by_domain
+            .read()
+            .expect("cache lock")
+            .get(domain)
+            .cloned()
     }
 
     /// The cached features of `domain`, probing the backends (config order) if none are known.
@@ -141,14 +164,41 @@ impl FeatureCache {
         timeout: Duration,
         metrics: &Metrics,
     ) -> Option<Arc<FilteredFeatures>> {
-        if let Some(f) = self.by_domain.read().expect("cache lock").get(domain) {
-            return Some(f.clone());
+        if let Some(f) = self.cached(domain) {
+            return Some(f);
         }
         self.refresh(backends, domain, timeout, metrics).await
     }
 
     /// Probe the backends of `domain` in config order until one answers; cache and return it.
+    /// One round per domain at a time: a caller that finds a round running waits for it and
+    /// takes its answer (the cache, or `None` if every node failed) instead of probing again.
     pub async fn refresh(
+        &self,
+        backends: &[Member],
+        domain: &str,
+        timeout: Duration,
+        metrics: &Metrics,
+    ) -> Option<Arc<FilteredFeatures>> {
+        let flight = self
+            .flights
+            .lock()
+            .expect("flights lock")
+            .entry(domain.to_string())
+            .or_default()
+            .clone();
+        let before = flight.rounds.load(Ordering::Acquire);
+        let _running = flight.running.lock().await;
+        if flight.rounds.load(Ordering::Acquire) != before {
+            return self.cached(domain);
+        }
+        let found = self.probe_round(backends, domain, timeout, metrics).await;
+        flight.rounds.fetch_add(1, Ordering::Release);
+        found
+    }
+
+    /// One round: probe the backends in config order until one answers.
+    async fn probe_round(
         &self,
         backends: &[Member],
         domain: &str,
@@ -185,5 +235,55 @@ impl FeatureCache {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn a_cold_cache_probes_once_however_many_clients_wait() {
+        // A node that accepts and never answers (the worst case: every probe runs to its
+        // timeout).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let node = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(tcp);
+            }
+        });
+        let cache = Arc::new(FeatureCache::new());
+        let metrics = Arc::new(Metrics::new());
+        let members = vec![Member {
+            name: "node1".into(),
+            address,
+            link: Arc::new(Link::plain()),
+        }];
+        let clients: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, metrics, members) = (cache.clone(), metrics.clone(), members.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get(
+                            &members,
+                            "example.test",
+                            Duration::from_millis(300),
+                            &metrics,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        for c in clients {
+            assert!(c.await.unwrap().is_none());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one probe for 20 clients");
+        node.abort();
     }
 }
