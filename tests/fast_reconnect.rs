@@ -645,3 +645,42 @@ fn slixmpp_resumes_its_stream_through_the_other_proxy() {
     assert!(got["mech"].as_str().unwrap().starts_with("SCRAM"), "{got}");
     assert_eq!(b.metric("xmpp_lb_resume_ids_total{check=\"valid\"}"), 1.0);
 }
+
+/// A session's node that no longer serves the session's domain is not sent its clients: a
+/// MAC-valid id names the node, but the domain's own members decide (and only their links,
+/// with their TLS and PROXY settings, are ever used for its clients).
+#[test]
+fn a_legacy_resume_never_follows_its_id_to_a_node_that_left_the_domain() {
+    let mut fleet = Fleet::new();
+    let a = Proxy::start(&fleet.config("sm.key"));
+    let ca = fleet.pki.ca_path();
+    let (away, id) = a.block_on(login_with_sm(a.addr("direct", false), &ca, "bob", "pw-bob"));
+    away.vanish();
+    let old = fleet.holder("bob").expect("one session");
+    fleet.wait_hibernating(old, "bob");
+    // The fleet's configuration now: the old node serves another domain only.
+    let old_name = format!("node{}", old + 1);
+    let others: Vec<String> = (1..=3)
+        .map(|i| format!("\"node{i}\""))
+        .filter(|n| *n != format!("\"{old_name}\""))
+        .collect();
+    let b = Proxy::start(&format!(
+        "{}\n[[domain]]\nname = \"{DOMAIN}\"\nbackends = [{}]\n\n[[domain]]\nname = \"other.test\"\nbackends = [\"{old_name}\"]\n",
+        fleet.config("sm.key"),
+        others.join(", ")
+    ));
+    let (_back, got) = b.block_on(resume(b.addr("direct", false), &ca, "bob", "pw-bob", &id, 2));
+    assert!(got.contains("<failed"), "{got}");
+    assert_eq!(
+        b.metric(&format!(
+            "xmpp_lb_routed_total{{backend=\"{old_name}\",source=\"resume\"}}"
+        )),
+        0.0,
+        "nothing was sent to the node that left the domain"
+    );
+    // The id was genuine; it went, unwrapped, to the node the client is on, which failed it.
+    assert_eq!(
+        b.metric("xmpp_lb_resume_ids_total{check=\"other_node\"}"),
+        1.0
+    );
+}
