@@ -301,6 +301,7 @@ async fn drive(
         }
         Err(_) => return Err(Failure::Quiet("TLS handshake timed out")),
     };
+    ack_now(tls.get_ref().0.get_ref());
     // What the node's PROXY header says about the client, TLS facts included.
     let session = tls.get_ref().1;
     shared
@@ -436,6 +437,23 @@ async fn front_header(
             Err(Failure::Reject(reason, e.to_string()))
         }
     }
+}
+
+/// Send the ACK of the client's last handshake flight now instead of up to 40 ms later.
+///
+/// A TLS 1.3 client that offers no session resumption (Erlang's `ssl` by default, so tsung,
+/// and others) gets no session tickets, so after its `Finished` the server has nothing to
+/// send until the client's stream header arrives. Linux then delays its ACK of `Finished`
+/// (the connection looks interactive), and a client with Nagle's algorithm on (the default in
+/// Erlang and Java) holds its header back until that ACK comes: 40 ms on every login. Forcing
+/// quick-ACK mode once the handshake is done sends the pending ACK at once.
+fn ack_now(tcp: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_quickack(true) {
+        tracing::debug!(error = %e, "TCP_QUICKACK failed");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = tcp;
 }
 
 /// `tls = "auto"`: a TLS handshake record starts with 0x16; an XML stream never does.
