@@ -710,7 +710,9 @@ impl Shared {
                     let Some(domain) = domain else { return };
                     let health = &rt.config.health;
                     // Its first domain serves it, so it has a link there.
-                    let Some(link) = rt.link(&domain, idx) else { return };
+                    let Some(link) = rt.link(&domain, idx) else {
+                        return;
+                    };
                     let ok = crate::backend::probe::probe(
                         rt.config.backends[idx].address,
                         &link,

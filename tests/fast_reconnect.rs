@@ -669,7 +669,14 @@ fn a_legacy_resume_never_follows_its_id_to_a_node_that_left_the_domain() {
         fleet.config("sm.key"),
         others.join(", ")
     ));
-    let (_back, got) = b.block_on(resume(b.addr("direct", false), &ca, "bob", "pw-bob", &id, 2));
+    let (_back, got) = b.block_on(resume(
+        b.addr("direct", false),
+        &ca,
+        "bob",
+        "pw-bob",
+        &id,
+        2,
+    ));
     assert!(got.contains("<failed"), "{got}");
     assert_eq!(
         b.metric(&format!(

@@ -18,7 +18,10 @@ const DOMAIN: &str = "example.test";
 
 /// Microseconds from each header sent to the features received, as the Erlang client measured.
 fn erlang_header_to_features(mode: &str, addr: std::net::SocketAddr, n: usize) -> Vec<Duration> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/nagle_login.escript");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/nagle_login.escript"
+    );
     let out = Command::new("escript")
         .args([
             script,

@@ -30,7 +30,10 @@ fn env(nodes: usize, extra: &str) -> Env {
     let users: Vec<(String, String)> = (1..=12)
         .map(|i| (format!("u{i}"), format!("pw-u{i}")))
         .collect();
-    let users: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+    let users: Vec<(&str, &str)> = users
+        .iter()
+        .map(|(u, p)| (u.as_str(), p.as_str()))
+        .collect();
     cluster.register_many(&users);
     let proxy = Proxy::start(&config_text(
         &pki.cert_path(DOMAIN),
@@ -69,7 +72,8 @@ fn routed_total(env: &Env) -> f64 {
 }
 
 async fn opened(env: &Env) -> Raw {
-    let mut raw = Raw::direct_tls(env.proxy.addr("direct", false), DOMAIN, &env.pki.ca_path()).await;
+    let mut raw =
+        Raw::direct_tls(env.proxy.addr("direct", false), DOMAIN, &env.pki.ca_path()).await;
     raw.send(&header(DOMAIN, None)).await;
     raw.expect("</stream:features>").await;
     raw.clear();

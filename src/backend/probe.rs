@@ -283,7 +283,11 @@ mod tests {
         for c in clients {
             assert!(c.await.unwrap().is_none());
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one probe for 20 clients");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one probe for 20 clients"
+        );
         node.abort();
     }
 }
