@@ -413,6 +413,17 @@ impl Default for RawProbe {
     }
 }
 
+/// The largest `limits.max_header_bytes` accepted. A stream header is one start tag of a few
+/// hundred bytes; the proxy keeps its namespaces for as long as the stream lives.
+pub const MAX_HEADER_BYTES_BOUND: usize = 64 * 1024;
+
+/// The largest `limits.max_prerouting_element_bytes` and `limits.max_negotiation_element_bytes`
+/// accepted. Every negotiating connection may buffer one such element and parse it (a parse
+/// allocates up to a few times the element's size), so the bound caps what a client can make
+/// the proxy hold before it has logged in; the largest real negotiation elements (stream
+/// features, a SASL2 `<authenticate/>`) are a few kilobytes.
+pub const MAX_ELEMENT_BYTES_BOUND: usize = 1024 * 1024;
+
 /// A checked configuration: every address parsed, every file present, paths absolute.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -1161,19 +1172,37 @@ impl RawConfig {
             None => None,
         };
         let l = &self.limits;
-        for (name, v) in [
-            ("limits.max_header_bytes", &l.max_header_bytes),
+        for (name, v, max) in [
+            (
+                "limits.max_header_bytes",
+                &l.max_header_bytes,
+                MAX_HEADER_BYTES_BOUND,
+            ),
             (
                 "limits.max_prerouting_element_bytes",
                 &l.max_prerouting_element_bytes,
+                MAX_ELEMENT_BYTES_BOUND,
             ),
             (
                 "limits.max_negotiation_element_bytes",
                 &l.max_negotiation_element_bytes,
+                MAX_ELEMENT_BYTES_BOUND,
             ),
         ] {
             if *v.get_ref() < 512 {
                 return Err(err(&v.span(), name, "must be at least 512 bytes".into()));
+            }
+            if *v.get_ref() > max {
+                let unit = if max >= 1 << 20 {
+                    format!("{} MiB", max >> 20)
+                } else {
+                    format!("{} KiB", max >> 10)
+                };
+                return Err(err(
+                    &v.span(),
+                    name,
+                    format!("must be at most {max} bytes ({unit})"),
+                ));
             }
         }
         let resumption = self.resumption.check(&resolve, &err)?;

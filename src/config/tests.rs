@@ -831,6 +831,32 @@ fn byte_limits_below_512() {
     assert_eq!(c.limits.max_header_bytes, 512);
 }
 
+#[test]
+fn byte_limits_have_an_upper_bound() {
+    for (key, max, max_text) in [
+        ("max_header_bytes", 65_536_u64, "65536 bytes (64 KiB)"),
+        (
+            "max_prerouting_element_bytes",
+            1_048_576,
+            "1048576 bytes (1 MiB)",
+        ),
+        (
+            "max_negotiation_element_bytes",
+            1_048_576,
+            "1048576 bytes (1 MiB)",
+        ),
+    ] {
+        let column = key.len() + 4;
+        for too_many in [max + 1, 1_u64 << 40] {
+            assert_error(
+                &format!("{BASE}\n[limits]\nmax_connections = 10\n{key} = {too_many}\n"),
+                &format!("bad.toml:22:{column}: limits.{key}: must be at most {max_text}"),
+            );
+        }
+        Fixture::new().ok(&format!("{BASE}\n[limits]\n{key} = {max}\n"));
+    }
+}
+
 // ---- rejections: syntax and the file itself ------------------------------------------------
 
 #[test]
