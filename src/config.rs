@@ -349,6 +349,7 @@ struct RawMetrics {
     #[serde(default = "default_metrics_bind")]
     bind: Spanned<String>,
     token_file: Option<Spanned<PathBuf>>,
+    allowed_hosts: Option<Vec<Spanned<String>>>,
 }
 
 /// Loopback: the admin endpoints can drain nodes and reload the configuration, so they are
@@ -441,6 +442,10 @@ pub struct Config {
     /// token itself is read when the configuration is put into service, so it never sits in
     /// the configuration file and can be rotated with a reload.
     pub metrics_token_file: Option<PathBuf>,
+    /// Host names (lowercase, no port) the admin endpoints answer to besides IP literals and
+    /// `localhost`: any other `Host` is refused, so a web page cannot read them through DNS
+    /// rebinding.
+    pub metrics_allowed_hosts: Vec<String>,
     /// How log lines are written (read at start only: logging is set up before anything else).
     pub log_format: LogFormat,
     /// Whether the access log names the user (bare JID). Off by default: a JID is personal data.
@@ -1171,6 +1176,13 @@ impl RawConfig {
             Some(f) => Some(resolve(f, "metrics.token_file")?),
             None => None,
         };
+        let mut metrics_allowed_hosts = Vec::new();
+        let hosts = self.metrics.as_ref().and_then(|m| m.allowed_hosts.as_ref());
+        for (i, h) in hosts.into_iter().flatten().enumerate() {
+            let name = check_host_name(h.get_ref())
+                .map_err(|msg| err(&h.span(), &format!("metrics.allowed_hosts[{i}]"), msg))?;
+            metrics_allowed_hosts.push(name);
+        }
         let l = &self.limits;
         for (name, v, max) in [
             (
@@ -1222,6 +1234,7 @@ impl RawConfig {
             backends,
             metrics_bind,
             metrics_token_file,
+            metrics_allowed_hosts,
             log_format: self.log_format,
             log_jids: self.log_jids,
             limits: Limits {
@@ -1460,6 +1473,26 @@ fn check_rate(r: &Spanned<f64>) -> Result<f64, String> {
 }
 
 /// `host:port` as a client would connect to it (a name or an IP; IPv6 in brackets).
+/// A DNS name as a `Host` header carries it, without port or scheme; lowercase, without a
+/// final dot.
+fn check_host_name(s: &str) -> Result<String, String> {
+    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{s:?} is not a host name (write the name alone, e.g. \"metrics.example.org\", \
+             without port or scheme; IP addresses and localhost need no entry)"
+        ));
+    }
+    Ok(name)
+}
+
 fn check_host_port(s: &str) -> Result<String, String> {
     let bad = || format!("{s:?} is not host:port (IPv6 in brackets)");
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;

@@ -513,6 +513,27 @@ fn metrics_bind_is_checked() {
 }
 
 #[test]
+fn metrics_allowed_hosts_are_plain_host_names() {
+    let c = Fixture::new().ok(&format!(
+        "{BASE}\n[metrics]\nallowed_hosts = [\"Metrics.Example.org.\", \"lb-1\"]\n"
+    ));
+    assert_eq!(c.metrics_allowed_hosts, ["metrics.example.org", "lb-1"]);
+    assert!(Fixture::new().ok(BASE).metrics_allowed_hosts.is_empty());
+    for bad in [
+        "metrics.example.org:9464",
+        "http://metrics.example.org",
+        "",
+        "a..b",
+        "-a.example",
+    ] {
+        assert_error_starts(
+            &format!("{BASE}\n[metrics]\nallowed_hosts = [\"ok.example\", \"{bad}\"]\n"),
+            &format!("bad.toml:21:32: metrics.allowed_hosts[1]: {bad:?} is not a host name"),
+        );
+    }
+}
+
+#[test]
 fn metrics_token_file_and_log_keys() {
     let fx = Fixture::new();
     std::fs::write(fx.root().join("admin.token"), "s3cret\n").unwrap();

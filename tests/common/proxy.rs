@@ -328,7 +328,7 @@ pub fn scrape(admin: SocketAddr) -> String {
     let mut s = std::net::TcpStream::connect(admin).unwrap();
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
