@@ -76,6 +76,12 @@ impl AdminToken {
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("the token must be one word of printable ASCII characters".into());
         }
+        if let Some(example) = crate::keys::published_as(token.as_bytes()) {
+            return Err(format!(
+                "the token is the published example token of {example}, which anyone can \
+                 read; generate one of your own (openssl rand -hex 32 > TOKEN_FILE)"
+            ));
+        }
         Ok(AdminToken(token.to_string()))
     }
 
@@ -402,6 +408,8 @@ mod tests {
         assert!(!format!("{t:?}").contains("s3cret"));
         assert!(AdminToken::new("\n \n").is_err());
         assert!(AdminToken::new("two words").is_err());
+        let e = AdminToken::new("example-admin-token-throwaway-never-use\n").unwrap_err();
+        assert!(e.contains("published example token"), "{e}");
     }
 
     #[test]
