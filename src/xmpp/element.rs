@@ -15,6 +15,7 @@ use quick_xml::errors::Error as QxError;
 use quick_xml::escape::EscapeError;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::scanner::{FrameKind, ScanError, Scanner};
 
@@ -160,22 +161,121 @@ impl NsContext {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Character data of an element. It may be a SASL payload (a password in base64), so it is
+/// wiped from memory when dropped and whenever it grows into a larger buffer, and its `Debug`
+/// shows only its length. It reads as a `str` (`&*text`, [`Text::as_str`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Text(Zeroizing<String>);
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Append, moving to a larger buffer by hand so that the old one is wiped first (a
+    /// `String` that grows by itself frees its old buffer as it was).
+    fn push_str(&mut self, s: &str) {
+        let needed = self.0.len() + s.len();
+        if needed > self.0.capacity() {
+            let mut grown = String::with_capacity(needed.max(2 * self.0.capacity()));
+            grown.push_str(&self.0);
+            self.0.zeroize();
+            *self.0 = grown;
+        }
+        self.0.push_str(s);
+    }
+
+    fn push(&mut self, c: char) {
+        self.push_str(c.encode_utf8(&mut [0; 4]));
+    }
+}
+
+impl Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        **self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        **self.0 == **other
+    }
+}
+
+/// Unescaped text that quick-xml had to copy, wiped once appended.
+fn append_wiped(text: &mut Text, content: std::borrow::Cow<'_, str>) {
+    text.push_str(&content);
+    if let std::borrow::Cow::Owned(copy) = content {
+        drop(Zeroizing::new(copy));
+    }
+}
+
+#[derive(Clone, PartialEq)]
 pub struct Element {
     /// Qualified name as written, e.g. `stream:features`.
     pub name: String,
     /// Resolved namespace URI (`""` for no namespace), shared with the other elements in the
     /// scope of the same declaration.
     pub ns: Ns,
-    /// In document order, values unescaped; includes `xmlns` declarations.
-    pub attrs: Vec<(String, String)>,
+    /// In document order, values unescaped; includes `xmlns` declarations. Values are wiped
+    /// when dropped: some are credentials (a FAST token, a resumption id).
+    pub attrs: Vec<(String, Zeroizing<String>)>,
     pub children: Vec<Element>,
     /// Character data directly inside this element (CDATA included),
     /// unescaped and concatenated.
-    pub text: String,
+    pub text: Text,
     /// Byte range of the element (start tag through end tag) in the buffer
     /// it was parsed from.
     pub span: Range<usize>,
+}
+
+/// Names, namespaces, structure and spans, but no text and no attribute value other than a
+/// namespace declaration's: an element may carry a SASL payload, a token or a resumption id,
+/// and `Debug` output ends up in logs and test failures.
+impl fmt::Debug for Element {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Attrs<'a>(&'a [(String, Zeroizing<String>)]);
+        impl fmt::Debug for Attrs<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut map = f.debug_map();
+                for (key, value) in self.0 {
+                    if key == "xmlns" || key.starts_with("xmlns:") {
+                        map.entry(key, &value.as_str());
+                    } else {
+                        map.entry(key, &format_args!("<{} bytes>", value.len()));
+                    }
+                }
+                map.finish()
+            }
+        }
+        f.debug_struct("Element")
+            .field("name", &self.name)
+            .field("ns", &self.ns)
+            .field("attrs", &Attrs(&self.attrs))
+            .field("children", &self.children)
+            .field("text", &self.text)
+            .field("span", &self.span)
+            .finish()
+    }
 }
 
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -293,13 +393,13 @@ fn open(
                 "value of '{key}' longer than {MAX_VALUE_BYTES} bytes"
             )));
         }
-        let value = value.into_owned();
+        let value = Zeroizing::new(value.into_owned());
         if key == "xmlns" {
             scopes.decls.push((String::new(), Ns::from(value.as_str())));
         } else if let Some(p) = key.strip_prefix("xmlns:") {
             // Namespaces in XML 1.0 forbids undeclaring a prefix and
             // rebinding the reserved ones.
-            if value.is_empty() || p == "xmlns" || (p == "xml") != (value == XML_NS) {
+            if value.is_empty() || p == "xmlns" || (p == "xml") != (value.as_str() == XML_NS) {
                 return Err(nwf(format!("illegal namespace declaration '{key}'")));
             }
             scopes.decls.push((p.to_string(), Ns::from(value.as_str())));
@@ -322,7 +422,7 @@ fn open(
             ns,
             attrs,
             children: Vec::new(),
-            text: String::new(),
+            text: Text::default(),
             span,
         },
         scope_len,
@@ -385,12 +485,12 @@ impl Element {
                     attach(&mut open_els, &mut root, el);
                 }
                 Event::Text(t) => match open_els.last_mut() {
-                    Some((el, _)) => el.text.push_str(&t.xml10_content()),
+                    Some((el, _)) => append_wiped(&mut el.text, t.xml10_content()),
                     None if t.trim_matches(|c| " \t\r\n".contains(c)).is_empty() => {}
                     None => return Err(nwf("text outside the element")),
                 },
                 Event::CData(c) => match open_els.last_mut() {
-                    Some((el, _)) => el.text.push_str(&c.xml10_content()),
+                    Some((el, _)) => append_wiped(&mut el.text, c.xml10_content()),
                     None => return Err(nwf("CDATA outside the element")),
                 },
                 Event::GeneralRef(r) => {

@@ -267,3 +267,40 @@ fn nesting_over_the_cap_is_a_policy_violation() {
     policy_violation(frame(129).as_bytes());
     policy_violation(frame(100_000).as_bytes());
 }
+
+// ---- secrets -------------------------------------------------------------------------------
+
+#[test]
+fn debug_output_never_shows_text_or_attribute_values() {
+    // A SASL payload (base64 of "\0juliet\0secret"), a FAST token, a resumption id.
+    let frames: [&[u8]; 3] = [
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABzZWNyZXQ=</auth>",
+        b"<success xmlns='urn:xmpp:sasl:2'><token xmlns='urn:xmpp:fast:0' expiry='2026-01-01T00:00:00Z' token='s3cr3t-fast-token'/></success>",
+        b"<resume xmlns='urn:xmpp:sm:3' previd='wrapped-previd-value' h='3'/>",
+    ];
+    for frame in frames {
+        let el = Element::parse(frame, &stream_ctx()).unwrap();
+        for shown in [format!("{el:?}"), format!("{el:#?}")] {
+            for secret in [
+                "AGp1bGlldABzZWNyZXQ=",
+                "s3cr3t-fast-token",
+                "wrapped-previd-value",
+                "2026-01-01",
+            ] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+            // Structure and namespaces still show.
+            assert!(shown.contains(&el.name), "{shown}");
+            assert!(shown.contains("urn:"), "{shown}");
+        }
+    }
+}
+
+#[test]
+fn text_built_piece_by_piece_is_whole() {
+    // Each reference and each CDATA section is appended on its own, growing the buffer.
+    let body = "ab&amp;&#x263A;<![CDATA[<c>]]>".repeat(500);
+    let e = Element::parse(format!("<a>{body}</a>").as_bytes(), &stream_ctx()).unwrap();
+    assert_eq!(e.text, "ab&\u{263A}<c>".repeat(500).as_str());
+    assert_eq!(format!("{:?}", e.text), format!("<{} bytes>", e.text.len()));
+}
