@@ -6,23 +6,59 @@
 //! `Authorization: Bearer TOKEN`. The probes stay open because load balancers and
 //! orchestrators probe without credentials, and all they reveal is "alive" and "ready". The
 //! token is read with the rest of the configuration, so a reload rotates it.
+//!
+//! The endpoints are often reachable from an operator's browser (loopback, a management
+//! network), so everything but the probes is also guarded against web pages:
+//! - a `Host` other than an IP literal, `localhost` or a name in `[metrics] allowed_hosts` is
+//!   refused (421), so a page whose name an attacker points at the proxy's address (DNS
+//!   rebinding) reads nothing;
+//! - without a token, a POST must carry an `X-Requested-By` header (any value): a page can
+//!   make a browser send a "simple" cross-origin POST (a form), but not one with a custom
+//!   header without first asking, and the proxy never says yes.
+//!
+//! Connections are served by hyper directly rather than `axum::serve`, for two bounds that it
+//! does not set: a connection must finish each request head within [`HEADER_READ_TIMEOUT`]
+//! (a client trickling headers, or idle between requests, is closed), and at most
+//! [`MAX_CONNECTIONS`] are open at once; more wait in the accept backlog, as client
+//! connections do past `limits.max_connections`, so the admin side can never take the file
+//! descriptors the XMPP side needs.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::runtime::Shared;
+
+/// How long a connection may take to send a request head, and may stay idle between two
+/// requests. Real clients (Prometheus, curl, probes) send a head in one packet at once.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Admin connections open at once. A few scrapers, probes and operators need a handful; the
+/// bound keeps a flood of connections to the admin port from using file descriptors and
+/// memory the client side needs.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long open admin connections get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The header a POST must carry when no token is configured.
+pub const REQUESTED_BY: &str = "x-requested-by";
 
 /// The admin bearer token. Its `Debug` never shows it, so a logged configuration or runtime
 /// cannot leak it.
@@ -39,6 +75,12 @@ impl AdminToken {
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("the token must be one word of printable ASCII characters".into());
+        }
+        if let Some(example) = crate::keys::published_as(token.as_bytes()) {
+            return Err(format!(
+                "the token is the published example token of {example}, which anyone can \
+                 read; generate one of your own (openssl rand -hex 32 > TOKEN_FILE)"
+            ));
         }
         Ok(AdminToken(token.to_string()))
     }
@@ -69,6 +111,55 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     {
         tracing::warn!(%addr, "admin endpoints (drain, reload) are reachable beyond loopback without a token; set [metrics] token_file");
     }
+    let app = router(shared);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = TaskTracker::new();
+    loop {
+        // A slot first: past the bound, connections wait in the kernel's accept backlog.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let tcp = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, most likely: give the process a moment.
+                    tracing::warn!(error = %e, "admin endpoint cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = http.serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                served = conn.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "admin connection ended");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await;
+}
+
+/// Every endpoint; all but the probes behind [`guard`].
+fn router(shared: Arc<Shared>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/backends", get(backends))
@@ -76,30 +167,63 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         .route("/backends/{name}/drain", post(drain))
         .route("/backends/{name}/undrain", post(undrain))
         .route("/reload", post(reload))
-        .route_layer(middleware::from_fn_with_state(
-            shared.clone(),
-            require_token,
-        ));
-    let app = Router::new()
+        .route_layer(middleware::from_fn_with_state(shared.clone(), guard));
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(protected)
-        .with_state(shared);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "admin HTTP server failed");
-    }
+        .with_state(shared)
 }
 
-/// Let the request through if no token is configured or it carries the right one.
-async fn require_token(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Whether `host` (a `Host` header or a request target's authority) names the endpoint in a
+/// way DNS rebinding cannot: an IP literal (IPv6 in brackets), `localhost`, or a name the
+/// operator listed; with or without a port, names in any case and with or without a final dot.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let is_port = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((ip, "")) => ip.parse::<Ipv6Addr>().is_ok(),
+            Some((ip, port)) => {
+                ip.parse::<Ipv6Addr>().is_ok() && port.strip_prefix(':').is_some_and(is_port)
+            }
+            None => false,
+        };
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    if name.parse::<Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && (name.eq_ignore_ascii_case("localhost")
+            || allowed.iter().any(|a| a.eq_ignore_ascii_case(name)))
+}
+
+/// The checks on every endpoint but the probes, in order: the host name, the token, and for
+/// a POST without a token, the header a web page cannot send.
+async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let rt = shared.runtime.load();
+    let allowed = &rt.config.metrics_allowed_hosts;
+    let hosts = request
+        .headers()
+        .get_all(HOST)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .chain(request.uri().authority().map(|a| a.as_str()));
+    for host in hosts {
+        if !host_allowed(host, allowed) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                "this endpoint answers to IP addresses, localhost and the names in \
+                 [metrics] allowed_hosts only\n",
+            )
+                .into_response();
+        }
+    }
     if let Some(token) = &rt.admin_token {
         let presented = request
             .headers()
@@ -116,6 +240,13 @@ async fn require_token(
             )
                 .into_response();
         }
+    } else if request.method() == Method::POST && !request.headers().contains_key(REQUESTED_BY) {
+        return (
+            StatusCode::FORBIDDEN,
+            "a POST needs the header X-Requested-By (any value), or a token \
+             ([metrics] token_file): a web page cannot send it\n",
+        )
+            .into_response();
     }
     drop(rt);
     next.run(request).await
@@ -277,5 +408,47 @@ mod tests {
         assert!(!format!("{t:?}").contains("s3cret"));
         assert!(AdminToken::new("\n \n").is_err());
         assert!(AdminToken::new("two words").is_err());
+        let e = AdminToken::new("example-admin-token-throwaway-never-use\n").unwrap_err();
+        assert!(e.contains("published example token"), "{e}");
+    }
+
+    #[test]
+    fn host_names_that_dns_rebinding_cannot_forge() {
+        let listed = vec!["metrics.example.org".to_string()];
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9464",
+            "10.0.0.5:80",
+            "[::1]",
+            "[::1]:9464",
+            "[2001:db8::1]:9464",
+            "localhost",
+            "LOCALHOST:9464",
+            "localhost.",
+            "metrics.example.org",
+            "Metrics.Example.Org.:9464",
+        ] {
+            assert!(host_allowed(ok, &listed), "{ok}");
+        }
+        for bad in [
+            "",
+            ":9464",
+            "evil.example",
+            "evil.example:9464",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "metrics.example.org.evil.example",
+            "example.org",
+            "[::1",
+            "[::1]9464",
+            "[::1]:",
+            "[evil.example]",
+            "::1",
+            "127.0.0.1:port",
+            "127.0.0.1:99999999",
+        ] {
+            assert!(!host_allowed(bad, &listed), "{bad:?}");
+        }
+        assert!(!host_allowed("metrics.example.org", &[]));
     }
 }

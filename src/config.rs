@@ -349,6 +349,7 @@ struct RawMetrics {
     #[serde(default = "default_metrics_bind")]
     bind: Spanned<String>,
     token_file: Option<Spanned<PathBuf>>,
+    allowed_hosts: Option<Vec<Spanned<String>>>,
 }
 
 /// Loopback: the admin endpoints can drain nodes and reload the configuration, so they are
@@ -413,6 +414,17 @@ impl Default for RawProbe {
     }
 }
 
+/// The largest `limits.max_header_bytes` accepted. A stream header is one start tag of a few
+/// hundred bytes; the proxy keeps its namespaces for as long as the stream lives.
+pub const MAX_HEADER_BYTES_BOUND: usize = 64 * 1024;
+
+/// The largest `limits.max_prerouting_element_bytes` and `limits.max_negotiation_element_bytes`
+/// accepted. Every negotiating connection may buffer one such element and parse it (a parse
+/// allocates up to a few times the element's size), so the bound caps what a client can make
+/// the proxy hold before it has logged in; the largest real negotiation elements (stream
+/// features, a SASL2 `<authenticate/>`) are a few kilobytes.
+pub const MAX_ELEMENT_BYTES_BOUND: usize = 1024 * 1024;
+
 /// A checked configuration: every address parsed, every file present, paths absolute.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -430,6 +442,10 @@ pub struct Config {
     /// token itself is read when the configuration is put into service, so it never sits in
     /// the configuration file and can be rotated with a reload.
     pub metrics_token_file: Option<PathBuf>,
+    /// Host names (lowercase, no port) the admin endpoints answer to besides IP literals and
+    /// `localhost`: any other `Host` is refused, so a web page cannot read them through DNS
+    /// rebinding.
+    pub metrics_allowed_hosts: Vec<String>,
     /// How log lines are written (read at start only: logging is set up before anything else).
     pub log_format: LogFormat,
     /// Whether the access log names the user (bare JID). Off by default: a JID is personal data.
@@ -1160,20 +1176,45 @@ impl RawConfig {
             Some(f) => Some(resolve(f, "metrics.token_file")?),
             None => None,
         };
+        let mut metrics_allowed_hosts = Vec::new();
+        let hosts = self.metrics.as_ref().and_then(|m| m.allowed_hosts.as_ref());
+        for (i, h) in hosts.into_iter().flatten().enumerate() {
+            let name = check_host_name(h.get_ref())
+                .map_err(|msg| err(&h.span(), &format!("metrics.allowed_hosts[{i}]"), msg))?;
+            metrics_allowed_hosts.push(name);
+        }
         let l = &self.limits;
-        for (name, v) in [
-            ("limits.max_header_bytes", &l.max_header_bytes),
+        for (name, v, max) in [
+            (
+                "limits.max_header_bytes",
+                &l.max_header_bytes,
+                MAX_HEADER_BYTES_BOUND,
+            ),
             (
                 "limits.max_prerouting_element_bytes",
                 &l.max_prerouting_element_bytes,
+                MAX_ELEMENT_BYTES_BOUND,
             ),
             (
                 "limits.max_negotiation_element_bytes",
                 &l.max_negotiation_element_bytes,
+                MAX_ELEMENT_BYTES_BOUND,
             ),
         ] {
             if *v.get_ref() < 512 {
                 return Err(err(&v.span(), name, "must be at least 512 bytes".into()));
+            }
+            if *v.get_ref() > max {
+                let unit = if max >= 1 << 20 {
+                    format!("{} MiB", max >> 20)
+                } else {
+                    format!("{} KiB", max >> 10)
+                };
+                return Err(err(
+                    &v.span(),
+                    name,
+                    format!("must be at most {max} bytes ({unit})"),
+                ));
             }
         }
         let resumption = self.resumption.check(&resolve, &err)?;
@@ -1193,6 +1234,7 @@ impl RawConfig {
             backends,
             metrics_bind,
             metrics_token_file,
+            metrics_allowed_hosts,
             log_format: self.log_format,
             log_jids: self.log_jids,
             limits: Limits {
@@ -1431,6 +1473,26 @@ fn check_rate(r: &Spanned<f64>) -> Result<f64, String> {
 }
 
 /// `host:port` as a client would connect to it (a name or an IP; IPv6 in brackets).
+/// A DNS name as a `Host` header carries it, without port or scheme; lowercase, without a
+/// final dot.
+fn check_host_name(s: &str) -> Result<String, String> {
+    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{s:?} is not a host name (write the name alone, e.g. \"metrics.example.org\", \
+             without port or scheme; IP addresses and localhost need no entry)"
+        ));
+    }
+    Ok(name)
+}
+
 fn check_host_port(s: &str) -> Result<String, String> {
     let bad = || format!("{s:?} is not host:port (IPv6 in brackets)");
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;

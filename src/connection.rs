@@ -1705,6 +1705,10 @@ fn client_frame_failure(e: FrameError) -> Failure {
             Condition::PolicyViolation,
             "element too large at this stage".into(),
         ),
+        FrameError::Scan(ScanError::TooDeep) => Failure::Refuse(
+            Condition::PolicyViolation,
+            "elements nested too deeply".into(),
+        ),
         FrameError::Scan(ScanError::Restricted(why)) => {
             Failure::Refuse(Condition::RestrictedXml, why.into())
         }

@@ -24,6 +24,47 @@ use zeroize::Zeroizing;
 /// 32 random bytes is longer still.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Secrets that were published, by the SHA-256 of their text (surrounding whitespace
+/// removed): the example secrets earlier releases shipped beside `config/example.toml`, so that
+/// it validated as shipped. Anyone can read them, so a proxy that uses one protects nothing
+/// (forged stream-management ids, decryptable session tickets, an open admin endpoint); they
+/// are refused wherever they turn up, since copies of the example live on in deployments.
+const PUBLISHED: &[(&str, [u8; 32])] = &[
+    (
+        "config/example.sm.key",
+        [
+            0x0d, 0xab, 0xa6, 0x3f, 0x23, 0x7e, 0x08, 0xf5, 0x59, 0x63, 0x85, 0xe6, 0x9a, 0x2d,
+            0xff, 0x22, 0x3b, 0x06, 0x30, 0x21, 0x16, 0x96, 0xf9, 0xde, 0x7f, 0x61, 0x40, 0xdc,
+            0xa7, 0x40, 0x76, 0x94,
+        ],
+    ),
+    (
+        "config/example.tickets.key",
+        [
+            0x36, 0x10, 0x1d, 0x1c, 0x45, 0xf8, 0xf7, 0x36, 0x7d, 0xbd, 0xc4, 0x19, 0x9f, 0x3d,
+            0x04, 0x1c, 0xc2, 0x7c, 0x39, 0x7b, 0x93, 0x9a, 0xb5, 0x92, 0xff, 0xd8, 0xdc, 0x80,
+            0xae, 0x38, 0x3a, 0x81,
+        ],
+    ),
+    (
+        "config/example.admin-token",
+        [
+            0xbf, 0xe6, 0x44, 0x8a, 0x1c, 0x9d, 0xde, 0x0c, 0xdf, 0xfe, 0x6a, 0xbe, 0xa4, 0xb0,
+            0x48, 0xdd, 0xae, 0xe1, 0xec, 0x04, 0x0e, 0xe3, 0xd2, 0x4e, 0xcf, 0xb0, 0x78, 0x46,
+            0x8b, 0x88, 0xbe, 0x14,
+        ],
+    ),
+];
+
+/// The file that published `secret` (its text without surrounding whitespace), if one did.
+pub fn published_as(secret: &[u8]) -> Option<&'static str> {
+    let hash = digest::digest(&digest::SHA256, secret.trim_ascii());
+    PUBLISHED
+        .iter()
+        .find(|(_, h)| h.as_slice() == hash.as_ref())
+        .map(|(name, _)| *name)
+}
+
 /// A secret from a key file, with the short id that names it inside what it protects.
 #[derive(Clone)]
 pub struct FleetKey {
@@ -53,6 +94,17 @@ pub enum KeyError {
         file.display()
     )]
     TooShort { file: PathBuf, len: usize },
+    /// The secret is one that was published as an example.
+    #[error(
+        "key file {} holds the published example secret of {example}, which anyone can read; \
+         generate a secret of your own (openssl rand -base64 48 > {})",
+        file.display(),
+        file.display()
+    )]
+    Published {
+        file: PathBuf,
+        example: &'static str,
+    },
 }
 
 impl FleetKey {
@@ -67,6 +119,12 @@ impl FleetKey {
             return Err(KeyError::TooShort {
                 file: file.to_path_buf(),
                 len: trimmed.len(),
+            });
+        }
+        if let Some(example) = published_as(trimmed) {
+            return Err(KeyError::Published {
+                file: file.to_path_buf(),
+                example,
             });
         }
         Ok(FleetKey::from_secret(trimmed, file))
@@ -171,5 +229,23 @@ mod tests {
         let k = FleetKey::load(&good).unwrap();
         assert_eq!(k.id_hex().len(), 8);
         assert!(!format!("{k:?}").contains("WW91"));
+    }
+
+    #[test]
+    fn published_secrets_are_known_by_hash_alone() {
+        // The hashes are of the published text; nothing else matches.
+        assert_eq!(
+            published_as(b" example-admin-token-throwaway-never-use\n"),
+            Some("config/example.admin-token")
+        );
+        assert_eq!(
+            published_as(b"example-admin-token-throwaway-never-usE"),
+            None
+        );
+        assert_eq!(published_as(b""), None);
+        for (name, hash) in PUBLISHED {
+            assert!(name.starts_with("config/example."), "{name}");
+            assert_eq!(PUBLISHED.iter().filter(|(_, h)| h == hash).count(), 1);
+        }
     }
 }

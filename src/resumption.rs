@@ -42,11 +42,31 @@ pub struct Context {
 }
 
 /// A resume the client asked for, waiting for the node's answer.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 struct Pending {
     /// The id the client sent, if the proxy replaced it (the node's `<resumed previd>` must
     /// show it again).
     client_previd: Option<String>,
+}
+
+/// A resumption id is a credential (whoever presents it takes the session over): `Debug`
+/// shows whether there is one, never its value.
+fn redacted(id: &Option<String>) -> &'static str {
+    match id {
+        Some(_) => "Some(<redacted>)",
+        None => "None",
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field(
+                "client_previd",
+                &format_args!("{}", redacted(&self.client_previd)),
+            )
+            .finish()
+    }
 }
 
 /// What the two watches of one relay share, in one allocation: a relay may live for days, and
@@ -223,7 +243,7 @@ fn wrap_enabled(ctx: &Context, raw: &[u8], el: &Element) -> Option<Vec<u8>> {
 }
 
 /// What [`inline_resume`] found in a SASL2 `<authenticate/>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Inline {
     /// The node the verified id names: route there.
     pub node: Option<String>,
@@ -231,6 +251,21 @@ pub struct Inline {
     pub client_previd: Option<String>,
     /// The element to send to the node (the node's own id in place of the client's).
     pub element: Bytes,
+}
+
+/// The node, but neither id nor the element: the element is the client's whole SASL2
+/// `<authenticate/>`, credentials included.
+impl std::fmt::Debug for Inline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inline")
+            .field("node", &self.node)
+            .field(
+                "client_previd",
+                &format_args!("{}", redacted(&self.client_previd)),
+            )
+            .field("element", &format_args!("<{} bytes>", self.element.len()))
+            .finish()
+    }
 }
 
 /// A SASL2 `<authenticate/>` with an inline `<resume previd/>`: check the id before routing.

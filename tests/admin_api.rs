@@ -1,11 +1,15 @@
 //! The admin HTTP side on the metrics bind, as an operator and a load balancer use it:
 //! `/healthz`, `/readyz`, `/backends`, `/route?jid=`, the bearer token on everything but the
-//! two probes, and the `xmpp-lb drain` command sending the token.
+//! two probes, and the `xmpp-lb drain` command sending the token; and as an attacker would:
+//! a web page posting to it (cross-site request forgery) or reading it through DNS
+//! rebinding, and clients that hold connections open without finishing a request.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::pki::TestPki;
 use common::process::{free_port, wait_for};
@@ -335,4 +339,216 @@ fn open_connections_are_counted_under_their_tls_style() {
         (open("starttls") == 0.0).then_some(())
     })
     .expect("closed connections are not open");
+}
+
+// ---- attacks -------------------------------------------------------------------------------
+
+/// A proxy with no admin token, in front of a backend nobody listens on (no server needed);
+/// `metrics` is appended to its [metrics] table.
+fn open_proxy(metrics: &str) -> (Proxy, TestPki) {
+    let pki = TestPki::new(&[DOMAIN]);
+    let dead = format!("127.0.0.1:{}", free_port(false).unwrap())
+        .parse()
+        .unwrap();
+    let text = config_text(
+        &pki.cert_path(DOMAIN),
+        &pki.key_path(DOMAIN),
+        DOMAIN,
+        "jid",
+        &[dead],
+        "",
+    )
+    .replace(
+        "[metrics]\nbind = \"127.0.0.1:0\"\n",
+        &format!("[metrics]\nbind = \"127.0.0.1:0\"\n{metrics}\n"),
+    );
+    (Proxy::start(&text), pki)
+}
+
+/// Send `head` (request line and headers, without the blank line) on a new connection,
+/// asking it to close after the answer: the status and body.
+fn raw_http(addr: SocketAddr, head: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{head}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("{head}: {e}; got {out:?}"));
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{head}: no status in {out:?}"));
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+#[test]
+fn posts_without_a_token_need_a_header_a_web_page_cannot_send() {
+    let (p, _pki) = open_proxy("");
+    let draining = || p.shared.runtime.load().states[0].is_draining();
+    let host = format!("Host: {}", p.metrics);
+    // What a form on any web page can make a browser send: a "simple" cross-origin POST.
+    for path in ["/backends/node1/drain", "/reload"] {
+        let (status, body) = raw_http(
+            p.metrics,
+            &format!(
+                "POST {path} HTTP/1.1\r\n{host}\r\nOrigin: http://evil.example\r\n\
+                 Content-Type: application/x-www-form-urlencoded"
+            ),
+        );
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains("X-Requested-By"), "{body}");
+    }
+    assert!(!draining());
+    // A custom header makes the request one a browser would first ask permission for (and
+    // the proxy never grants it); any value will do.
+    let (status, body) = raw_http(
+        p.metrics,
+        &format!("POST /backends/node1/drain HTTP/1.1\r\n{host}\r\nX-Requested-By: curl"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(draining());
+    // The command line sends it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-lb"))
+        .args(["undrain", "--admin", &p.metrics.to_string(), "node1"])
+        .env_remove("XMPP_LB_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!draining());
+    // Reading is not changed by it.
+    assert_eq!(
+        raw_http(p.metrics, &format!("GET /metrics HTTP/1.1\r\n{host}")).0,
+        200
+    );
+}
+
+#[test]
+fn host_names_are_refused_unless_listed_so_dns_rebinding_reads_nothing() {
+    let (p, _pki) = open_proxy("allowed_hosts = [\"metrics.example.internal\"]");
+    let port = p.metrics.port();
+    let get = |path: &str, host: &str| {
+        raw_http(p.metrics, &format!("GET {path} HTTP/1.1\r\nHost: {host}"))
+    };
+    // A page on evil.example whose name now resolves to the proxy's address.
+    for host in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        format!("127.0.0.1.evil.example:{port}"),
+        "localhost.evil.example".to_string(),
+        format!("metrics.example.internal.evil.example:{port}"),
+    ] {
+        for path in ["/metrics", "/backends", "/route?jid=alice@example.test"] {
+            let (status, body) = get(path, &host);
+            assert_eq!(status, 421, "{path} with Host: {host}: {body}");
+            assert!(body.contains("allowed_hosts"), "{body}");
+        }
+        let (status, _) = raw_http(
+            p.metrics,
+            &format!("POST /reload HTTP/1.1\r\nHost: {host}\r\nX-Requested-By: x"),
+        );
+        assert_eq!(status, 421, "POST with Host: {host}");
+        // Probes answer whatever the name: orchestrators probe by any name, and they tell
+        // nothing but "alive" and "ready".
+        assert_eq!(get("/healthz", &host).0, 200);
+    }
+    // IP literals, localhost and listed names, with or without a port, in any case.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        format!("[::1]:{port}"),
+        "[::1]".to_string(),
+        "10.1.2.3:80".to_string(),
+        format!("localhost:{port}"),
+        "LocalHost".to_string(),
+        "metrics.example.internal".to_string(),
+        format!("Metrics.Example.Internal.:{port}"),
+    ] {
+        let (status, body) = get("/metrics", &host);
+        assert_eq!(status, 200, "Host: {host}: {body}");
+    }
+}
+
+#[test]
+fn a_client_that_never_finishes_its_request_head_is_closed() {
+    let (p, _pki) = open_proxy("");
+    let limit = xmpp_lb::admin::HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    let closed_within = |sent: &[u8]| -> Duration {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(p.metrics).unwrap();
+        s.write_all(sent).unwrap();
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = Vec::new();
+        match s.read_to_end(&mut buf) {
+            Ok(_) => started.elapsed(),
+            Err(e) => panic!(
+                "still open after {limit:?} ({e}) having sent {:?}",
+                String::from_utf8_lossy(sent)
+            ),
+        }
+    };
+    // Slowloris: half a request head, then nothing.
+    let t = closed_within(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+    assert!(
+        t >= xmpp_lb::admin::HEADER_READ_TIMEOUT / 2,
+        "closed too early: {t:?}"
+    );
+    // Nothing at all.
+    closed_within(b"");
+}
+
+#[test]
+fn admin_connections_are_capped() {
+    let (p, _pki) = open_proxy("");
+    let cap = xmpp_lb::admin::MAX_CONNECTIONS;
+    // Connections that send nothing take every slot (until the header timeout frees them).
+    let mut silent: Vec<TcpStream> = (0..cap)
+        .map(|_| TcpStream::connect(p.metrics).unwrap())
+        .collect();
+    let started = Instant::now();
+    let mut one_more = TcpStream::connect(p.metrics).unwrap();
+    write!(
+        one_more,
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    // It waits, as connections over limits.max_connections wait, in the accept backlog...
+    one_more
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match one_more.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!(
+            "answered past the cap: {other:?} {:?}",
+            String::from_utf8_lossy(&buf)
+        ),
+    }
+    assert!(started.elapsed() < xmpp_lb::admin::HEADER_READ_TIMEOUT);
+    // ...and is served as soon as a slot is free.
+    drop(silent.pop());
+    one_more
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut out = String::new();
+    one_more.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    assert!(
+        started.elapsed() < xmpp_lb::admin::HEADER_READ_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
 }

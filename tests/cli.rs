@@ -187,12 +187,42 @@ fn help_documents_every_command() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("--ip"));
 }
 
+/// A copy of config/ in `to`, with the secrets example.toml names generated there as an
+/// operator would (none is shipped).
+fn example_with_own_secrets(to: &Path) -> std::path::PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &to.join(entry.file_name()));
+            } else {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), to);
+    let out = Command::new("openssl")
+        .args(["rand", "-base64", "48"])
+        .output()
+        .expect("openssl");
+    std::fs::write(to.join("sm.key"), &out.stdout).unwrap();
+    let out = Command::new("openssl")
+        .args(["rand", "-base64", "48"])
+        .output()
+        .expect("openssl");
+    std::fs::write(to.join("tickets.key"), &out.stdout).unwrap();
+    std::fs::write(to.join("admin.token"), "a-token-of-the-tests\n").unwrap();
+    to.join("example.toml")
+}
+
 #[test]
 fn check_names_the_fleet_keys_by_id_never_by_secret() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-lb"))
+    let dir = tempfile::tempdir().unwrap();
+    let example = example_with_own_secrets(dir.path());
+    let out = xmpp_lb()
         .args(["check", "--config"])
-        .arg(root.join("example.toml"))
+        .arg(&example)
         .output()
         .unwrap();
     assert!(
@@ -201,8 +231,8 @@ fn check_names_the_fleet_keys_by_id_never_by_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let sm = xmpp_lb::keys::FleetKey::load(&root.join("example.sm.key")).unwrap();
-    let tickets = xmpp_lb::keys::FleetKey::load(&root.join("example.tickets.key")).unwrap();
+    let sm = xmpp_lb::keys::FleetKey::load(&dir.path().join("sm.key")).unwrap();
+    let tickets = xmpp_lb::keys::FleetKey::load(&dir.path().join("tickets.key")).unwrap();
     assert!(
         text.contains(&format!("stream-management id keys: {}\n", sm.id_hex())),
         "{text}"
@@ -214,6 +244,83 @@ fn check_names_the_fleet_keys_by_id_never_by_secret() {
         )),
         "{text}"
     );
-    let secret = std::fs::read_to_string(root.join("example.sm.key")).unwrap();
+    let secret = std::fs::read_to_string(dir.path().join("sm.key")).unwrap();
     assert!(!text.contains(secret.trim()));
+}
+
+/// What config/example.sm.key and config/example.admin-token held when they shipped.
+const PUBLISHED_SM_SECRET: &str =
+    "SFKYEn55q1GxEOZ5agaUrFENkuFq5XrRcLl2JK59+OWrJ67YXRR2ScU20s4ntYaX";
+const PUBLISHED_ADMIN_TOKEN: &str = "example-admin-token-throwaway-never-use";
+
+#[test]
+fn check_and_run_refuse_the_published_example_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "jid", THREE);
+    // `run` binds before it reads the token: any free port.
+    let base = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(":5222\"", ":0\"");
+    std::fs::write(
+        dir.path().join("sm.key"),
+        format!("{PUBLISHED_SM_SECRET}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("admin.token"),
+        format!("{PUBLISHED_ADMIN_TOKEN}\n"),
+    )
+    .unwrap();
+    let refused = |extra: &str, needles: &[&str]| {
+        std::fs::write(&path, format!("{base}\n{extra}\n")).unwrap();
+        for command in ["check", "run"] {
+            let mut cmd = xmpp_lb();
+            cmd.args([command, "--config"])
+                .arg(&path)
+                .args(["--log", "off"]);
+            let out = run_for_at_most(cmd, std::time::Duration::from_secs(10));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command} with {extra}: {err}");
+            for needle in needles {
+                assert!(err.contains(needle), "{command}: {needle:?} not in {err}");
+            }
+        }
+    };
+    let line = base.lines().count() + 3;
+    refused(
+        "[resumption]\nsm_key_files = [\"sm.key\"]",
+        &[
+            &format!("xmpp-lb.toml:{line}:17: resumption.sm_key_files[0]: "),
+            "published example secret",
+            "openssl rand -base64 48 >",
+        ],
+    );
+    refused(
+        "[metrics]\nbind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"",
+        &[
+            "metrics.token_file",
+            "published example token",
+            "openssl rand",
+        ],
+    );
+}
+
+/// Run `cmd` to its end, or kill it (by its pid) after `limit`: a proxy that should have
+/// refused to start must not hang the test.
+fn run_for_at_most(mut cmd: Command, limit: std::time::Duration) -> std::process::Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = tx.send(());
+    out
 }

@@ -147,6 +147,64 @@ fn shipped_tomls() -> Vec<PathBuf> {
 
 // ---- the shipped files ---------------------------------------------------------------------
 
+/// The secrets config/example.toml names, which an operator generates (none is shipped: a
+/// secret in the repository is public).
+const GENERATED_SECRETS: &[&str] = &["sm.key", "tickets.key", "admin.token"];
+
+/// A copy of config/ in a scratch directory, with the secrets example.toml names generated
+/// there as an operator would.
+fn config_with_own_secrets() -> TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else if !GENERATED_SECRETS.contains(&entry.file_name().to_str().unwrap()) {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    copy(&config_dir(), scratch.path());
+    for (i, name) in GENERATED_SECRETS.iter().enumerate() {
+        let secret = format!("a scratch secret of the tests, number {i}, never published");
+        std::fs::write(scratch.path().join(name), secret).unwrap();
+    }
+    scratch
+}
+
+#[test]
+fn example_toml_as_shipped_lacks_only_the_secrets_an_operator_generates() {
+    if GENERATED_SECRETS
+        .iter()
+        .any(|f| config_dir().join(f).exists())
+    {
+        // Generated here by someone following the README: nothing to check.
+        return;
+    }
+    let path = config_dir().join("example.toml");
+    match Config::load(&path) {
+        // The first secret validation reads: the token file.
+        Err(ConfigError::Invalid { key, message, .. }) => {
+            assert_eq!(key, "metrics.token_file", "{message}");
+            let missing = message.strip_prefix("file not found: ").expect(&message);
+            assert_eq!(Path::new(missing), config_dir().join("admin.token"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    for secret in GENERATED_SECRETS {
+        let command = if secret.ends_with(".key") {
+            format!("openssl rand -base64 48 > config/{secret}")
+        } else {
+            format!("openssl rand -hex 32 > config/{secret}")
+        };
+        assert!(text.contains(&command), "example.toml shows {command}");
+    }
+}
+
 #[test]
 fn every_shipped_toml_validates_or_only_lacks_generated_certificates() {
     let files = shipped_tomls();
@@ -154,8 +212,10 @@ fn every_shipped_toml_validates_or_only_lacks_generated_certificates() {
     assert!(names.contains(&"example.toml".as_ref()), "{names:?}");
     assert!(names.contains(&"demo.toml".as_ref()), "{names:?}");
 
-    for path in &files {
-        let text = std::fs::read_to_string(path).unwrap();
+    let scratch = config_with_own_secrets();
+    for shipped in &files {
+        let text = std::fs::read_to_string(shipped).unwrap();
+        let path = &scratch.path().join(shipped.file_name().unwrap());
         match Config::load(path) {
             Ok(config) => assert!(!config.listeners.is_empty()),
             Err(ConfigError::Invalid {
@@ -187,7 +247,7 @@ fn every_shipped_toml_validates_or_only_lacks_generated_certificates() {
                     "example.toml",
                     "example.toml must validate as shipped: {what}"
                 );
-                validates_once_certificates_exist(path, &text);
+                validates_once_certificates_exist(shipped, &text);
             }
             Err(e) => panic!("{e}"),
         }
@@ -222,7 +282,8 @@ fn validates_once_certificates_exist(original: &Path, text: &str) {
 
 #[test]
 fn example_toml_validates_and_shows_every_mode() {
-    let path = config_dir().join("example.toml");
+    let scratch = config_with_own_secrets();
+    let path = scratch.path().join("example.toml");
     let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.source, path);
 
@@ -237,8 +298,8 @@ fn example_toml_validates_and_shows_every_mode() {
         c.listeners.iter().any(|l| l.certs.len() > 1),
         "extra_cert is shown"
     );
-    let example_pem = config_dir().join("certs/example.test.pem");
-    let example_key = config_dir().join("certs/example.test.key");
+    let example_pem = scratch.path().join("certs/example.test.pem");
+    let example_key = scratch.path().join("certs/example.test.key");
     for pair in c.listeners.iter().flat_map(|l| &l.certs) {
         assert_eq!(pair.cert, example_pem);
         assert_eq!(pair.key, example_key);
@@ -510,6 +571,27 @@ fn metrics_bind_is_checked() {
     let c = Fixture::new().ok(&format!("{BASE}\n[metrics]\n"));
     assert_eq!(c.metrics_bind, Some("127.0.0.1:9464".parse().unwrap()));
     assert_eq!(c.metrics_token_file, None);
+}
+
+#[test]
+fn metrics_allowed_hosts_are_plain_host_names() {
+    let c = Fixture::new().ok(&format!(
+        "{BASE}\n[metrics]\nallowed_hosts = [\"Metrics.Example.org.\", \"lb-1\"]\n"
+    ));
+    assert_eq!(c.metrics_allowed_hosts, ["metrics.example.org", "lb-1"]);
+    assert!(Fixture::new().ok(BASE).metrics_allowed_hosts.is_empty());
+    for bad in [
+        "metrics.example.org:9464",
+        "http://metrics.example.org",
+        "",
+        "a..b",
+        "-a.example",
+    ] {
+        assert_error_starts(
+            &format!("{BASE}\n[metrics]\nallowed_hosts = [\"ok.example\", \"{bad}\"]\n"),
+            &format!("bad.toml:21:32: metrics.allowed_hosts[1]: {bad:?} is not a host name"),
+        );
+    }
 }
 
 #[test]
@@ -829,6 +911,32 @@ fn byte_limits_below_512() {
     }
     let c = Fixture::new().ok(&format!("{BASE}\n[limits]\nmax_header_bytes = 512\n"));
     assert_eq!(c.limits.max_header_bytes, 512);
+}
+
+#[test]
+fn byte_limits_have_an_upper_bound() {
+    for (key, max, max_text) in [
+        ("max_header_bytes", 65_536_u64, "65536 bytes (64 KiB)"),
+        (
+            "max_prerouting_element_bytes",
+            1_048_576,
+            "1048576 bytes (1 MiB)",
+        ),
+        (
+            "max_negotiation_element_bytes",
+            1_048_576,
+            "1048576 bytes (1 MiB)",
+        ),
+    ] {
+        let column = key.len() + 4;
+        for too_many in [max + 1, 1_u64 << 40] {
+            assert_error(
+                &format!("{BASE}\n[limits]\nmax_connections = 10\n{key} = {too_many}\n"),
+                &format!("bad.toml:22:{column}: limits.{key}: must be at most {max_text}"),
+            );
+        }
+        Fixture::new().ok(&format!("{BASE}\n[limits]\n{key} = {max}\n"));
+    }
 }
 
 // ---- rejections: syntax and the file itself ------------------------------------------------
@@ -1223,4 +1331,60 @@ fn resumption_keys_are_read_and_checked() {
         e.starts_with("bad.toml:20:23: resumption.tls_ticket_rotation: not a duration"),
         "{e}"
     );
+}
+
+/// The secrets config/example.sm.key and config/example.tickets.key held when they shipped with
+/// the example configuration: public, so anyone could forge what they protect.
+const PUBLISHED_SM_SECRET: &str =
+    "SFKYEn55q1GxEOZ5agaUrFENkuFq5XrRcLl2JK59+OWrJ67YXRR2ScU20s4ntYaX";
+const PUBLISHED_TICKET_SECRET: &str =
+    "KvuJFQG8VVpjjCgDYsgmrdT08oMGYvGaanUyHVlqGTLYh6RPeF3eu0R2JVtgjuOY";
+
+#[test]
+fn the_published_example_secrets_are_refused() {
+    let fx = Fixture::new();
+    // As shipped (with its final newline), or re-indented: the secret is the same.
+    std::fs::write(fx.root().join("sm.key"), format!("{PUBLISHED_SM_SECRET}\n")).unwrap();
+    std::fs::write(
+        fx.root().join("tickets.key"),
+        format!("  {PUBLISHED_TICKET_SECRET}"),
+    )
+    .unwrap();
+    std::fs::write(
+        fx.root().join("own.key"),
+        "0123456789abcdef0123456789abcdef-own",
+    )
+    .unwrap();
+    let at = |body: &str| fx.error(&format!("{BASE}[resumption]\n{body}\n"));
+    for (body, start) in [
+        (
+            r#"sm_key_files = ["sm.key"]"#,
+            "bad.toml:20:17: resumption.sm_key_files[0]: ",
+        ),
+        (
+            r#"sm_key_files = ["own.key", "sm.key"]"#,
+            "bad.toml:20:28: resumption.sm_key_files[1]: ",
+        ),
+        (
+            r#"tls_ticket_key_files = ["tickets.key"]"#,
+            "bad.toml:20:25: resumption.tls_ticket_key_files[0]: ",
+        ),
+        // Whatever it is used for.
+        (
+            r#"tls_ticket_key_files = ["sm.key"]"#,
+            "bad.toml:20:25: resumption.tls_ticket_key_files[0]: ",
+        ),
+    ] {
+        let e = at(body);
+        assert!(e.starts_with(start), "{body}: {e}");
+        assert!(
+            e.contains("published example secret") && e.contains("openssl rand -base64 48 >"),
+            "{e}"
+        );
+        // The message names the file, never the secret.
+        assert!(!e.contains(&PUBLISHED_SM_SECRET[..16]), "{e}");
+    }
+    fx.ok(&format!(
+        "{BASE}[resumption]\nsm_key_files = [\"own.key\"]\n"
+    ));
 }

@@ -268,3 +268,28 @@ fn a_stream_that_declares_its_own_prefixes_is_still_understood() {
         "the usual namespaces are not stored"
     );
 }
+
+#[test]
+fn debug_output_never_shows_resumption_ids_or_credentials() {
+    let inline = Inline {
+        node: Some("node1".into()),
+        client_previd: Some("xlb1.client-previd-value".into()),
+        element: Bytes::from_static(
+            b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGp1bGlldABzZWNyZXQ=</initial-response><resume xmlns='urn:xmpp:sm:3' previd='node-own-id' h='1'/></authenticate>",
+        ),
+    };
+    let pending = Pending {
+        client_previd: Some("xlb1.client-previd-value".into()),
+    };
+    for shown in [
+        format!("{inline:?}"),
+        format!("{inline:#?}"),
+        format!("{pending:?}"),
+    ] {
+        for secret in ["client-previd-value", "AGp1bGlldABzZWNyZXQ=", "node-own-id"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+    // What is not secret still shows: where it goes.
+    assert!(format!("{inline:?}").contains("node1"));
+}

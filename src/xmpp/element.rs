@@ -6,13 +6,16 @@
 //! re-serialising: re-serialisation could change prefixes, quoting or
 //! whitespace that a peer (or a signature over the content) relies on.
 
-use std::ops::Range;
+use std::fmt;
+use std::ops::{Deref, Range};
+use std::sync::Arc;
 
 use quick_xml::XmlVersion;
 use quick_xml::errors::Error as QxError;
 use quick_xml::escape::EscapeError;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::scanner::{FrameKind, ScanError, Scanner};
 
@@ -21,6 +24,116 @@ mod tests;
 
 /// The namespace the `xml` prefix is bound to by definition.
 pub const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// The longest namespace name or attribute value accepted, in bytes (after unescaping).
+///
+/// XMPP namespaces are short URNs and URLs (the longest registered ones are under 60 bytes),
+/// and the attributes of negotiation elements are short tokens: mechanism names, ids, a
+/// stream-management `previd` or `location`, a FAST token. Anything near this bound is an
+/// attack or a bug, and refusing it keeps a frame from carrying one huge value that each
+/// element of the tree would refer to.
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// The most elements one parsed frame may hold, itself included.
+///
+/// A parsed element costs a fixed amount of bookkeeping (about 130 bytes, up to 200 while its
+/// parent's list of children grows) however few bytes it took on the wire (`<a/>` is four), so
+/// without a bound a frame full of tiny children would cost fifty times its size.
+/// The largest real frames the proxy parses are a node's `<stream:features/>`: Prosody with
+/// SASL2, Bind 2, FAST and a dozen modules announces about 40 elements, ejabberd fewer, and
+/// a SASL2 `<authenticate/>` has under 20. 256 leaves that more than six times over while
+/// keeping the bookkeeping of one parse (about 50 KiB at most) below the default
+/// `limits.max_negotiation_element_bytes`.
+pub const MAX_ELEMENTS: usize = 256;
+
+/// The most attributes one parsed frame may hold, namespace declarations included.
+///
+/// Each costs about 100 bytes of bookkeeping (with the growth of the lists that hold them) for
+/// as few as five bytes on the wire (` a=''`). Real negotiation elements carry one to four
+/// each (about 60 in the largest stream features); 1024 is far above that and bounds the
+/// bookkeeping at about 100 KiB.
+pub const MAX_ATTRIBUTES: usize = 1024;
+
+/// A namespace name, shared: every element in the scope of one declaration (or inheriting
+/// one from the stream header) holds the same allocation, so a long namespace costs its
+/// length once per frame rather than once per element.
+///
+/// It reads as a `str` (`&*ns`, [`Ns::as_str`]) and compares with one (`el.ns == NS_SASL`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Ns(Arc<str>);
+
+impl Ns {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for Ns {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Ns {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Ns {
+    fn from(s: &str) -> Ns {
+        Ns(Arc::from(s))
+    }
+}
+
+impl From<String> for Ns {
+    fn from(s: String) -> Ns {
+        Ns(Arc::from(s))
+    }
+}
+
+impl fmt::Display for Ns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Ns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq<str> for Ns {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Ns {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for Ns {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Ns> for str {
+    fn eq(&self, other: &Ns) -> bool {
+        *self == *other.0
+    }
+}
+
+impl PartialEq<Ns> for &str {
+    fn eq(&self, other: &Ns) -> bool {
+        **self == *other.0
+    }
+}
 
 /// Namespace declarations in scope at the top level of a stream, i.e. those
 /// made on the stream header; top-level elements inherit them.
@@ -48,21 +161,121 @@ impl NsContext {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Character data of an element. It may be a SASL payload (a password in base64), so it is
+/// wiped from memory when dropped and whenever it grows into a larger buffer, and its `Debug`
+/// shows only its length. It reads as a `str` (`&*text`, [`Text::as_str`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Text(Zeroizing<String>);
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Append, moving to a larger buffer by hand so that the old one is wiped first (a
+    /// `String` that grows by itself frees its old buffer as it was).
+    fn push_str(&mut self, s: &str) {
+        let needed = self.0.len() + s.len();
+        if needed > self.0.capacity() {
+            let mut grown = String::with_capacity(needed.max(2 * self.0.capacity()));
+            grown.push_str(&self.0);
+            self.0.zeroize();
+            *self.0 = grown;
+        }
+        self.0.push_str(s);
+    }
+
+    fn push(&mut self, c: char) {
+        self.push_str(c.encode_utf8(&mut [0; 4]));
+    }
+}
+
+impl Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        **self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        **self.0 == **other
+    }
+}
+
+/// Unescaped text that quick-xml had to copy, wiped once appended.
+fn append_wiped(text: &mut Text, content: std::borrow::Cow<'_, str>) {
+    text.push_str(&content);
+    if let std::borrow::Cow::Owned(copy) = content {
+        drop(Zeroizing::new(copy));
+    }
+}
+
+#[derive(Clone, PartialEq)]
 pub struct Element {
     /// Qualified name as written, e.g. `stream:features`.
     pub name: String,
-    /// Resolved namespace URI (`""` for no namespace).
-    pub ns: String,
-    /// In document order, values unescaped; includes `xmlns` declarations.
-    pub attrs: Vec<(String, String)>,
+    /// Resolved namespace URI (`""` for no namespace), shared with the other elements in the
+    /// scope of the same declaration.
+    pub ns: Ns,
+    /// In document order, values unescaped; includes `xmlns` declarations. Values are wiped
+    /// when dropped: some are credentials (a FAST token, a resumption id).
+    pub attrs: Vec<(String, Zeroizing<String>)>,
     pub children: Vec<Element>,
     /// Character data directly inside this element (CDATA included),
     /// unescaped and concatenated.
-    pub text: String,
+    pub text: Text,
     /// Byte range of the element (start tag through end tag) in the buffer
     /// it was parsed from.
     pub span: Range<usize>,
+}
+
+/// Names, namespaces, structure and spans, but no text and no attribute value other than a
+/// namespace declaration's: an element may carry a SASL payload, a token or a resumption id,
+/// and `Debug` output ends up in logs and test failures.
+impl fmt::Debug for Element {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Attrs<'a>(&'a [(String, Zeroizing<String>)]);
+        impl fmt::Debug for Attrs<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut map = f.debug_map();
+                for (key, value) in self.0 {
+                    if key == "xmlns" || key.starts_with("xmlns:") {
+                        map.entry(key, &value.as_str());
+                    } else {
+                        map.entry(key, &format_args!("<{} bytes>", value.len()));
+                    }
+                }
+                map.finish()
+            }
+        }
+        f.debug_struct("Element")
+            .field("name", &self.name)
+            .field("ns", &self.ns)
+            .field("attrs", &Attrs(&self.attrs))
+            .field("children", &self.children)
+            .field("text", &self.text)
+            .field("span", &self.span)
+            .finish()
+    }
 }
 
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -71,6 +284,11 @@ pub enum XmlError {
     NotWellFormed(String),
     #[error("restricted XML: {0}")]
     Restricted(String),
+    /// Well-formed, but over one of the parser's bounds ([`MAX_VALUE_BYTES`],
+    /// [`MAX_ELEMENTS`], [`MAX_ATTRIBUTES`], the scanner's nesting depth): a
+    /// `policy-violation`.
+    #[error("over a limit: {0}")]
+    Limit(String),
 }
 
 impl From<ScanError> for XmlError {
@@ -78,7 +296,7 @@ impl From<ScanError> for XmlError {
         match e {
             ScanError::NotWellFormed(why) => XmlError::NotWellFormed(why.to_string()),
             ScanError::Restricted(why) => XmlError::Restricted(why.to_string()),
-            ScanError::TooLarge => XmlError::NotWellFormed(e.to_string()),
+            ScanError::TooLarge | ScanError::TooDeep => XmlError::Limit(e.to_string()),
         }
     }
 }
@@ -107,19 +325,41 @@ fn split_qname(name: &str) -> (&str, &str) {
 /// last, falling back to the stream's context.
 struct Scopes<'c> {
     ctx: &'c NsContext,
-    decls: Vec<(String, String)>,
+    decls: Vec<(String, Ns)>,
+    /// Namespaces taken from `ctx` (and `xml`), each made shareable once per parse.
+    inherited: Vec<(String, Ns)>,
 }
 
 impl Scopes<'_> {
-    fn resolve(&self, prefix: &str) -> Option<&str> {
-        if prefix == "xml" {
-            return Some(XML_NS);
+    /// The namespace bound to `prefix`, shared with every other use of the same binding.
+    fn resolve(&mut self, prefix: &str) -> Option<Ns> {
+        if prefix != "xml"
+            && let Some((_, ns)) = self.decls.iter().rev().find(|(p, _)| p == prefix)
+        {
+            return Some(ns.clone());
         }
-        match self.decls.iter().rev().find(|(p, _)| p == prefix) {
-            Some((_, ns)) => Some(ns),
-            None => self.ctx.resolve(prefix),
+        if let Some((_, ns)) = self.inherited.iter().find(|(p, _)| p == prefix) {
+            return Some(ns.clone());
         }
+        let ns = Ns::from(self.ctx.resolve(prefix)?);
+        self.inherited.push((prefix.to_string(), ns.clone()));
+        Some(ns)
     }
+
+    fn is_bound(&self, prefix: &str) -> bool {
+        self.decls.iter().any(|(p, _)| p == prefix) || self.ctx.resolve(prefix).is_some()
+    }
+}
+
+/// What one frame has used of the parser's bounds so far.
+#[derive(Default)]
+struct Budget {
+    elements: usize,
+    attributes: usize,
+}
+
+fn limit(why: String) -> XmlError {
+    XmlError::Limit(why)
 }
 
 /// Builds an element from its start tag, pushing its namespace declarations.
@@ -129,47 +369,60 @@ fn open(
     start: &BytesStart,
     span: Range<usize>,
     scopes: &mut Scopes,
+    budget: &mut Budget,
 ) -> Result<(Element, usize), XmlError> {
+    budget.elements += 1;
+    if budget.elements > MAX_ELEMENTS {
+        return Err(limit(format!("more than {MAX_ELEMENTS} elements")));
+    }
     let scope_len = scopes.decls.len();
     let name = start.name().0.to_string();
     let mut attrs = Vec::new();
     for attr in start.attributes() {
         let attr = attr.map_err(|e| nwf(e.to_string()))?;
+        budget.attributes += 1;
+        if budget.attributes > MAX_ATTRIBUTES {
+            return Err(limit(format!("more than {MAX_ATTRIBUTES} attributes")));
+        }
         let key = attr.key.0.to_string();
         let value = attr
             .normalized_value(XmlVersion::Implicit1_0)
-            .map_err(from_qx)?
-            .into_owned();
+            .map_err(from_qx)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(limit(format!(
+                "value of '{key}' longer than {MAX_VALUE_BYTES} bytes"
+            )));
+        }
+        let value = Zeroizing::new(value.into_owned());
         if key == "xmlns" {
-            scopes.decls.push((String::new(), value.clone()));
+            scopes.decls.push((String::new(), Ns::from(value.as_str())));
         } else if let Some(p) = key.strip_prefix("xmlns:") {
             // Namespaces in XML 1.0 forbids undeclaring a prefix and
             // rebinding the reserved ones.
-            if value.is_empty() || p == "xmlns" || (p == "xml") != (value == XML_NS) {
+            if value.is_empty() || p == "xmlns" || (p == "xml") != (value.as_str() == XML_NS) {
                 return Err(nwf(format!("illegal namespace declaration '{key}'")));
             }
-            scopes.decls.push((p.to_string(), value.clone()));
+            scopes.decls.push((p.to_string(), Ns::from(value.as_str())));
         }
         attrs.push((key, value));
     }
     for (key, _) in &attrs {
         let (p, _) = split_qname(key);
-        if !p.is_empty() && p != "xmlns" && scopes.resolve(p).is_none() {
+        if !p.is_empty() && p != "xmlns" && !scopes.is_bound(p) {
             return Err(nwf(format!("unbound prefix in attribute '{key}'")));
         }
     }
     let (prefix, _) = split_qname(&name);
     let ns = scopes
         .resolve(prefix)
-        .ok_or_else(|| nwf(format!("unbound prefix in element '{name}'")))?
-        .to_string();
+        .ok_or_else(|| nwf(format!("unbound prefix in element '{name}'")))?;
     Ok((
         Element {
             name,
             ns,
             attrs,
             children: Vec::new(),
-            text: String::new(),
+            text: Text::default(),
             span,
         },
         scope_len,
@@ -186,7 +439,13 @@ impl Element {
     /// The bytes are first run through the stream scanner so that exactly
     /// the same XML is accepted here as on the forwarding path (the scanner
     /// is the stricter of the two about attribute syntax and restricted
-    /// constructs); quick-xml then supplies structure and unescaping.
+    /// constructs, and bounds the nesting depth); quick-xml then supplies
+    /// structure and unescaping.
+    ///
+    /// What a parse allocates is bounded by a small multiple of the frame's
+    /// size plus the bookkeeping [`MAX_ELEMENTS`] and [`MAX_ATTRIBUTES`]
+    /// allow: namespaces are shared, not copied per element, and a frame
+    /// over a bound is refused with [`XmlError::Limit`].
     pub fn parse(bytes: &[u8], ctx: &NsContext) -> Result<Element, XmlError> {
         let text = std::str::from_utf8(bytes).map_err(|_| nwf("invalid UTF-8"))?;
         match Scanner::for_elements(usize::MAX).next(bytes)? {
@@ -200,7 +459,9 @@ impl Element {
         let mut scopes = Scopes {
             ctx,
             decls: Vec::new(),
+            inherited: Vec::new(),
         };
+        let mut budget = Budget::default();
         let mut open_els: Vec<(Element, usize)> = Vec::new();
         let mut root = None;
         loop {
@@ -208,9 +469,11 @@ impl Element {
             let event = reader.read_event().map_err(from_qx)?;
             let end = reader.buffer_position() as usize;
             match event {
-                Event::Start(e) => open_els.push(open(&e, start..end, &mut scopes)?),
+                Event::Start(e) => {
+                    open_els.push(open(&e, start..end, &mut scopes, &mut budget)?);
+                }
                 Event::Empty(e) => {
-                    let (el, scope_len) = open(&e, start..end, &mut scopes)?;
+                    let (el, scope_len) = open(&e, start..end, &mut scopes, &mut budget)?;
                     scopes.decls.truncate(scope_len);
                     attach(&mut open_els, &mut root, el);
                 }
@@ -222,12 +485,12 @@ impl Element {
                     attach(&mut open_els, &mut root, el);
                 }
                 Event::Text(t) => match open_els.last_mut() {
-                    Some((el, _)) => el.text.push_str(&t.xml10_content()),
+                    Some((el, _)) => append_wiped(&mut el.text, t.xml10_content()),
                     None if t.trim_matches(|c| " \t\r\n".contains(c)).is_empty() => {}
                     None => return Err(nwf("text outside the element")),
                 },
                 Event::CData(c) => match open_els.last_mut() {
-                    Some((el, _)) => el.text.push_str(&c.xml10_content()),
+                    Some((el, _)) => append_wiped(&mut el.text, c.xml10_content()),
                     None => return Err(nwf("CDATA outside the element")),
                 },
                 Event::GeneralRef(r) => {

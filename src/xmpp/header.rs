@@ -57,7 +57,8 @@ impl From<ScanError> for HeaderError {
         match e {
             ScanError::Restricted(why) => HeaderError::Restricted(why.to_string()),
             ScanError::NotWellFormed(why) => nwf(why),
-            ScanError::TooLarge => nwf(e.to_string()),
+            // A header is one start tag, so it never nests; both read as a broken header.
+            ScanError::TooLarge | ScanError::TooDeep => nwf(e.to_string()),
         }
     }
 }

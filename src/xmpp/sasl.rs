@@ -10,6 +10,8 @@
 //! before they are freed so secrets do not linger in the heap.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::ops::Deref;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -30,6 +32,30 @@ pub enum SaslError {
     Malformed(&'static str, &'static str),
 }
 
+/// A decoded SASL payload. It may hold a password or an HMAC derived from a token, so it is
+/// wiped from memory when dropped, and its `Debug` shows only its length. It reads as `[u8]`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Payload(Zeroizing<Vec<u8>>);
+
+impl Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
 /// Decode the base64 text content of `<auth>`, `<response>` or SASL2 `<initial-response>`.
 ///
 /// Whitespace anywhere is ignored because XEP-0388 allows clients to wrap long payloads.
@@ -37,9 +63,9 @@ pub enum SaslError {
 /// explicitly empty response (`Ok(Some(vec![]))`, RFC 6120 §6.4.2); the two lead to
 /// different server behaviour, so the caller must be able to tell them apart.
 ///
-/// The returned bytes may contain a password: the caller should drop them promptly and
-/// zeroize them (e.g. by wrapping them in [`Zeroizing`]).
-pub fn decode_payload(text: &str) -> Result<Option<Vec<u8>>, SaslError> {
+/// The returned bytes may contain a password: they are wiped when the [`Payload`] is dropped,
+/// which the caller should do promptly.
+pub fn decode_payload(text: &str) -> Result<Option<Payload>, SaslError> {
     let is_xml_space = |c: char| matches!(c, ' ' | '\t' | '\r' | '\n');
 
     // Base64 of a password is as sensitive as the password, so the whitespace-free copy is
@@ -58,7 +84,7 @@ pub fn decode_payload(text: &str) -> Result<Option<Vec<u8>>, SaslError> {
         return Ok(None);
     }
     if compact == "=" {
-        return Ok(Some(Vec::new()));
+        return Ok(Some(Payload::default()));
     }
 
     let mut decoded = Zeroizing::new(Vec::with_capacity(base64::decoded_len_estimate(
@@ -67,7 +93,7 @@ pub fn decode_payload(text: &str) -> Result<Option<Vec<u8>>, SaslError> {
     STANDARD
         .decode_vec(compact, &mut decoded)
         .map_err(|_| SaslError::InvalidBase64)?;
-    Ok(Some(std::mem::take(&mut *decoded)))
+    Ok(Some(Payload(decoded)))
 }
 
 /// The bare JID (not yet case-folded; format `local@domain`) the client claims in its first
@@ -264,12 +290,24 @@ mod tests {
         Err(SaslError::Malformed(kind, why))
     }
 
+    /// [`decode_payload`], with the payload as a plain vector to compare.
+    fn decoded(text: &str) -> Result<Option<Vec<u8>>, SaslError> {
+        decode_payload(text).map(|p| p.map(|p| p.to_vec()))
+    }
+
     // ---- decode_payload ----
+
+    #[test]
+    fn a_decoded_payload_shows_only_its_length() {
+        let payload = decode_payload("AGp1bGlldABzZWNyZXQ=").unwrap().unwrap();
+        assert_eq!(format!("{payload:?}"), "<14 bytes>");
+        assert_eq!(format!("{payload:#?}"), "<14 bytes>");
+    }
 
     #[test]
     fn decode_plain_base64() {
         assert_eq!(
-            decode_payload("AGp1bGlldABzZWNyZXQ="),
+            decoded("AGp1bGlldABzZWNyZXQ="),
             Ok(Some(b"\0juliet\0secret".to_vec()))
         );
     }
@@ -277,30 +315,27 @@ mod tests {
     #[test]
     fn decode_ignores_whitespace_anywhere() {
         let wrapped = "  AGp1\nbGll\r\ndABz\tZWNy ZXQ=\n";
-        assert_eq!(
-            decode_payload(wrapped),
-            Ok(Some(b"\0juliet\0secret".to_vec()))
-        );
+        assert_eq!(decoded(wrapped), Ok(Some(b"\0juliet\0secret".to_vec())));
     }
 
     #[test]
     fn decode_lone_equals_is_empty_response() {
-        assert_eq!(decode_payload("="), Ok(Some(Vec::new())));
-        assert_eq!(decode_payload(" = \n"), Ok(Some(Vec::new())));
+        assert_eq!(decoded("="), Ok(Some(Vec::new())));
+        assert_eq!(decoded(" = \n"), Ok(Some(Vec::new())));
     }
 
     #[test]
     fn decode_empty_is_no_initial_response() {
-        assert_eq!(decode_payload(""), Ok(None));
-        assert_eq!(decode_payload(" \n\t "), Ok(None));
+        assert_eq!(decoded(""), Ok(None));
+        assert_eq!(decoded(" \n\t "), Ok(None));
     }
 
     #[test]
     fn decode_rejects_invalid_base64() {
-        assert_eq!(decode_payload("!!!!"), Err(SaslError::InvalidBase64));
-        assert_eq!(decode_payload("abc"), Err(SaslError::InvalidBase64));
-        assert_eq!(decode_payload("ab=c"), Err(SaslError::InvalidBase64));
-        assert_eq!(decode_payload("=="), Err(SaslError::InvalidBase64));
+        assert_eq!(decoded("!!!!"), Err(SaslError::InvalidBase64));
+        assert_eq!(decoded("abc"), Err(SaslError::InvalidBase64));
+        assert_eq!(decoded("ab=c"), Err(SaslError::InvalidBase64));
+        assert_eq!(decoded("=="), Err(SaslError::InvalidBase64));
     }
 
     // ---- PLAIN ----

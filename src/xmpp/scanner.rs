@@ -40,7 +40,7 @@ pub struct Frame {
 }
 
 /// Why a stream cannot be framed. Each maps onto a stream error condition
-/// (`not-well-formed`, `restricted-xml`, `policy-violation`).
+/// (`not-well-formed`, `restricted-xml`, `policy-violation` for the two limits).
 #[derive(Error, Debug, Clone, PartialEq, Eq)]
 pub enum ScanError {
     #[error("not well-formed XML: {0}")]
@@ -49,6 +49,9 @@ pub enum ScanError {
     Restricted(&'static str),
     #[error("frame exceeds the size limit")]
     TooLarge,
+    /// More than [`MAX_DEPTH`] elements open at once within one frame.
+    #[error("elements nested more than {MAX_DEPTH} deep")]
+    TooDeep,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +114,14 @@ enum State {
 }
 
 const CDATA_OPEN: &[u8] = b"[CDATA[";
+/// The most elements one frame may have open at once, its top-level element included.
+///
+/// Real XMPP nests shallowly: a forwarded, archived pubsub payload is about a dozen levels.
+/// Without a bound, nesting costs memory out of proportion to the bytes (each level is three
+/// bytes on the wire, and a parsed tree holds far more per level), and a parsed tree that is
+/// dropped, cloned or compared recursively could overflow the stack. `Element::parse` scans
+/// every frame first, so this bound holds for every tree the proxy builds.
+pub const MAX_DEPTH: usize = 128;
 /// Leading zeros are legal in character references, but nothing sane needs
 /// more than this many digits; the bound keeps the accumulator simple.
 const MAX_CHAR_REF_DIGITS: u8 = 10;
@@ -435,6 +446,9 @@ impl Scanner {
                     }
                     self.header_qname = name.to_vec();
                 } else {
+                    if self.stack.len() >= MAX_DEPTH {
+                        return Err(ScanError::TooDeep);
+                    }
                     self.stack.push((self.name_start, self.pos));
                 }
                 return self.tag_space(b);

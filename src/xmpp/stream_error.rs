@@ -63,13 +63,13 @@ impl Condition {
 }
 
 impl From<&ScanError> for Condition {
-    /// An oversized frame is a local policy limit (RFC 6120 §4.9.3.17 gives
-    /// stanza size as the example of `policy-violation`).
+    /// An oversized or too deeply nested frame is a local policy limit (RFC 6120 §4.9.3.17
+    /// gives stanza size as the example of `policy-violation`).
     fn from(e: &ScanError) -> Self {
         match e {
             ScanError::NotWellFormed(_) => Condition::NotWellFormed,
             ScanError::Restricted(_) => Condition::RestrictedXml,
-            ScanError::TooLarge => Condition::PolicyViolation,
+            ScanError::TooLarge | ScanError::TooDeep => Condition::PolicyViolation,
         }
     }
 }
@@ -79,6 +79,7 @@ impl From<&XmlError> for Condition {
         match e {
             XmlError::NotWellFormed(_) => Condition::NotWellFormed,
             XmlError::Restricted(_) => Condition::RestrictedXml,
+            XmlError::Limit(_) => Condition::PolicyViolation,
         }
     }
 }
@@ -232,6 +233,14 @@ mod tests {
         assert_eq!(
             Condition::from(&XmlError::NotWellFormed("x".into())),
             Condition::NotWellFormed
+        );
+        assert_eq!(
+            Condition::from(&ScanError::TooDeep),
+            Condition::PolicyViolation
+        );
+        assert_eq!(
+            Condition::from(&XmlError::Limit("x".into())),
+            Condition::PolicyViolation
         );
     }
 }

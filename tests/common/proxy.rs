@@ -296,6 +296,24 @@ impl ProxyProcess {
     pub fn metric(&self, series: &str) -> f64 {
         sample(&scrape(self.metrics), series)
     }
+
+    /// The process id (to read its memory use from /proc, or signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its resident memory in bytes (`VmRSS` of /proc/PID/status).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status of the proxy");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a VmRSS line");
+        kib * 1024
+    }
 }
 
 impl Drop for ProxyProcess {
@@ -310,7 +328,7 @@ pub fn scrape(admin: SocketAddr) -> String {
     let mut s = std::net::TcpStream::connect(admin).unwrap();
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();

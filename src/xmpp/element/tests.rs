@@ -189,3 +189,118 @@ fn rejections() {
     assert_eq!(e.attr("é"), Some("ü"));
     assert_eq!(e.text, "日本");
 }
+
+// ---- bounds: what one frame may cost ---------------------------------------------------------
+
+fn policy_violation(frame: &[u8]) {
+    let e = Element::parse(frame, &stream_ctx())
+        .err()
+        .unwrap_or_else(|| panic!("accepted {} bytes", frame.len()));
+    assert_eq!(
+        crate::xmpp::stream_error::Condition::from(&e),
+        crate::xmpp::stream_error::Condition::PolicyViolation,
+        "{e}"
+    );
+}
+
+#[test]
+fn a_namespace_name_or_attribute_value_over_the_cap_is_a_policy_violation() {
+    let at_cap = "a".repeat(1024);
+    let over = "a".repeat(1025);
+    for value in [&at_cap, &over] {
+        let ok = value.len() <= 1024;
+        let frames = [
+            format!("<q xmlns='{value}'/>"),
+            format!("<q xmlns:p='{value}'><p:r/></q>"),
+            format!("<q a='{value}'/>"),
+            format!("<q><r b=\"{value}\"/></q>"),
+        ];
+        for frame in frames {
+            if ok {
+                Element::parse(frame.as_bytes(), &stream_ctx()).unwrap();
+            } else {
+                policy_violation(frame.as_bytes());
+            }
+        }
+    }
+    // The cap is on the value as the application sees it: escapes do not count twice.
+    let escaped = "&amp;".repeat(1024);
+    let e = Element::parse(format!("<q a='{escaped}'/>").as_bytes(), &stream_ctx()).unwrap();
+    assert_eq!(e.attr("a").map(str::len), Some(1024));
+    // The attack as reported: a 30 KB namespace with thousands of children.
+    let ns = format!("urn:x:{}", "a".repeat(30_000));
+    policy_violation(format!("<q xmlns='{ns}'>{}</q>", "<a/>".repeat(8000)).as_bytes());
+}
+
+#[test]
+fn more_elements_than_the_cap_is_a_policy_violation() {
+    let frame = |children: usize| format!("<q>{}</q>", "<a/>".repeat(children));
+    Element::parse(frame(255).as_bytes(), &stream_ctx()).unwrap();
+    policy_violation(frame(256).as_bytes());
+    policy_violation(frame(8000).as_bytes());
+    // Nested ones count the same.
+    let nested = format!("<q>{}</q>", "<b><a/><a/><a/></b>".repeat(64));
+    policy_violation(nested.as_bytes());
+}
+
+#[test]
+fn more_attributes_than_the_cap_is_a_policy_violation() {
+    // Namespace declarations count: they are attributes too.
+    let attrs = |n: usize| (0..n).map(|i| format!(" a{i}=''")).collect::<String>();
+    Element::parse(format!("<q{}/>", attrs(1023)).as_bytes(), &stream_ctx()).unwrap();
+    policy_violation(format!("<q xmlns='urn:x'{}/>", attrs(1024)).as_bytes());
+    let spread = format!("<q>{}</q>", format!("<a{}/>", attrs(8)).repeat(200));
+    policy_violation(spread.as_bytes());
+}
+
+#[test]
+fn nesting_over_the_cap_is_a_policy_violation() {
+    let frame = |depth: usize| format!("{}{}", "<a>".repeat(depth), "</a>".repeat(depth));
+    let e = Element::parse(frame(128).as_bytes(), &stream_ctx()).unwrap();
+    let mut deepest = &e;
+    let mut depth = 1;
+    while let Some(child) = deepest.children.first() {
+        deepest = child;
+        depth += 1;
+    }
+    assert_eq!(depth, 128);
+    policy_violation(frame(129).as_bytes());
+    policy_violation(frame(100_000).as_bytes());
+}
+
+// ---- secrets -------------------------------------------------------------------------------
+
+#[test]
+fn debug_output_never_shows_text_or_attribute_values() {
+    // A SASL payload (base64 of "\0juliet\0secret"), a FAST token, a resumption id.
+    let frames: [&[u8]; 3] = [
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABzZWNyZXQ=</auth>",
+        b"<success xmlns='urn:xmpp:sasl:2'><token xmlns='urn:xmpp:fast:0' expiry='2026-01-01T00:00:00Z' token='s3cr3t-fast-token'/></success>",
+        b"<resume xmlns='urn:xmpp:sm:3' previd='wrapped-previd-value' h='3'/>",
+    ];
+    for frame in frames {
+        let el = Element::parse(frame, &stream_ctx()).unwrap();
+        for shown in [format!("{el:?}"), format!("{el:#?}")] {
+            for secret in [
+                "AGp1bGlldABzZWNyZXQ=",
+                "s3cr3t-fast-token",
+                "wrapped-previd-value",
+                "2026-01-01",
+            ] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+            // Structure and namespaces still show.
+            assert!(shown.contains(&el.name), "{shown}");
+            assert!(shown.contains("urn:"), "{shown}");
+        }
+    }
+}
+
+#[test]
+fn text_built_piece_by_piece_is_whole() {
+    // Each reference and each CDATA section is appended on its own, growing the buffer.
+    let body = "ab&amp;&#x263A;<![CDATA[<c>]]>".repeat(500);
+    let e = Element::parse(format!("<a>{body}</a>").as_bytes(), &stream_ctx()).unwrap();
+    assert_eq!(e.text, "ab&\u{263A}<c>".repeat(500).as_str());
+    assert_eq!(format!("{:?}", e.text), format!("<{} bytes>", e.text.len()));
+}

@@ -528,8 +528,9 @@ fn drip_feed_is_linear() {
 
 #[test]
 fn deep_nesting_is_bounded_by_the_frame_limit() {
-    let mut s = after_header(1000);
-    let data = b"<a>".repeat(400);
+    // Under the depth cap, the frame limit still applies.
+    let mut s = after_header(300);
+    let data = b"<a>".repeat(120);
     assert_eq!(s.next(&data), Err(ScanError::TooLarge));
 }
 
@@ -736,4 +737,33 @@ fn depth_is_top_only_between_frames() {
     assert!(s.depth_is_top());
     assert_eq!(s.next(b"<a><b/>"), Ok(None));
     assert!(!s.depth_is_top());
+}
+
+#[test]
+fn nesting_over_the_cap_is_refused_long_before_the_frame_limit() {
+    use crate::xmpp::stream_error::Condition;
+    // 128 open elements is the most a frame may have, on any path.
+    let ok = format!("{}{}", "<a>".repeat(128), "</a>".repeat(128));
+    let mut s = after_header(MAX);
+    assert_eq!(s.next(ok.as_bytes()).unwrap().unwrap().len, ok.len());
+    let mut s = Scanner::for_elements(usize::MAX);
+    assert_eq!(s.next(ok.as_bytes()).unwrap().unwrap().len, ok.len());
+
+    // One more is refused as soon as its start tag's name ends, however it is split.
+    let deep = "<a>".repeat(129);
+    for make in [|| after_header(MAX), || Scanner::for_elements(usize::MAX)] {
+        let mut s = make();
+        let e = s.next(deep.as_bytes()).unwrap_err();
+        assert_eq!(e, ScanError::TooDeep);
+        assert_eq!(Condition::from(&e), Condition::PolicyViolation, "{e}");
+        let mut s = make();
+        for n in 1..deep.len() {
+            assert_eq!(s.next(&deep.as_bytes()[..n]), Ok(None), "{n}");
+        }
+        assert!(s.next(deep.as_bytes()).is_err());
+    }
+    // Siblings do not add up: depth is what is open at once.
+    let wide = format!("<q>{}</q>", "<a><b/></a>".repeat(1000));
+    let mut s = after_header(MAX);
+    assert_eq!(s.next(wide.as_bytes()).unwrap().unwrap().len, wide.len());
 }
