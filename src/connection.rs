@@ -1721,6 +1721,7 @@ fn client_frame_failure(e: FrameError) -> Failure {
 fn client_xml_failure(e: XmlError) -> Failure {
     match e {
         XmlError::Restricted(why) => Failure::Refuse(Condition::RestrictedXml, why),
+        XmlError::Limit(why) => Failure::Refuse(Condition::PolicyViolation, why),
         other => Failure::Refuse(Condition::NotWellFormed, other.to_string()),
     }
 }
