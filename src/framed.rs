@@ -43,9 +43,6 @@ pub struct Framed<S> {
     buf: BytesMut,
     /// Finds frame boundaries in `buf`.
     scanner: Scanner,
-    /// Whether the proxy has already sent this peer a stream header on the current stream
-    /// (a stream error must be preceded by one if not).
-    pub header_sent: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
@@ -55,7 +52,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             io,
             buf: BytesMut::new(),
             scanner: Scanner::new(max_frame),
-            header_sent: false,
         }
     }
 
@@ -65,7 +61,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             io,
             buf,
             scanner: Scanner::new(max_frame),
-            header_sent: false,
         }
     }
 
@@ -77,7 +72,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// The stream restarts (after STARTTLS or SASL success): expect a header next.
     pub fn restart(&mut self) {
         self.scanner.reset();
-        self.header_sent = false;
     }
 
     /// The next frame, reading more bytes as needed, until `deadline`.

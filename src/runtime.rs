@@ -393,6 +393,16 @@ impl Runtime {
             .and_then(|route| route.links.get(idx).cloned().flatten())
     }
 
+    /// The domain the proxy speaks for before a client named one it serves (the `from` of
+    /// the header before a stream error).
+    pub fn default_domain(&self) -> &str {
+        self.config
+            .routing
+            .domains
+            .first()
+            .map_or("", String::as_str)
+    }
+
     /// Index of a backend by name.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)

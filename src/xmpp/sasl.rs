@@ -17,6 +17,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use zeroize::Zeroizing;
 
+use crate::xmpp::features::{NS_SASL, NS_SASL2};
+
 /// Why a SASL message could not be understood.
 ///
 /// The variants carry only static descriptions, never message content, so an error can be
@@ -272,11 +274,118 @@ fn ht_identity(payload: &[u8]) -> Result<Cow<'_, str>, SaslError> {
         .map_err(|_| SaslError::Malformed(KIND, "authcid is not UTF-8"))
 }
 
+/// `auth` (an `<auth/>`, or a SASL2 `<authenticate/>` when `sasl_ns` is [`NS_SASL2`], without
+/// an initial response; `raw` its bytes) rewritten to carry `response_text` (the base64 text
+/// of the client's `<response/>`) as its initial response. Every other byte and child is
+/// kept, so the node sees the element the client would have sent had it put its first message
+/// in the `<auth/>` (RFC 6120 §6.4.2): one SASL exchange, not two.
+pub fn with_initial_response(
+    raw: &[u8],
+    auth: &crate::xmpp::element::Element,
+    sasl_ns: &str,
+    response_text: &str,
+) -> bytes::Bytes {
+    use crate::xmpp::element::{escape, without_spans};
+    let text = match response_text.trim() {
+        "" => "=",
+        t => t,
+    };
+    let text = escape(text);
+    let inner = if sasl_ns == NS_SASL {
+        text
+    } else {
+        format!("<initial-response>{text}</initial-response>")
+    };
+    // An empty <initial-response/> child, if any, gives way to the real one.
+    let trimmed;
+    let raw = match auth.child("initial-response", NS_SASL2) {
+        Some(empty) => {
+            trimmed = without_spans(raw, std::slice::from_ref(&empty.span));
+            &trimmed[..]
+        }
+        None => raw,
+    };
+    let start_tag_end = start_tag_len(raw);
+    let mut out = Vec::with_capacity(raw.len() + inner.len() + auth.name.len() + 3);
+    if raw[..start_tag_end].ends_with(b"/>") {
+        out.extend_from_slice(&raw[..start_tag_end - 2]);
+        out.push(b'>');
+        out.extend_from_slice(inner.as_bytes());
+        out.extend_from_slice(format!("</{}>", auth.name).as_bytes());
+    } else if sasl_ns == NS_SASL {
+        // <auth ...></auth> or <auth ...>=</auth>-like empty forms: replace the content.
+        out.extend_from_slice(&raw[..start_tag_end]);
+        out.extend_from_slice(inner.as_bytes());
+        out.extend_from_slice(format!("</{}>", auth.name).as_bytes());
+    } else {
+        out.extend_from_slice(&raw[..start_tag_end]);
+        out.extend_from_slice(inner.as_bytes());
+        out.extend_from_slice(&raw[start_tag_end..]);
+    }
+    out.into()
+}
+
+/// Length of the start tag at the front of `raw` (through its `>`), quotes respected.
+fn start_tag_len(raw: &[u8]) -> usize {
+    let mut quote = None;
+    for (i, &b) in raw.iter().enumerate() {
+        match (quote, b) {
+            (None, b'\'' | b'"') => quote = Some(b),
+            (Some(q), c) if c == q => quote = None,
+            (None, b'>') => return i + 1,
+            _ => {}
+        }
+    }
+    raw.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const DOMAIN: &str = "example.test";
+
+    fn rewrite(raw: &str, ns: &str) -> String {
+        let ctx = crate::xmpp::element::NsContext {
+            default_ns: "jabber:client".into(),
+            prefixes: vec![],
+        };
+        let el = crate::xmpp::element::Element::parse(raw.as_bytes(), &ctx).unwrap();
+        String::from_utf8(with_initial_response(raw.as_bytes(), &el, ns, " AGFsaWNlAHB3 ").to_vec())
+            .unwrap()
+    }
+
+    #[test]
+    fn response_becomes_the_initial_response() {
+        assert_eq!(
+            rewrite(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>",
+                NS_SASL
+            ),
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>"
+        );
+        assert_eq!(
+            rewrite(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'></auth>",
+                NS_SASL
+            ),
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>"
+        );
+        assert_eq!(
+            rewrite(
+                "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><user-agent id='x>y'/></authenticate>",
+                NS_SASL2
+            ),
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGFsaWNlAHB3</initial-response><user-agent id='x>y'/></authenticate>"
+        );
+        assert_eq!(
+            rewrite(
+                "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response/><user-agent/></authenticate>",
+                NS_SASL2
+            ),
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGFsaWNlAHB3</initial-response><user-agent/></authenticate>"
+        );
+    }
 
     fn ident(mech: &str, payload: &[u8]) -> Result<Option<String>, SaslError> {
         claimed_identity(mech, payload, DOMAIN)

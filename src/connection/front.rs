@@ -1,0 +1,274 @@
+//! The front of a connection, up to TLS: a front balancer's PROXY header, the TLS style of an
+//! `auto` listener, STARTTLS, and the TLS handshake. What comes out is a client on TLS and
+//! what the node's PROXY header will say about it.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::capture;
+use super::refuse::{Failure, client_frame_failure, client_xml_failure, refuse};
+use super::trace::{Counted, GaugeGuard, Trace};
+use super::transport::{ClientStream, ElementTransport};
+use super::{Arrival, ClientTls, ListenerCtx};
+use crate::config::TlsMode;
+use crate::prefixed::Prefixed;
+use crate::proxy_protocol::{self, Origin};
+use crate::runtime::{Runtime, Shared};
+use crate::xmpp::element::Element;
+use crate::xmpp::features::NS_TLS;
+use crate::xmpp::scanner::FrameKind;
+use crate::xmpp::stream_error::Condition;
+
+const FEATURES_STARTTLS: &str = "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
+const PROCEED: &[u8] = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+
+/// A client whose TLS is up.
+pub(crate) struct Accepted {
+    /// The client's stream over TLS.
+    pub(crate) client: ClientStream<ClientTls>,
+    /// What the PROXY protocol header to a node says about the client (its address, the
+    /// address it reached, TLS facts).
+    pub(crate) origin: Origin,
+}
+
+/// From the accepted socket to TLS, whichever way TLS starts on this listener.
+pub(crate) async fn accept(
+    arrival: &Arrival<'_>,
+    mut tcp: TcpStream,
+    deadline: Instant,
+    counted: &mut Counted,
+    trace: &mut Trace,
+) -> Result<Accepted, Failure> {
+    let (shared, rt, listener) = (arrival.shared, arrival.rt, arrival.listener);
+    let socket_peer = arrival.socket_peer;
+    let limits = &rt.config.limits;
+    let socket_local = tcp
+        .local_addr()
+        .map_err(|_| Failure::Quiet("socket gone"))?;
+    // Behind a front balancer, the client is who its PROXY header says, from here on.
+    let (peer, local) =
+        match front_header(shared, rt, listener, &mut tcp, socket_peer, deadline).await? {
+            Some((client, destination)) => {
+                trace.client = Some(client);
+                trace.via = Some(socket_peer);
+                (client, destination)
+            }
+            None => (socket_peer, socket_local),
+        };
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let direct = match listener.tls {
+        TlsMode::Direct => true,
+        TlsMode::Starttls => false,
+        TlsMode::Auto => sniff_tls(&tcp, deadline).await?,
+    };
+    trace.tls = if direct { "direct" } else { "starttls" };
+    let metrics = &shared.metrics;
+    metrics
+        .connections_total
+        .with_label_values(&[&listener.name, trace.tls])
+        .inc();
+    if listener.tls == TlsMode::Auto {
+        // Move the connection from `pending` to the style the first byte showed.
+        counted.open = GaugeGuard::inc(
+            metrics
+                .connections_open
+                .with_label_values(&[&listener.name, trace.tls]),
+        );
+    }
+
+    let prefixed = if direct {
+        Prefixed::new(tcp, Default::default())
+    } else {
+        let mut plain = ClientStream::new(tcp, limits.max_header_bytes);
+        let hello = match capture::hello(&rt.config, &mut plain, deadline).await {
+            Ok(hello) => hello,
+            Err(failure) => {
+                refuse(&mut plain, rt.default_domain(), &failure, metrics).await;
+                return Err(failure);
+            }
+        };
+        trace.domain = Some(hello.domain.clone());
+        if let Err(failure) =
+            starttls(rt, &mut plain, &hello.domain, &hello.header.ns, deadline).await
+        {
+            refuse(&mut plain, &hello.domain, &failure, metrics).await;
+            return Err(failure);
+        }
+        let (tcp, read_ahead) = plain.into_parts();
+        // Usually nothing was read past <starttls/>: drop the buffer's capacity with it.
+        let read_ahead = if read_ahead.is_empty() {
+            Default::default()
+        } else {
+            read_ahead
+        };
+        Prefixed::new(tcp, read_ahead)
+    };
+
+    let acceptor = rt
+        .acceptors
+        .get(&listener.name)
+        .ok_or(Failure::Quiet("listener removed by a reload"))?;
+    let accept = acceptor.accept(prefixed);
+    let tls = match tokio::time::timeout(limits.tls_handshake_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            return Err(Failure::Quiet("TLS handshake failed"));
+        }
+        Err(_) => return Err(Failure::Quiet("TLS handshake timed out")),
+    };
+    ack_now(tls.get_ref().0.get_ref());
+    let session = tls.get_ref().1;
+    metrics
+        .tls_handshakes_total
+        .with_label_values(&[&listener.name, handshake_label(session.handshake_kind())])
+        .inc();
+    let origin = Origin {
+        source: peer,
+        destination: local,
+        alpn: session
+            .alpn_protocol()
+            .filter(|p| *p == crate::tls::ALPN_XMPP_CLIENT)
+            .map(|_| crate::tls::ALPN_XMPP_CLIENT),
+        sni: session.server_name().map(str::to_string),
+        tls_version: session.protocol_version().and_then(|v| v.as_str()),
+    };
+    Ok(Accepted {
+        client: ClientStream::new(tls, limits.max_header_bytes),
+        origin,
+    })
+}
+
+/// The `kind` label of `xmpp_lb_tls_handshakes_total`: `resumed`, or `full` (a
+/// HelloRetryRequest round trip is still a full handshake).
+fn handshake_label(kind: Option<rustls::HandshakeKind>) -> &'static str {
+    match kind {
+        Some(rustls::HandshakeKind::Resumed) => "resumed",
+        _ => "full",
+    }
+}
+
+/// A listener with `accept_proxy_protocol`: a peer in its trusted networks must open with a
+/// PROXY header, which gives the client's address and the one it reached; anyone else must
+/// not send one. Returns those two addresses when a header gave them (`None`: the socket's
+/// own stand). A refusal is logged and the connection closed without a word: before the
+/// header nothing is known of the protocol that follows, so there is no stream to send an
+/// error on.
+async fn front_header(
+    shared: &Shared,
+    rt: &Runtime,
+    listener: &ListenerCtx,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Result<proxy_protocol::Learned, Failure> {
+    let trusted = rt
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == listener.name)
+        .map_or(&[][..], |l| &l.trusted_proxies[..]);
+    if trusted.is_empty() {
+        return Ok(None);
+    }
+    let count = |result: &str| {
+        shared
+            .metrics
+            .proxy_headers_total
+            .with_label_values(&[&listener.name, result])
+            .inc();
+    };
+    if !proxy_protocol::trusted(trusted, peer.ip()) {
+        if proxy_protocol::starts_with_header(tcp, deadline).await {
+            count("untrusted");
+            tracing::warn!(listener = %listener.name, peer = %peer, "PROXY protocol header from a peer outside trusted_proxies; refused");
+            return Err(Failure::Reject(
+                "proxy_protocol_untrusted",
+                "PROXY protocol header from an untrusted peer".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    match proxy_protocol::read_header(tcp, deadline).await {
+        Ok(Some(addresses)) => {
+            count("accepted");
+            Ok(Some(addresses))
+        }
+        // The balancer's own connection (a health check): it is the client.
+        Ok(None) => {
+            count("local");
+            Ok(None)
+        }
+        Err(e) => {
+            let (result, reason) = match e {
+                proxy_protocol::HeaderError::Missing => ("missing", "proxy_protocol_missing"),
+                proxy_protocol::HeaderError::Invalid(_) => ("invalid", "proxy_protocol_invalid"),
+                proxy_protocol::HeaderError::Timeout | proxy_protocol::HeaderError::Io(_) => {
+                    ("incomplete", "proxy_protocol_incomplete")
+                }
+            };
+            count(result);
+            tracing::warn!(listener = %listener.name, peer = %peer, error = %e, "PROXY protocol header refused");
+            Err(Failure::Reject(reason, e.to_string()))
+        }
+    }
+}
+
+/// Send the ACK of the client's last handshake flight now instead of up to 40 ms later.
+///
+/// A TLS 1.3 client that offers no session resumption (Erlang's `ssl` by default, so tsung,
+/// and others) gets no session tickets, so after its `Finished` the server has nothing to
+/// send until the client's stream header arrives. Linux then delays its ACK of `Finished`
+/// (the connection looks interactive), and a client with Nagle's algorithm on (the default in
+/// Erlang and Java) holds its header back until that ACK comes: 40 ms on every login. Forcing
+/// quick-ACK mode once the handshake is done sends the pending ACK at once.
+fn ack_now(tcp: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_quickack(true) {
+        tracing::debug!(error = %e, "TCP_QUICKACK failed");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = tcp;
+}
+
+/// `tls = "auto"`: a TLS handshake record starts with 0x16; an XML stream never does.
+async fn sniff_tls(tcp: &TcpStream, deadline: Instant) -> Result<bool, Failure> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+        Err(_) => Err(Failure::Quiet("silent client")),
+        Ok(Err(_)) | Ok(Ok(0)) => Err(Failure::Quiet("client closed before sending")),
+        Ok(Ok(_)) => Ok(first[0] == 0x16),
+    }
+}
+
+/// The clear-text part of a STARTTLS connection after its header, up to `<proceed/>`.
+async fn starttls(
+    rt: &Runtime,
+    plain: &mut ClientStream<TcpStream>,
+    domain: &str,
+    ns: &crate::xmpp::element::NsContext,
+    deadline: Instant,
+) -> Result<(), Failure> {
+    plain.open(domain, FEATURES_STARTTLS.as_bytes()).await?;
+    plain.set_max_frame(rt.config.limits.max_prerouting_element_bytes);
+    let (kind, bytes) = plain
+        .next_frame(deadline)
+        .await
+        .map_err(client_frame_failure)?;
+    if kind == FrameKind::StreamEnd {
+        return Err(Failure::ClientClosedStream);
+    }
+    let element = Element::parse(&bytes, ns).map_err(client_xml_failure)?;
+    if !element.is("starttls", NS_TLS) {
+        return Err(Failure::Refuse(
+            Condition::PolicyViolation,
+            "this port requires STARTTLS before anything else".into(),
+        ));
+    }
+    plain.send(PROCEED).await?;
+    Ok(())
+}
