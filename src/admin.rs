@@ -60,49 +60,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// The header a POST must carry when no token is configured.
 pub const REQUESTED_BY: &str = "x-requested-by";
 
-/// The admin bearer token. Its `Debug` never shows it, so a logged configuration or runtime
-/// cannot leak it.
-#[derive(Clone)]
-pub struct AdminToken(String);
-
-impl AdminToken {
-    /// The token held by a token file: its text without surrounding whitespace (editors add a
-    /// final newline). One word of printable ASCII, so it fits an HTTP header as written.
-    pub fn new(file_text: &str) -> Result<AdminToken, String> {
-        let token = file_text.trim();
-        if token.is_empty() {
-            return Err("the token file is empty".into());
-        }
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the token must be one word of printable ASCII characters".into());
-        }
-        if let Some(example) = crate::keys::published_as(token.as_bytes()) {
-            return Err(format!(
-                "the token is the published example token of {example}, which anyone can \
-                 read; generate one of your own (openssl rand -hex 32 > TOKEN_FILE)"
-            ));
-        }
-        Ok(AdminToken(token.to_string()))
-    }
-
-    /// Whether `presented` is the token, in time that does not depend on where they differ
-    /// (a byte-by-byte early exit would let a client guess the token one byte at a time).
-    pub fn matches(&self, presented: &str) -> bool {
-        let (want, got) = (self.0.as_bytes(), presented.as_bytes());
-        let mut diff = want.len() ^ got.len();
-        for (i, w) in want.iter().enumerate() {
-            diff |= usize::from(w ^ got.get(i).copied().unwrap_or(0));
-        }
-        diff == 0
-    }
-}
-
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(<redacted>)")
-    }
-}
-
 /// Serve the admin endpoints on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     if let Ok(addr) = listener.local_addr()
@@ -396,21 +353,6 @@ async fn reload(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_is_trimmed_checked_and_never_shown() {
-        let t = AdminToken::new("  s3cret-Token_1\n").unwrap();
-        assert!(t.matches("s3cret-Token_1"));
-        assert!(!t.matches("s3cret-Token_"));
-        assert!(!t.matches("s3cret-Token_12"));
-        assert!(!t.matches(""));
-        assert!(!t.matches("S3cret-Token_1"));
-        assert!(!format!("{t:?}").contains("s3cret"));
-        assert!(AdminToken::new("\n \n").is_err());
-        assert!(AdminToken::new("two words").is_err());
-        let e = AdminToken::new("example-admin-token-throwaway-never-use\n").unwrap_err();
-        assert!(e.contains("published example token"), "{e}");
-    }
 
     #[test]
     fn host_names_that_dns_rebinding_cannot_forge() {

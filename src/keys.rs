@@ -188,9 +188,67 @@ impl fmt::Debug for FleetKey {
     }
 }
 
+/// The admin bearer token. Its `Debug` never shows it, so a logged configuration or runtime
+/// cannot leak it.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The token held by a token file: its text without surrounding whitespace (editors add a
+    /// final newline). One word of printable ASCII, so it fits an HTTP header as written.
+    pub fn new(file_text: &str) -> Result<AdminToken, String> {
+        let token = file_text.trim();
+        if token.is_empty() {
+            return Err("the token file is empty".into());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be one word of printable ASCII characters".into());
+        }
+        if let Some(example) = published_as(token.as_bytes()) {
+            return Err(format!(
+                "the token is the published example token of {example}, which anyone can \
+                 read; generate one of your own (openssl rand -hex 32 > TOKEN_FILE)"
+            ));
+        }
+        Ok(AdminToken(token.to_string()))
+    }
+
+    /// Whether `presented` is the token, in time that does not depend on where they differ
+    /// (a byte-by-byte early exit would let a client guess the token one byte at a time).
+    pub fn matches(&self, presented: &str) -> bool {
+        let (want, got) = (self.0.as_bytes(), presented.as_bytes());
+        let mut diff = want.len() ^ got.len();
+        for (i, w) in want.iter().enumerate() {
+            diff |= usize::from(w ^ got.get(i).copied().unwrap_or(0));
+        }
+        diff == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_is_trimmed_checked_and_never_shown() {
+        let t = AdminToken::new("  s3cret-Token_1\n").unwrap();
+        assert!(t.matches("s3cret-Token_1"));
+        assert!(!t.matches("s3cret-Token_"));
+        assert!(!t.matches("s3cret-Token_12"));
+        assert!(!t.matches(""));
+        assert!(!t.matches("S3cret-Token_1"));
+        assert!(!format!("{t:?}").contains("s3cret"));
+        assert!(AdminToken::new("\n \n").is_err());
+        assert!(AdminToken::new("two words").is_err());
+        let e = AdminToken::new("example-admin-token-throwaway-never-use\n").unwrap_err();
+        assert!(e.contains("published example token"), "{e}");
+    }
 
     #[test]
     fn ids_and_derived_keys_depend_only_on_the_secret() {

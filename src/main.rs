@@ -105,7 +105,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(file) = &config.metrics_token_file {
                 let text = std::fs::read_to_string(file)
                     .with_context(|| format!("metrics.token_file {}", file.display()))?;
-                xmpp_lb::admin::AdminToken::new(&text)
+                xmpp_lb::keys::AdminToken::new(&text)
                     .map_err(anyhow::Error::msg)
                     .with_context(|| format!("metrics.token_file {}", file.display()))?;
             }

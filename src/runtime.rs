@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio_rustls::TlsAcceptor;
 
 use crate::backend::admission::AdmissionConfig;
-use crate::backend::link::Link;
+use crate::backend::link::{Link, Member};
 use crate::backend::state::{ActiveGuard, BackendState};
 use crate::config::{BackendConfig, BackendTls, Config};
 use crate::route::policy::{Decision, PinTable, Policy, PolicySpec, Who, parse_pin_file};
@@ -96,17 +96,6 @@ pub struct DomainRoute {
     pub links: Vec<Option<Arc<Link>>>,
 }
 
-/// A backend as a member of one domain's pool: who to probe, where, and over which link.
-#[derive(Clone)]
-pub struct Member {
-    /// The backend's name.
-    pub name: String,
-    /// Its address.
-    pub address: std::net::SocketAddr,
-    /// How it is reached for this domain.
-    pub link: Arc<Link>,
-}
-
 /// Where one user lands and why: `xmpp-lb route` prints it, `/route` returns it as JSON.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RouteInfo {
@@ -157,7 +146,7 @@ pub struct Runtime {
     /// The pin table every domain shares.
     pub pins: Arc<PinTable>,
     /// The bearer token the admin endpoints require, read from `[metrics] token_file`.
-    pub admin_token: Option<crate::admin::AdminToken>,
+    pub admin_token: Option<crate::keys::AdminToken>,
     /// The fleet's keys for stream-management ids (`[resumption] sm_key_files`).
     pub sm_keys: Arc<crate::route::resume::SmKeys>,
     /// Backend names, shared with every connection's resumption context.
@@ -296,7 +285,7 @@ impl Runtime {
                     message,
                 };
                 let text = std::fs::read_to_string(file).map_err(|e| token_err(e.to_string()))?;
-                Some(crate::admin::AdminToken::new(&text).map_err(token_err)?)
+                Some(crate::keys::AdminToken::new(&text).map_err(token_err)?)
             }
             None => None,
         };

@@ -141,7 +141,7 @@ async fn starttls(tcp: TcpStream, domain: &str, deadline: Instant) -> Result<Tcp
     let limit = deadline.saturating_duration_since(Instant::now());
     framed
         .send(
-            crate::backend::probe::probe_header(domain).as_bytes(),
+            crate::backend::preamble::client_header(domain).as_bytes(),
             limit,
         )
         .await

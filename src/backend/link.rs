@@ -128,3 +128,14 @@ impl AsyncWrite for BackendStream {
         }
     }
 }
+
+/// A backend as a member of one domain's pool: who to probe, where, and over which link.
+#[derive(Clone)]
+pub struct Member {
+    /// The backend's name.
+    pub name: String,
+    /// Its address.
+    pub address: std::net::SocketAddr,
+    /// How it is reached for this domain.
+    pub link: std::sync::Arc<Link>,
+}

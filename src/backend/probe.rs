@@ -14,14 +14,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::link::Link;
-use crate::framed::{FrameError, Framed};
+use crate::backend::link::{Link, Member};
+use crate::backend::preamble::{PreambleError, client_header, read_preamble};
+use crate::framed::Framed;
 use crate::metrics::Metrics;
-use crate::runtime::Member;
-use crate::xmpp::element::XmlError;
-use crate::xmpp::features::{self, FilteredFeatures};
-use crate::xmpp::header::{HeaderError, StreamHeader};
-use crate::xmpp::scanner::FrameKind;
+use crate::xmpp::features::FilteredFeatures;
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,61 +26,12 @@ pub enum ProbeError {
     /// The node could not be reached over its link.
     #[error("{0}")]
     Connect(#[from] crate::backend::connect::LinkError),
-    /// The node did not answer with a header and features in time, or closed.
-    #[error("reading the node's preamble: {0}")]
-    Read(#[from] FrameError),
-    /// The node's header was unusable.
-    #[error("node header: {0}")]
-    Header(#[from] HeaderError),
-    /// The node's features were unusable.
-    #[error("node features: {0}")]
-    Features(#[from] XmlError),
-    /// The node sent something else than features after its header.
-    #[error("node sent {0} instead of <stream:features/>")]
-    Unexpected(String),
-    /// The node answered with a stream error.
-    #[error("node sent a stream error")]
-    StreamError,
+    /// The node's header and features were missing or unusable.
+    #[error(transparent)]
+    Preamble(#[from] PreambleError),
     /// Writing to the node failed.
     #[error("write: {0}")]
     Write(std::io::Error),
-}
-
-/// The client header the proxy sends when probing (what a fresh client would send).
-pub fn probe_header(domain: &str) -> String {
-    format!(
-        "<?xml version='1.0'?><stream:stream to='{}' xmlns='jabber:client' \
-         xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
-        crate::xmpp::element::escape(domain)
-    )
-}
-
-/// Read a node's header and first features from `framed` (the header already sent).
-pub async fn read_preamble<S>(
-    framed: &mut Framed<S>,
-    deadline: Instant,
-) -> Result<(StreamHeader, FilteredFeatures), ProbeError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (kind, bytes) = framed.next_non_ws(deadline).await?;
-    if kind != FrameKind::Header {
-        return Err(ProbeError::Unexpected(format!("{kind:?}")));
-    }
-    let header = StreamHeader::parse(&bytes)?;
-    let (kind, bytes) = framed.next_non_ws(deadline).await?;
-    if kind != FrameKind::Element {
-        return Err(ProbeError::Unexpected(format!("{kind:?}")));
-    }
-    let filtered = features::filter(&bytes, &header.ns)?;
-    let root = crate::xmpp::element::Element::parse(&bytes, &header.ns)?;
-    if root.local_name() == "error" {
-        return Err(ProbeError::StreamError);
-    }
-    if root.local_name() != "features" {
-        return Err(ProbeError::Unexpected(root.name));
-    }
-    Ok((header, filtered))
 }
 
 /// Open a stream to a node as a client of `domain` would, over the same link real clients
@@ -103,7 +51,7 @@ pub async fn probe(
     // Negotiation-size frames are plenty for a features element.
     let mut framed = Framed::new(stream, 65536);
     framed
-        .send(probe_header(domain).as_bytes(), timeout)
+        .send(client_header(domain).as_bytes(), timeout)
         .await
         .map_err(ProbeError::Write)?;
     let (_, features) = read_preamble(&mut framed, deadline).await?;

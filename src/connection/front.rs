@@ -8,10 +8,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::capture;
+use super::context::{Arrival, ClientTls, ListenerCtx};
 use super::refuse::{Failure, client_frame_failure, client_xml_failure, refuse};
 use super::trace::{Counted, GaugeGuard, Trace};
 use super::transport::{ClientStream, ElementTransport};
-use super::{Arrival, ClientTls, ListenerCtx};
 use crate::config::TlsMode;
 use crate::prefixed::Prefixed;
 use crate::proxy_protocol::{self, Origin};

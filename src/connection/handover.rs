@@ -5,7 +5,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Duration;
 
-use super::At;
+use super::context::At;
 use super::trace::{Counted, GaugeGuard, Trace};
 use crate::backend::link::BackendStream;
 use crate::backend::state::{ActiveGuard, Command};

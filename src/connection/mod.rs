@@ -14,6 +14,7 @@
 //! ([`transport`]), so another front end is another transport, not another negotiation.
 
 mod capture;
+mod context;
 mod front;
 mod handover;
 mod negotiate;
@@ -27,32 +28,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpStream;
-use tokio::time::{Duration, Instant};
+use tokio::time::Instant;
 use tracing::Instrument;
 
+pub use self::context::ListenerCtx;
+use self::context::{Arrival, At};
 use self::refuse::{Failure, refuse};
 use self::trace::{Counted, GaugeGuard, NegotiatingGuard, Trace};
 use self::transport::ElementTransport;
 use crate::config::TlsMode;
-use crate::prefixed::Prefixed;
-use crate::proxy_protocol::Origin;
-use crate::runtime::{Runtime, Shared};
-
-/// What a connection needs to know about the listener that accepted it (its PROXY protocol
-/// settings are read from the runtime snapshot, so that a reload can change the trusted
-/// networks).
-pub struct ListenerCtx {
-    /// Listener name (logs, metric labels, and the key of its TLS acceptor in the runtime).
-    pub name: String,
-    /// How TLS starts on it.
-    pub tls: TlsMode,
-}
-
-/// The client side once TLS is up.
-type ClientTls = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
-
-/// How long the proxy waits to deliver its own short messages (errors, challenges).
-const SEND_LIMIT: Duration = Duration::from_secs(5);
+use crate::runtime::Shared;
 
 /// Numbers connections in this process, for the span every log line of one connection
 /// carries.
@@ -104,37 +89,6 @@ pub async fn handle(
     }
     .instrument(span)
     .await
-}
-
-/// Where a connection stands: shared state, its runtime snapshot, its addresses and age.
-pub(crate) struct At<'a> {
-    /// Process-wide state.
-    pub(crate) shared: &'a Shared,
-    /// The configuration snapshot this connection lives by.
-    pub(crate) rt: &'a Runtime,
-    /// The client's address.
-    pub(crate) peer: SocketAddr,
-    /// The proxy's address the client reached (for `<see-other-host/>` back at the proxy).
-    pub(crate) local: SocketAddr,
-    /// When the connection was accepted.
-    pub(crate) started: Instant,
-    /// What the PROXY protocol header to a node says about the client.
-    pub(crate) origin: Origin,
-}
-
-/// A connection as it was accepted: by which listener, from where, when, and the
-/// configuration it lives by.
-pub(crate) struct Arrival<'a> {
-    /// Process-wide state.
-    pub(crate) shared: &'a Shared,
-    /// The configuration snapshot this connection lives by.
-    pub(crate) rt: &'a Runtime,
-    /// The listener that accepted it.
-    pub(crate) listener: &'a ListenerCtx,
-    /// The socket's peer (a front balancer, or the client itself).
-    pub(crate) socket_peer: SocketAddr,
-    /// When it was accepted.
-    pub(crate) started: Instant,
 }
 
 /// The phases in order: front (to TLS), the client's header, negotiation, relay.

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::At;
 use super::capture::{self, Hello, SaslStart};
+use super::context::At;
 use super::handover::Routed;
 use super::refuse::{
     Failure, backend_frame_failure, backend_lost, client_frame_failure, client_xml_failure,
@@ -18,7 +18,7 @@ use super::refuse::{
 use super::trace::Trace;
 use super::transport::ElementTransport;
 use super::upstream::{Admit, Upstream, source_of};
-use crate::backend::probe::read_preamble;
+use crate::backend::preamble::read_preamble;
 use crate::framed::FrameError;
 use crate::metrics::Metrics;
 use crate::resumption;

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::SEND_LIMIT;
+use super::context::SEND_LIMIT;
 use crate::framed::{FrameError, Framed};
 use crate::xmpp::scanner::FrameKind;
 use crate::xmpp::stream_error::proxy_header;

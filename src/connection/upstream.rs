@@ -2,13 +2,12 @@
 //! belongs to it, and [`Upstream::open`] is the one way to get one (admit, connect, try the
 //! next node, record passive health).
 
-use super::At;
-use super::SEND_LIMIT;
+use super::context::{At, SEND_LIMIT};
 use super::refuse::{Failure, backend_lost};
 use crate::backend::admission::Permit;
 use crate::backend::connect::connect;
 use crate::backend::link::BackendStream;
-use crate::backend::probe::read_preamble;
+use crate::backend::preamble::read_preamble;
 use crate::backend::state::ActiveGuard;
 use crate::framed::Framed;
 use crate::route::KeySource;
