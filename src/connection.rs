@@ -29,7 +29,7 @@ use crate::relay::{self, Interrupt, RelayStats};
 use crate::resumption;
 use crate::route::KeySource;
 use crate::route::key::{normalize_bare_jid, normalize_domain};
-use crate::route::policy::{Decision, Placement, RouteKey};
+use crate::route::policy::{Decision, Placement};
 use crate::route::resume::Checked;
 use crate::runtime::{Runtime, Shared};
 use crate::xmpp::element::{Element, NsContext, XmlError};
@@ -591,7 +591,7 @@ async fn serve(
 
     let from = bare_from(&header, &domain);
     trace.jid = from.clone();
-    let immediate = rt.decide(&domain, from.as_deref(), at.peer.ip(), from.is_some());
+    let immediate = rt.decide(&domain, from.as_deref(), at.peer.ip(), false);
     let mut n = Negotiation {
         at,
         header_bytes,
@@ -685,17 +685,8 @@ async fn serve(
 }
 
 /// The metric label for how a decision was reached.
-fn source_of(decision: &Decision, identity_from_header: bool) -> KeySource {
-    match decision.key {
-        RouteKey::Jid if identity_from_header => KeySource::From,
-        RouteKey::Jid => KeySource::Sasl,
-        RouteKey::Pin => KeySource::Pin,
-        RouteKey::Tenant => KeySource::Tenant,
-        RouteKey::Domain => KeySource::Domain,
-        RouteKey::Random => KeySource::Random,
-        RouteKey::Subnet if decision.rule.starts_with("fallback") => KeySource::Fallback,
-        RouteKey::Subnet => KeySource::Subnet,
-    }
+fn source_of(decision: &Decision, _identity_from_header: bool) -> KeySource {
+    decision.source
 }
 
 /// The `from` of a post-TLS header as a routing key: a valid bare JID of the requested domain.

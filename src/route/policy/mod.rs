@@ -17,6 +17,7 @@ use std::sync::Arc;
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::route::KeySource;
 use crate::route::key::subnet_key;
 
 mod pins;
@@ -131,7 +132,9 @@ pub struct Who<'a> {
     pub domain: &'a str,
     /// The client's address.
     pub ip: IpAddr,
-    /// False at stream header time without `from`: SASL may still tell us the JID.
+    /// False at stream header time: a `from` there names the user, and without one SASL may
+    /// still tell us the JID. True once the client's first SASL message was read: whatever it
+    /// named (or nothing) is final.
     pub identity_final: bool,
 }
 
@@ -164,6 +167,7 @@ impl Decision {
         Decision {
             rule: format!("resume on {node}, else {}", self.rule),
             placement: Placement::Resume { node, otherwise },
+            source: KeySource::Resume,
             ..self
         }
     }
@@ -180,6 +184,9 @@ pub struct Decision {
     pub rule: String,
     /// Keys tried before, and why each did not apply.
     pub skipped: Vec<(RouteKey, &'static str)>,
+    /// Where the key came from (a metric label and a log field): which key applied, and for
+    /// `jid` whether the JID was the stream header's `from` or the SASL username.
+    pub source: KeySource,
 }
 
 /// Why a key was skipped: the user is not known (ANONYMOUS, registration).
@@ -283,6 +290,7 @@ impl Policy {
                         placement,
                         rule,
                         skipped,
+                        source: source_of(key, who),
                     });
                 }
                 Err(why) => skipped.push((key, why)),
@@ -293,6 +301,7 @@ impl Policy {
             placement: Placement::Ring(self.subnet(who.ip)),
             rule: "fallback: no configured key applies".into(),
             skipped,
+            source: KeySource::Fallback,
         })
     }
 
@@ -327,6 +336,19 @@ impl Policy {
 
     fn subnet(&self, ip: IpAddr) -> String {
         subnet_key(ip, self.ipv4_prefix, self.ipv6_prefix)
+    }
+}
+
+/// The source of a key that applied to `who`.
+fn source_of(key: RouteKey, who: &Who<'_>) -> KeySource {
+    match key {
+        RouteKey::Jid if who.identity_final => KeySource::Sasl,
+        RouteKey::Jid => KeySource::From,
+        RouteKey::Pin => KeySource::Pin,
+        RouteKey::Tenant => KeySource::Tenant,
+        RouteKey::Domain => KeySource::Domain,
+        RouteKey::Subnet => KeySource::Subnet,
+        RouteKey::Random => KeySource::Random,
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::route::KeySource;
 use crate::route::key::{normalize_bare_jid, normalize_domain};
 
 const TENANT: &str = "^(?<tenant>[a-z0-9]+)-";
@@ -522,9 +523,17 @@ fn fallback_chain_pin_jid_subnet() {
     let d = decide(&p, Some("juliet@iot.example"), true).unwrap();
     assert_eq!((d.key, ring(&d)), (Jid, "juliet@iot.example"));
     assert_eq!(d.skipped, vec![(Pin, "no pin matches")]);
-    // Known from the header already (identity_final false does not matter then).
+    // Known from the header already (identity_final false does not matter then), but the
+    // key's source says where the JID came from.
     let d2 = decide(&p, Some("juliet@iot.example"), false).unwrap();
-    assert_eq!(d, d2);
+    assert_eq!(
+        Decision {
+            source: KeySource::From,
+            ..d.clone()
+        },
+        d2
+    );
+    assert_eq!((d.source, d2.source), (KeySource::Sasl, KeySource::From));
     // Not known yet: wait for SASL.
     assert_eq!(decide(&p, None, false), None);
     // Known to be unknown (ANONYMOUS): the subnet, listing what was skipped.
@@ -585,4 +594,34 @@ fn no_key_applies_falls_back_to_the_subnet() {
             "{keys:?}"
         );
     }
+}
+
+#[test]
+fn each_decision_says_where_its_key_came_from() {
+    let pins = [pin("sensor-*@iot.example", "node2")];
+    let source = |keys: &[RouteKey], jid, identity_final| {
+        let p = policy(keys, Some(TENANT), &pins);
+        decide(&p, jid, identity_final).unwrap().source
+    };
+    let sensor = Some("sensor-1@iot.example");
+    let juliet = Some("juliet@iot.example");
+    assert_eq!(source(&[Pin, Jid], sensor, true), KeySource::Pin);
+    assert_eq!(source(&[Jid], juliet, false), KeySource::From);
+    assert_eq!(source(&[Jid], juliet, true), KeySource::Sasl);
+    assert_eq!(
+        source(&[Tenant], Some("acme-1@iot.example"), true),
+        KeySource::Tenant
+    );
+    assert_eq!(source(&[Domain], None, false), KeySource::Domain);
+    assert_eq!(source(&[Subnet], None, false), KeySource::Subnet);
+    assert_eq!(source(&[Random], None, false), KeySource::Random);
+    // No configured key applies: the subnet, as a fallback.
+    assert_eq!(source(&[Jid], None, true), KeySource::Fallback);
+    assert_eq!(source(&[Tenant], juliet, true), KeySource::Fallback);
+    // A resume goes where the session is, whatever key applied.
+    let p = policy(&[Jid], None, &[]);
+    let d = decide(&p, juliet, true)
+        .unwrap()
+        .resuming_on("node3".into());
+    assert_eq!(d.source, KeySource::Resume);
 }
