@@ -14,8 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::backend::admission::AdmissionConfig;
 use crate::backend::link::Link;
 use crate::backend::state::{ActiveGuard, BackendState};
-use crate::config::{BackendConfig, BackendTls, Config};
-use crate::route::policy::{Decision, PinTable, Policy, PolicySpec, Who, parse_pin_file};
+use crate::config::{BackendConfig, BackendTls, Config, parse_pin_file};
+use crate::route::policy::{Decision, PinTable, Policy, PolicySpec, Who};
 use crate::route::pool::DomainPool;
 
 /// Why a configuration could not be put into service.

@@ -254,6 +254,35 @@ fn every_shipped_toml_validates_or_only_lacks_generated_certificates() {
     }
 }
 
+/// Every TOML file in config/ parses as what it is: a pin file (`pins*.toml`) as pins whose
+/// backends example.toml defines, anything else as a configuration (its files are checked by
+/// the test above).
+#[test]
+fn every_file_in_config_parses() {
+    let scratch = config_with_own_secrets();
+    let example = Config::load(&scratch.path().join("example.toml")).unwrap();
+    let backends: Vec<String> = example.backends.iter().map(|b| b.name.clone()).collect();
+    let mut pin_files = 0;
+    for entry in std::fs::read_dir(config_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.starts_with("pins") {
+            let pins = parse_pin_file(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!pins.is_empty(), "{name} pins nobody");
+            crate::route::policy::PinTable::new(&pins, &backends)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            pin_files += 1;
+        } else {
+            toml::from_str::<RawConfig>(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    assert_eq!(pin_files, 1, "config/pins.example.toml is the one pin file");
+}
+
 /// Copy a shipped file into a scratch tree, create each certificate or key it says is
 /// missing (at the same relative place), and check that nothing else is wrong with it.
 fn validates_once_certificates_exist(original: &Path, text: &str) {

@@ -22,7 +22,8 @@ use crate::route::key::subnet_key;
 
 mod pins;
 
-pub use pins::{PinEntry, PinFileError, PinMatch, PinTable, parse_pin_file};
+pub(crate) use pins::PinPattern;
+pub use pins::{PinEntry, PinMatch, PinTable};
 
 /// One routing key kind, as written in `keys = [...]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

@@ -1,11 +1,9 @@
 //! Pins: a table of exact JIDs, tenants and globs that send users to a named backend,
-//! written inline (`[[routing.pin]]`) or in a pin file.
+//! written inline (`[[routing.pin]]`) or in a pin file (read by `config::parse_pin_file`).
 
 use std::collections::HashMap;
-use std::ops::Range;
 
 use serde::Deserialize;
-use toml::Spanned;
 use wildmatch::WildMatch;
 
 use crate::route::key::{normalize_bare_jid, normalize_domain};
@@ -26,7 +24,7 @@ pub struct PinEntry {
 /// Patterns are normalized as the JIDs they are compared with are, so a pin written as
 /// `Juliet@Example.TEST` still matches the account the server calls `juliet@example.test`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum PinPattern {
+pub(crate) enum PinPattern {
     /// A normalized bare JID.
     Exact(String),
     /// A tenant name (Nodeprep, as it is cut from a normalized localpart).
@@ -41,7 +39,7 @@ const TENANT_PREFIX: &str = "tenant:";
 
 impl PinPattern {
     /// Classify and normalize a pattern; the error says what is wrong with it.
-    fn parse(pattern: &str) -> Result<PinPattern, String> {
+    pub(crate) fn parse(pattern: &str) -> Result<PinPattern, String> {
         if pattern.trim().is_empty() {
             return Err("the pattern is empty".into());
         }
@@ -256,156 +254,5 @@ impl PinTable {
     /// Whether there are no pins.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// A pin file error, at a line of the file, under a key like `pin[3].backend`.
-#[derive(Debug, thiserror::Error)]
-#[error("line {line}: {key}: {message}")]
-pub struct PinFileError {
-    /// 1-based line number.
-    pub line: usize,
-    /// The key the error is about (`pin[0].match`), or `-` when none is known.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// A pin file as written.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPinFile {
-    #[serde(default)]
-    pin: Vec<RawPin>,
-}
-
-/// One `[[pin]]`, with spans so a checked-but-wrong value can be reported at its line.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPin {
-    #[serde(rename = "match")]
-    pattern: Spanned<String>,
-    backend: Spanned<String>,
-}
-
-/// A pin file: `[[pin]]` tables with `match` and `backend`, nothing else (deny unknown keys).
-///
-/// Everything that can be checked without the list of backends is checked here, where the
-/// error can name its line: patterns, empty backends, patterns listed twice. Backends are
-/// checked by [`PinTable::new`].
-pub fn parse_pin_file(text: &str) -> Result<Vec<PinEntry>, PinFileError> {
-    let raw: RawPinFile = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let message = e.message().trim().to_string();
-        PinFileError {
-            line: line_of(text, span.start),
-            key: pin_key(text, &span, &message),
-            message,
-        }
-    })?;
-    let err = |span: Range<usize>, key: String, message: String| PinFileError {
-        line: line_of(text, span.start),
-        key,
-        message,
-    };
-    let mut first_seen: HashMap<PinPattern, (usize, String)> = HashMap::new();
-    let mut entries = Vec::with_capacity(raw.pin.len());
-    for (i, pin) in raw.pin.into_iter().enumerate() {
-        let (pattern_span, written) = (pin.pattern.span(), pin.pattern.into_inner());
-        let (backend_span, backend) = (pin.backend.span(), pin.backend.into_inner());
-        let pattern = PinPattern::parse(&written)
-            .map_err(|m| err(pattern_span.clone(), format!("pin[{i}].match"), m))?;
-        let line = line_of(text, pattern_span.start);
-        if let Some((first, as_written)) = first_seen.insert(pattern, (line, written.clone())) {
-            let spelled = if as_written == written {
-                String::new()
-            } else {
-                format!(" as {as_written:?}")
-            };
-            return Err(err(
-                pattern_span,
-                format!("pin[{i}].match"),
-                format!("{written:?} is already pinned on line {first}{spelled}"),
-            ));
-        }
-        if backend.trim().is_empty() {
-            return Err(err(
-                backend_span,
-                format!("pin[{i}].backend"),
-                "name a backend".into(),
-            ));
-        }
-        entries.push(PinEntry {
-            pattern: written,
-            backend,
-        });
-    }
-    Ok(entries)
-}
-
-/// 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    let offset = offset.min(text.len());
-    text.as_bytes()[..offset]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// The key a parser error is about, in the form the checks use (`pin[2].backend`): the
-/// `[[pin]]` table around the error (counted by header lines, which is enough for a file of
-/// one array of tables), then the key on the error's line or the field serde names.
-fn pin_key(text: &str, span: &Range<usize>, message: &str) -> String {
-    let field = ["unknown field `", "missing field `"]
-        .iter()
-        .find_map(|p| message.strip_prefix(p))
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(f, _)| f.to_string());
-    let start = span.start.min(text.len());
-    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("").trim();
-    let is_header = line.starts_with('[');
-    let is_pin_header = |l: &str| {
-        l.strip_prefix("[[")
-            .and_then(|r| r.split_once("]]"))
-            .is_some_and(|(name, _)| name.trim() == "pin")
-    };
-    // Headers through the error's line when the error is on a `[[pin]]` header (a missing
-    // field is reported there), else those before it.
-    let upto = if is_header {
-        line_start + line.len()
-    } else {
-        line_start
-    };
-    let mut table = None;
-    let mut pins = 0;
-    for l in text[..upto.min(text.len())].lines().map(str::trim) {
-        if is_pin_header(l) {
-            table = Some(format!("pin[{pins}]"));
-            pins += 1;
-        } else if l.starts_with('[') {
-            table = None;
-        }
-    }
-    if is_header && !is_pin_header(line) {
-        // An unknown table: serde names it as a field of the top level.
-        return field.unwrap_or_else(|| "-".into());
-    }
-    let mut parts: Vec<String> = table.into_iter().collect();
-    match (field, line.find('=').filter(|_| !is_header)) {
-        (Some(f), _) => parts.push(f),
-        (None, Some(eq)) => {
-            let k = line[..eq].trim();
-            if !k.is_empty() {
-                parts.push(k.trim_matches('"').to_string());
-            }
-        }
-        (None, None) => {}
-    }
-    if parts.is_empty() {
-        "-".into()
-    } else {
-        parts.join(".")
     }
 }
