@@ -230,10 +230,6 @@ impl Runtime {
                 domain: d.name.clone(),
                 message,
             };
-            let tenant = match &d.tenant_pattern {
-                Some(p) => Some(crate::route::policy::compile_tenant(p).map_err(policy_err)?),
-                None => None,
-            };
             let own: Vec<_> = entries
                 .iter()
                 .filter(|e| d.backends.contains(&e.backend))
@@ -243,7 +239,7 @@ impl Runtime {
             let policy = Policy::new(
                 PolicySpec {
                     keys: &d.keys,
-                    tenant: tenant.as_ref(),
+                    tenant: d.tenant_pattern.as_ref(),
                     ipv4_prefix: config.routing.ipv4_prefix,
                     ipv6_prefix: config.routing.ipv6_prefix,
                 },

@@ -7,11 +7,13 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::path::PathBuf;
 
+use regex::Regex;
 use toml::Spanned;
 
 use super::backends::{BackendConfig, LinkOverrides, RawLink};
 use super::raw::{RawDomain, RawRouting};
 use super::{ConfigError, PinEntry, RouteKey, Source};
+use crate::route::policy::{check_ipv4_prefix, check_ipv6_prefix, check_keys, compile_tenant};
 
 /// Routing settings.
 #[derive(Clone, Debug)]
@@ -20,8 +22,8 @@ pub struct RoutingConfig {
     pub keys: Vec<RouteKey>,
     /// The XMPP domains served (normalized); any other `to` gets `<host-unknown/>`.
     pub domains: Vec<String>,
-    /// Default tenant pattern.
-    pub tenant_pattern: Option<String>,
+    /// Default tenant pattern, compiled.
+    pub tenant_pattern: Option<Regex>,
     /// Default bounded-load factor.
     pub balance_factor: Option<f64>,
     /// Pin file (reloaded with the configuration).
@@ -43,8 +45,9 @@ pub struct DomainConfig {
     pub backends: Vec<String>,
     /// Routing keys in fallback order.
     pub keys: Vec<RouteKey>,
-    /// Regular expression with a `tenant` group over the localpart, for the `tenant` key.
-    pub tenant_pattern: Option<String>,
+    /// Regular expression with a `tenant` group over the localpart, for the `tenant` key;
+    /// compiled once, here, and used as it is by the domain's policy.
+    pub tenant_pattern: Option<Regex>,
     /// Bounded-load factor (> 1.0): no node takes more than this times the average load.
     pub balance_factor: Option<f64>,
     /// How its backends are reached, unless a backend says otherwise.
@@ -82,20 +85,10 @@ pub(super) fn validate_served_domains(
         }
         domains.push(norm);
     }
-    if *r.ipv4_prefix.get_ref() > 32 {
-        return Err(src.err(
-            &r.ipv4_prefix.span(),
-            "routing.ipv4_prefix",
-            "must be 0..=32".into(),
-        ));
-    }
-    if *r.ipv6_prefix.get_ref() > 128 {
-        return Err(src.err(
-            &r.ipv6_prefix.span(),
-            "routing.ipv6_prefix",
-            "must be 0..=128".into(),
-        ));
-    }
+    check_ipv4_prefix(*r.ipv4_prefix.get_ref())
+        .map_err(|m| src.err(&r.ipv4_prefix.span(), "routing.ipv4_prefix", m))?;
+    check_ipv6_prefix(*r.ipv6_prefix.get_ref())
+        .map_err(|m| src.err(&r.ipv6_prefix.span(), "routing.ipv6_prefix", m))?;
     Ok(domains)
 }
 
@@ -294,34 +287,9 @@ fn keys_of(
     }
 }
 
-/// A fallback order that can work: not empty, no repeats, `tenant` only with a pattern, and
-/// nothing after a key that always applies (it could never be reached).
-fn check_keys(keys: &[RouteKey], has_tenant_pattern: bool) -> Result<(), String> {
-    if keys.is_empty() {
-        return Err("list at least one routing key".into());
-    }
-    for (i, k) in keys.iter().enumerate() {
-        if keys[..i].contains(k) {
-            return Err(format!("{k:?} is listed twice").to_lowercase());
-        }
-        if *k == RouteKey::Tenant && !has_tenant_pattern {
-            return Err("the `tenant` key needs a `tenant_pattern`".into());
-        }
-        if matches!(k, RouteKey::Domain | RouteKey::Subnet | RouteKey::Random) && i + 1 < keys.len()
-        {
-            return Err(format!(
-                "{:?} always applies, so the keys after it are never used",
-                k
-            )
-            .to_lowercase());
-        }
-    }
-    Ok(())
-}
-
-fn check_tenant(p: &Spanned<String>) -> Result<String, String> {
-    crate::route::policy::compile_tenant(p.get_ref())?;
-    Ok(p.get_ref().clone())
+/// A tenant pattern, compiled once: the policies of its domains use this very regex.
+fn check_tenant(p: &Spanned<String>) -> Result<Regex, String> {
+    compile_tenant(p.get_ref())
 }
 
 fn check_factor(f: &Spanned<f64>) -> Result<f64, String> {

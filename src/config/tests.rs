@@ -811,6 +811,35 @@ fn bad_routing_key_value() {
     );
 }
 
+/// The rules of a key list are the routing policy's: the configuration reports them at the
+/// table that lists the keys, and the tenant pattern is compiled there once.
+#[test]
+fn bad_key_lists_are_refused_by_the_policy_rules() {
+    assert_error(
+        &edit(r#"key = "jid""#, r#"keys = ["jid", "pin", "jid"]"#),
+        "bad.toml:8:1: routing.keys: `jid` is listed twice in keys",
+    );
+    assert_error(
+        &edit(r#"key = "jid""#, r#"keys = ["tenant", "jid"]"#),
+        "bad.toml:8:1: routing.keys: the `tenant` key needs a tenant pattern (`tenant_pattern`)",
+    );
+    assert_error_starts(
+        &edit(r#"key = "jid""#, r#"keys = ["subnet", "jid"]"#),
+        "bad.toml:8:1: routing.keys: `subnet` always applies, so `jid` after it can never be used",
+    );
+    assert_error_starts(
+        &format!("{BASE}\n[[domain]]\nname = \"example.test\"\nkeys = [\"random\", \"pin\"]\n"),
+        "bad.toml:21:8: domain[0].keys: `random` always applies",
+    );
+    let c = Fixture::new().ok(&edit(
+        r#"key = "jid""#,
+        "keys = [\"tenant\", \"jid\"]\ntenant_pattern = \"^(?<tenant>[a-z]+)-\"",
+    ));
+    let re = c.domains[0].tenant_pattern.as_ref().unwrap();
+    assert_eq!(re.as_str(), "^(?<tenant>[a-z]+)-");
+    assert_eq!(&re.captures("acme-1").unwrap()["tenant"], "acme");
+}
+
 #[test]
 fn missing_routing_table() {
     let text = BASE.replace(

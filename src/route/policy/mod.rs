@@ -74,6 +74,50 @@ impl fmt::Display for RouteKey {
     }
 }
 
+/// The rules of a fallback order, checked by the configuration (to point at the file) and by
+/// [`Policy::new`]: at least one key, none listed twice, `tenant` only with a tenant pattern,
+/// and nothing after a key that always applies (`domain`, `subnet`, `random`): it could never
+/// be reached, which is surely not what the operator meant.
+pub(crate) fn check_keys(keys: &[RouteKey], has_tenant_pattern: bool) -> Result<(), String> {
+    if keys.is_empty() {
+        return Err("list at least one routing key".into());
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if keys[..i].contains(k) {
+            return Err(format!("`{k}` is listed twice in keys"));
+        }
+        if *k == RouteKey::Tenant && !has_tenant_pattern {
+            return Err("the `tenant` key needs a tenant pattern (`tenant_pattern`)".into());
+        }
+        if k.always_applies() && i + 1 < keys.len() {
+            let dead: Vec<String> = keys[i + 1..].iter().map(|d| format!("`{d}`")).collect();
+            return Err(format!(
+                "`{k}` always applies, so {} after it can never be used: remove {} or \
+                 move `{k}` to the end",
+                dead.join(", "),
+                if dead.len() == 1 { "it" } else { "them" },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The prefix length of an IPv4 subnet key: 0..=32.
+pub(crate) fn check_ipv4_prefix(prefix: u8) -> Result<(), String> {
+    if prefix > 32 {
+        return Err("must be 0..=32".into());
+    }
+    Ok(())
+}
+
+/// The prefix length of an IPv6 subnet key: 0..=128.
+pub(crate) fn check_ipv6_prefix(prefix: u8) -> Result<(), String> {
+    if prefix > 128 {
+        return Err("must be 0..=128".into());
+    }
+    Ok(())
+}
+
 /// Compile a tenant pattern; error if it does not compile or has no named group `tenant`.
 ///
 /// The pattern is matched against the normalized localpart (lowercase, NFKC), unanchored
@@ -198,44 +242,20 @@ const NO_PIN: &str = "no pin matches";
 const NO_TENANT: &str = "tenant pattern does not match";
 
 impl Policy {
-    /// Check the keys and build the policy. Errors: no keys, a key listed twice, `tenant`
-    /// without a tenant pattern (or a pattern without a `tenant` group), a prefix length out
-    /// of range, and keys after one that always applies (`domain`, `subnet`, `random`): they
-    /// could never be reached, which is surely not what the operator meant.
+    /// Check the keys ([`check_keys`]), the tenant pattern's `tenant` group and the prefix
+    /// lengths, and build the policy.
     pub fn new(spec: PolicySpec<'_>, pins: Arc<PinTable>) -> Result<Policy, String> {
         let keys = spec.keys;
-        if keys.is_empty() {
-            return Err("list at least one routing key".into());
+        check_keys(keys, spec.tenant.is_some())?;
+        if let Some(re) = spec.tenant
+            && !has_tenant_group(re)
+        {
+            return Err("the tenant pattern has no named group `tenant`".into());
         }
-        for (i, k) in keys.iter().enumerate() {
-            if keys[..i].contains(k) {
-                return Err(format!("`{k}` is listed twice in keys"));
-            }
-            if k.always_applies() && i + 1 < keys.len() {
-                let dead: Vec<String> = keys[i + 1..].iter().map(|d| format!("`{d}`")).collect();
-                return Err(format!(
-                    "`{k}` always applies, so {} after it can never be used: remove {} or \
-                     move `{k}` to the end",
-                    dead.join(", "),
-                    if dead.len() == 1 { "it" } else { "them" },
-                ));
-            }
-        }
-        match spec.tenant {
-            None if keys.contains(&RouteKey::Tenant) => {
-                return Err("the `tenant` key needs a tenant pattern".into());
-            }
-            Some(re) if !has_tenant_group(re) => {
-                return Err("the tenant pattern has no named group `tenant`".into());
-            }
-            _ => {}
-        }
-        if spec.ipv4_prefix > 32 {
-            return Err(format!("IPv4 prefix /{} is over 32", spec.ipv4_prefix));
-        }
-        if spec.ipv6_prefix > 128 {
-            return Err(format!("IPv6 prefix /{} is over 128", spec.ipv6_prefix));
-        }
+        check_ipv4_prefix(spec.ipv4_prefix)
+            .map_err(|m| format!("IPv4 prefix /{}: {m}", spec.ipv4_prefix))?;
+        check_ipv6_prefix(spec.ipv6_prefix)
+            .map_err(|m| format!("IPv6 prefix /{}: {m}", spec.ipv6_prefix))?;
         Ok(Policy {
             keys: keys.to_vec(),
             tenant: spec.tenant.cloned(),
