@@ -71,7 +71,7 @@ pub struct LinkConfig {
 impl LinkOverrides {
     /// The link of a backend (`self`) in a pool (`pool`): each field from the backend if set,
     /// else from the pool, else the default (plain TCP, no PROXY header, verification on).
-    pub fn resolve(&self, pool: &LinkOverrides) -> LinkConfig {
+    pub(crate) fn resolve(&self, pool: &LinkOverrides) -> LinkConfig {
         LinkConfig {
             proxy_protocol: self
                 .proxy_protocol

@@ -8,14 +8,14 @@ use super::{ConfigError, Source};
 
 /// The largest `limits.max_header_bytes` accepted. A stream header is one start tag of a few
 /// hundred bytes; the proxy keeps its namespaces for as long as the stream lives.
-pub const MAX_HEADER_BYTES_BOUND: usize = 64 * 1024;
+pub(crate) const MAX_HEADER_BYTES_BOUND: usize = 64 * 1024;
 
 /// The largest `limits.max_prerouting_element_bytes` and `limits.max_negotiation_element_bytes`
 /// accepted. Every negotiating connection may buffer one such element and parse it (a parse
 /// allocates up to a few times the element's size), so the bound caps what a client can make
 /// the proxy hold before it has logged in; the largest real negotiation elements (stream
 /// features, a SASL2 `<authenticate/>`) are a few kilobytes.
-pub const MAX_ELEMENT_BYTES_BOUND: usize = 1024 * 1024;
+pub(crate) const MAX_ELEMENT_BYTES_BOUND: usize = 1024 * 1024;
 
 /// Bounds on every phase before the relay, so a slow or hostile client cannot hold resources.
 #[derive(Clone, Debug)]

@@ -35,12 +35,10 @@ mod routing;
 pub use admission::AdmissionDefaults;
 pub use backends::{BackendConfig, BackendTls, LinkConfig, LinkOverrides, ProxyProtocol};
 pub use drain::{DrainConfig, DrainMode};
-pub use limits::{
-    HealthConfig, Limits, MAX_ELEMENT_BYTES_BOUND, MAX_HEADER_BYTES_BOUND, ProbeConfig,
-};
+pub use limits::{HealthConfig, Limits, ProbeConfig};
 pub use listeners::{CertPair, ListenerConfig, TlsMode};
 pub(crate) use pins::parse_pin_file;
-pub use resumption::{DEFAULT_TICKET_ROTATION, ResumptionConfig};
+pub use resumption::ResumptionConfig;
 pub use routing::{DomainConfig, RoutingConfig};
 
 pub use crate::route::policy::{PinEntry, RouteKey};

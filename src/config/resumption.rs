@@ -26,7 +26,7 @@ pub struct ResumptionConfig {
 
 /// Default ticket-key period: short enough that a stolen derived key opens few sessions, long
 /// enough that a phone reconnecting after a night still resumes.
-pub const DEFAULT_TICKET_ROTATION: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const DEFAULT_TICKET_ROTATION: Duration = Duration::from_secs(12 * 3600);
 
 /// Read every key file (so `xmpp-lb check` and a reload refuse a bad one by name) and check
 /// the ticket rotation period.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use super::resumption::DEFAULT_TICKET_ROTATION;
 use super::*;
 
 /// A valid configuration. Rejection tests edit one line of it, so their expected positions

@@ -33,7 +33,7 @@ mod direction;
 /// Top-level elements one direction of the relay holds back until they are complete, to
 /// rewrite them (XEP-0198 ids, which must be changed in flight). Everything else streams
 /// through untouched, so a watch costs nothing but the name check at each top-level start.
-pub trait Watch: Send {
+pub(crate) trait Watch: Send {
     /// Whether to hold the top-level element whose qualified name (as written) is `name`.
     fn wants(&self, name: &[u8]) -> bool;
     /// A complete held element; returns the bytes to send in its place.
@@ -42,7 +42,7 @@ pub trait Watch: Send {
 
 /// The watches of the two directions (either may be absent).
 #[derive(Default)]
-pub struct Watches<'w> {
+pub(crate) struct Watches<'w> {
     /// Client → backend.
     pub up: Option<&'w mut dyn Watch>,
     /// Backend → client.
@@ -51,7 +51,7 @@ pub struct Watches<'w> {
 
 /// Which side ended the relay first, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// Both sides closed cleanly; the first to close is named.
     Closed(Side),
     /// One side failed with an I/O error (reset, broken pipe).
@@ -64,7 +64,7 @@ pub enum CloseReason {
 
 /// A side of the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The XMPP client.
     Client,
     /// The XMPP server node.
@@ -73,7 +73,7 @@ pub enum Side {
 
 impl Side {
     /// A metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Side::Client => "client",
             Side::Backend => "backend",
@@ -84,7 +84,7 @@ impl Side {
 impl CloseReason {
     /// A bounded metric label for the reason (an interrupt's reason comes from a fixed set in
     /// code, so it is bounded too).
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             CloseReason::Closed(_) => "closed",
             CloseReason::Error(_) => "io_error",
@@ -93,7 +93,7 @@ impl CloseReason {
         }
     }
     /// The side that ended the connection, as a metric label.
-    pub fn side(self) -> &'static str {
+    pub(crate) fn side(self) -> &'static str {
         match self {
             CloseReason::Closed(s) | CloseReason::Error(s) => s.as_str(),
             CloseReason::HalfCloseTimeout | CloseReason::Interrupted(_) => "proxy",
@@ -103,7 +103,7 @@ impl CloseReason {
 
 /// Counters of one finished relay.
 #[derive(Debug, Clone, Copy)]
-pub struct RelayStats {
+pub(crate) struct RelayStats {
     /// Bytes from client to backend, including those read ahead during negotiation.
     pub client_to_backend: u64,
     /// Bytes from backend to client, including those read ahead during negotiation.
@@ -115,7 +115,7 @@ pub struct RelayStats {
 /// How the proxy ends a live relay. The bytes are the proxy's own: they are not counted as
 /// relayed.
 #[derive(Debug, Clone)]
-pub struct Interrupt {
+pub(crate) struct Interrupt {
     /// Sent to the client once the backend→client stream is between two top-level elements,
     /// before the client side is shut down: a stream error and the stream's end tag.
     pub to_client: Bytes,
@@ -149,7 +149,7 @@ pub struct Interrupt {
 /// into a reset. All of it is bounded by `boundary_timeout`; past it the relay returns without
 /// injecting anything more and the caller drops both connections.
 #[allow(clippy::too_many_arguments)]
-pub async fn relay<'a, C, B, I>(
+pub(crate) async fn relay<'a, C, B, I>(
     client: &mut C,
     backend: &mut B,
     client_ahead: &'a [u8],

@@ -23,7 +23,7 @@ use crate::route::key::subnet_key;
 mod pins;
 
 pub(crate) use pins::PinPattern;
-pub use pins::{PinEntry, PinMatch, PinTable};
+pub use pins::{PinEntry, PinTable};
 
 /// One routing key kind, as written in `keys = [...]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -123,7 +123,7 @@ pub(crate) fn check_ipv6_prefix(prefix: u8) -> Result<(), String> {
 /// The pattern is matched against the normalized localpart (lowercase, NFKC), unanchored
 /// unless it anchors itself: write `^(?<tenant>[a-z0-9]+)-` for "the part before the first
 /// dash".
-pub fn compile_tenant(pattern: &str) -> Result<Regex, String> {
+pub(crate) fn compile_tenant(pattern: &str) -> Result<Regex, String> {
     let re = Regex::new(pattern).map_err(|e| format!("invalid regular expression: {e}"))?;
     if !has_tenant_group(&re) {
         return Err("the pattern has no named group `tenant`, e.g. ^(?<tenant>[a-z0-9]+)-".into());
@@ -147,7 +147,7 @@ fn tenant_of<'j>(re: &Regex, bare_jid: &'j str) -> Option<&'j str> {
 
 /// What a domain's [`Policy`] is built from.
 #[derive(Clone, Copy, Debug)]
-pub struct PolicySpec<'a> {
+pub(crate) struct PolicySpec<'a> {
     /// The keys, in fallback order.
     pub keys: &'a [RouteKey],
     /// The domain's tenant pattern (from [`compile_tenant`]), for `tenant` keys and pins.
@@ -170,7 +170,7 @@ pub struct Policy {
 
 /// What is known about the connection.
 #[derive(Clone, Copy, Debug)]
-pub struct Who<'a> {
+pub(crate) struct Who<'a> {
     /// The normalized bare JID, once known (stream header `from`, or SASL).
     pub jid: Option<&'a str>,
     /// The normalized domain the client asked for.
@@ -204,7 +204,7 @@ pub enum Placement {
 
 impl Decision {
     /// This decision, sending the client first to `node`, which holds the session it resumes.
-    pub fn resuming_on(self, node: String) -> Decision {
+    pub(crate) fn resuming_on(self, node: String) -> Decision {
         let otherwise = Box::new(match self.placement {
             Placement::Resume { otherwise, .. } => *otherwise,
             other => other,
@@ -244,7 +244,7 @@ const NO_TENANT: &str = "tenant pattern does not match";
 impl Policy {
     /// Check the keys ([`check_keys`]), the tenant pattern's `tenant` group and the prefix
     /// lengths, and build the policy.
-    pub fn new(spec: PolicySpec<'_>, pins: Arc<PinTable>) -> Result<Policy, String> {
+    pub(crate) fn new(spec: PolicySpec<'_>, pins: Arc<PinTable>) -> Result<Policy, String> {
         let keys = spec.keys;
         check_keys(keys, spec.tenant.is_some())?;
         if let Some(re) = spec.tenant
@@ -266,7 +266,7 @@ impl Policy {
     }
 
     /// The keys, in fallback order.
-    pub fn keys(&self) -> &[RouteKey] {
+    pub(crate) fn keys(&self) -> &[RouteKey] {
         &self.keys
     }
 
@@ -279,7 +279,7 @@ impl Policy {
     /// Once the identity is final this always decides: if no key applies (say `keys =
     /// ["jid"]` and an ANONYMOUS login) the client's subnet is used, so the connection still
     /// lands somewhere stable.
-    pub fn decide(&self, who: &Who<'_>) -> Option<Decision> {
+    pub(crate) fn decide(&self, who: &Who<'_>) -> Option<Decision> {
         let mut skipped = Vec::new();
         for &key in &self.keys {
             let attempt = match key {

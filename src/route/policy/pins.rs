@@ -140,7 +140,7 @@ impl PinPattern {
 
 /// A pin that matched: where the user goes, and which line of the table sent them there.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PinMatch {
+pub(crate) struct PinMatch {
     /// The backend name.
     pub backend: String,
     /// The pattern that matched, as the operator wrote it (so it can be found in the file).
@@ -172,7 +172,7 @@ impl PinTable {
     /// node that does not exist would strand its users, so it is an error naming the pattern
     /// and the backend. A bad pattern is an error, and so is a pattern listed twice (after
     /// normalization): which of the two applied would depend on the order of the files.
-    pub fn new(entries: &[PinEntry], known_backends: &[String]) -> Result<PinTable, String> {
+    pub(crate) fn new(entries: &[PinEntry], known_backends: &[String]) -> Result<PinTable, String> {
         let mut table = PinTable {
             exact: HashMap::new(),
             tenants: HashMap::new(),
@@ -228,7 +228,7 @@ impl PinTable {
     /// The pin of a normalized bare JID whose tenant (by its domain's pattern) is `tenant`.
     /// Precedence goes from the most to the least specific: the exact JID, then the tenant,
     /// then the globs in table order.
-    pub fn lookup(&self, bare_jid: &str, tenant: Option<&str>) -> Option<PinMatch> {
+    pub(crate) fn lookup(&self, bare_jid: &str, tenant: Option<&str>) -> Option<PinMatch> {
         let found = |t: &PinTarget, kind| PinMatch {
             backend: t.backend.clone(),
             rule: t.written.clone(),

@@ -1,3 +1,4 @@
+use super::pins::PinMatch;
 use super::*;
 use crate::route::KeySource;
 use crate::route::key::{normalize_bare_jid, normalize_domain};
