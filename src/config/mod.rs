@@ -1,17 +1,17 @@
 //! The configuration file: what an operator writes, and the checked form the proxy runs on.
 //!
 //! Parsing happens in two steps, as in rathole: serde structs with `deny_unknown_fields`
-//! ([`raw`]) reject typos at once, then [`RawConfig::validate`] checks what serde cannot
+//! (`raw`) reject typos at once, then `RawConfig::validate` checks what serde cannot
 //! (addresses, files, duplicate names) and resolves relative paths against the config file's
 //! directory. Every error names the file, the line and the key, because an operator reading
 //! "invalid address" without a line number has to guess which of forty backends is wrong.
 //!
 //! Each section has one owner, which holds its checked types and its `validate_*` function:
-//! [`listeners`], [`backends`] (and how nodes are reached), [`routing`] (served domains, keys,
-//! pins, `[[domain]]` tables; the key rules themselves belong to [`crate::route::policy`]),
-//! [`limits`] (also probes and health checks), [`drain`], [`admission`], [`metrics`] and
-//! [`resumption`]. [`pins`] reads a pin file, and [`position`] turns a byte offset into the
-//! line, column and key path every error names.
+//! `listeners`, `backends` (and how nodes are reached), `routing` (served domains, keys, pins,
+//! `[[domain]]` tables; the key rules themselves belong to [`crate::route::policy`]), `limits`
+//! (also probes and health checks), `drain`, `admission`, `metrics` and `resumption`. `pins`
+//! reads a pin file, and `position` turns a byte offset into the line, column and key path
+//! every error names.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -184,8 +184,8 @@ impl Source<'_> {
 }
 
 impl RawConfig {
-    /// Check every section, in the order of the file's usual layout, and build the checked
-    /// [`Config`]. The first error found is returned.
+    /// Check every section, always in the same order, and build the checked [`Config`]. The
+    /// first error found is returned.
     fn validate(self, text: &str, path: &Path) -> Result<Config, ConfigError> {
         let src = Source { path, text };
         let listeners = listeners::validate_listeners(&src, &self.listener)?;

@@ -45,7 +45,8 @@ struct RawPin {
 ///
 /// Everything that can be checked without the list of backends is checked here, where the
 /// error can name its line: patterns, empty backends, patterns listed twice. Backends are
-/// checked by [`PinTable::new`](crate::route::policy::PinTable::new) when the configuration is put into service.
+/// checked by [`PinTable::new`](crate::route::policy::PinTable::new) when the configuration
+/// is put into service.
 pub(crate) fn parse_pin_file(text: &str) -> Result<Vec<PinEntry>, PinFileError> {
     let raw: RawPinFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);

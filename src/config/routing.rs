@@ -260,6 +260,7 @@ pub(super) fn validate_routing(
     Ok((routing, domain_configs))
 }
 
+/// An error not yet placed in the file: its span, key and message.
 type SpannedError = (Range<usize>, String, String);
 
 /// `key = "x"` or `keys = ["x", "y"]` of a table (not both). `None` when neither is set.
@@ -292,6 +293,7 @@ fn check_tenant(p: &Spanned<String>) -> Result<Regex, String> {
     compile_tenant(p.get_ref())
 }
 
+/// A bounded-load factor: a finite number above 1.0.
 fn check_factor(f: &Spanned<f64>) -> Result<f64, String> {
     let f = *f.get_ref();
     if f.is_finite() && f > 1.0 {
