@@ -92,23 +92,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
-            // Certificates are part of the configuration: a key that does not match its
-            // certificate should fail here, not at the first client's handshake.
-            for l in &config.listeners {
-                xmpp_lb::tls::acceptor(&l.certs, &config.resumption)
-                    .with_context(|| format!("listener {:?}", l.name))?;
-            }
-            // So are pins and routing policies: a bad pin file should fail here, not at a
-            // reload. Runtime::build loads them exactly as the proxy does.
-            Runtime::build(config.clone(), &StateRegistry::default())?;
-            // So is the admin token: an empty or unreadable file would stop the proxy.
-            if let Some(file) = &config.metrics_token_file {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("metrics.token_file {}", file.display()))?;
-                xmpp_lb::keys::AdminToken::new(&text)
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| format!("metrics.token_file {}", file.display()))?;
-            }
+            // The proxy puts a configuration into service with Runtime::build, at start and on
+            // every reload; check builds it the same way, so that certificates that do not match
+            // their keys, a bad pin file or routing policy, and an empty or published admin token
+            // fail here rather than at the first client or the next reload.
+            let runtime = build(config)?;
+            let config = &runtime.config;
             println!(
                 "{}: OK ({} listeners, {} backends)",
                 path.display(),
@@ -141,7 +130,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             // the admin token is not needed (its file may be readable by the service only).
             let mut config = config;
             config.metrics_token_file = None;
-            let runtime = Runtime::build(config, &StateRegistry::default())?;
+            let runtime = build(config)?;
             let explained = runtime.explain(&jid, ip).map_err(anyhow::Error::msg)?;
             print!("{explained}");
             Ok(ExitCode::SUCCESS)
@@ -160,6 +149,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Put `config` into service as the proxy does ([`Runtime::build`]), without serving it.
+fn build(config: Config) -> anyhow::Result<Runtime> {
+    // A build error's message already ends with its cause: as a plain message, the cause is
+    // not printed a second time.
+    Runtime::build(config, &StateRegistry::default()).map_err(|e| anyhow::Error::msg(e.to_string()))
 }
 
 /// POST to a running proxy's admin endpoint and print its answer.

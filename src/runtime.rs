@@ -14,8 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::backend::admission::AdmissionConfig;
 use crate::backend::link::{Link, Member};
 use crate::backend::state::{ActiveGuard, BackendState};
-use crate::config::{BackendConfig, BackendTls, Config};
-use crate::route::policy::{Decision, PinTable, Policy, PolicySpec, Who, parse_pin_file};
+use crate::config::{BackendConfig, BackendTls, Config, parse_pin_file};
+use crate::route::policy::{Decision, PinTable, Policy, PolicySpec, Who};
 use crate::route::pool::DomainPool;
 
 /// Why a configuration could not be put into service.
@@ -219,10 +219,6 @@ impl Runtime {
                 domain: d.name.clone(),
                 message,
             };
-            let tenant = match &d.tenant_pattern {
-                Some(p) => Some(crate::route::policy::compile_tenant(p).map_err(policy_err)?),
-                None => None,
-            };
             let own: Vec<_> = entries
                 .iter()
                 .filter(|e| d.backends.contains(&e.backend))
@@ -232,7 +228,7 @@ impl Runtime {
             let policy = Policy::new(
                 PolicySpec {
                     keys: &d.keys,
-                    tenant: tenant.as_ref(),
+                    tenant: d.tenant_pattern.as_ref(),
                     ipv4_prefix: config.routing.ipv4_prefix,
                     ipv6_prefix: config.routing.ipv6_prefix,
                 },

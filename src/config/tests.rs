@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use super::resumption::DEFAULT_TICKET_ROTATION;
 use super::*;
 
 /// A valid configuration. Rejection tests edit one line of it, so their expected positions
@@ -252,6 +253,35 @@ fn every_shipped_toml_validates_or_only_lacks_generated_certificates() {
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+/// Every TOML file in config/ parses as what it is: a pin file (`pins*.toml`) as pins whose
+/// backends example.toml defines, anything else as a configuration (its files are checked by
+/// the test above).
+#[test]
+fn every_file_in_config_parses() {
+    let scratch = config_with_own_secrets();
+    let example = Config::load(&scratch.path().join("example.toml")).unwrap();
+    let backends: Vec<String> = example.backends.iter().map(|b| b.name.clone()).collect();
+    let mut pin_files = 0;
+    for entry in std::fs::read_dir(config_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.starts_with("pins") {
+            let pins = parse_pin_file(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!pins.is_empty(), "{name} pins nobody");
+            crate::route::policy::PinTable::new(&pins, &backends)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            pin_files += 1;
+        } else {
+            toml::from_str::<RawConfig>(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    assert_eq!(pin_files, 1, "config/pins.example.toml is the one pin file");
 }
 
 /// Copy a shipped file into a scratch tree, create each certificate or key it says is
@@ -780,6 +810,35 @@ fn bad_routing_key_value() {
         &edit(r#"key = "jid""#, r#"key = "ip""#),
         "bad.toml:9:7: routing.key: unknown variant `ip`, expected one of `pin`, `jid`, `domain`, `tenant`, `subnet`, `random`",
     );
+}
+
+/// The rules of a key list are the routing policy's: the configuration reports them at the
+/// table that lists the keys, and the tenant pattern is compiled there once.
+#[test]
+fn bad_key_lists_are_refused_by_the_policy_rules() {
+    assert_error(
+        &edit(r#"key = "jid""#, r#"keys = ["jid", "pin", "jid"]"#),
+        "bad.toml:8:1: routing.keys: `jid` is listed twice in keys",
+    );
+    assert_error(
+        &edit(r#"key = "jid""#, r#"keys = ["tenant", "jid"]"#),
+        "bad.toml:8:1: routing.keys: the `tenant` key needs a tenant pattern (`tenant_pattern`)",
+    );
+    assert_error_starts(
+        &edit(r#"key = "jid""#, r#"keys = ["subnet", "jid"]"#),
+        "bad.toml:8:1: routing.keys: `subnet` always applies, so `jid` after it can never be used",
+    );
+    assert_error_starts(
+        &format!("{BASE}\n[[domain]]\nname = \"example.test\"\nkeys = [\"random\", \"pin\"]\n"),
+        "bad.toml:21:8: domain[0].keys: `random` always applies",
+    );
+    let c = Fixture::new().ok(&edit(
+        r#"key = "jid""#,
+        "keys = [\"tenant\", \"jid\"]\ntenant_pattern = \"^(?<tenant>[a-z]+)-\"",
+    ));
+    let re = c.domains[0].tenant_pattern.as_ref().unwrap();
+    assert_eq!(re.as_str(), "^(?<tenant>[a-z]+)-");
+    assert_eq!(&re.captures("acme-1").unwrap()["tenant"], "acme");
 }
 
 #[test]

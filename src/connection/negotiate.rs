@@ -17,12 +17,11 @@ use super::refuse::{
 };
 use super::trace::Trace;
 use super::transport::ElementTransport;
-use super::upstream::{Admit, Upstream, source_of};
+use super::upstream::{Admit, Upstream};
 use crate::backend::preamble::read_preamble;
 use crate::framed::FrameError;
 use crate::metrics::Metrics;
 use crate::resumption;
-use crate::route::KeySource;
 use crate::route::policy::{Decision, Placement};
 use crate::route::resume::Checked;
 use crate::xmpp::element::{Element, NsContext};
@@ -109,15 +108,14 @@ pub(crate) async fn negotiate<C: ElementTransport>(
         attempt: Attempt::default(),
         reroutes: 0,
     };
-    let named = rt.decide(&n.domain, from.as_deref(), at.peer.ip(), from.is_some());
+    // Not final: with no `from`, a key that needs the user waits for the login.
+    let named = rt.decide(&n.domain, from.as_deref(), at.peer.ip(), false);
     let up = match named {
         Some(decision) => {
             // The node answers the client directly: its header and features are relayed. No
             // admission yet: a login slot is taken when the client starts a login (its first
             // SASL element), not for a stream that has sent no credentials.
-            let source = source_of(&decision, from.is_some());
-            let mut up =
-                Upstream::open(at, &n.domain, &decision, source, Admit::AtFirstSasl).await?;
+            let mut up = Upstream::open(at, &n.domain, &decision, Admit::AtFirstSasl).await?;
             n.adopt(&up, trace);
             up.send(&n.header).await?;
             up
@@ -170,15 +168,14 @@ impl Negotiation<'_> {
             Ok(el) => self.start_attempt(&captured.first, &el),
             Err(_) => (captured.first.clone(), None),
         };
-        let (decision, source) = self
-            .decide(self.jid.clone().as_deref(), resume_node)
+        let decision = self
+            .decide(self.jid.as_deref(), resume_node)
             .ok_or(Failure::Quiet("no routing policy for the domain"))?;
         let mut up = Upstream::open_behind(
             self.at,
             &self.domain,
             &self.header,
             &decision,
-            source,
             Some(&shown.mechanisms),
         )
         .await?;
@@ -190,17 +187,14 @@ impl Negotiation<'_> {
         Ok(up)
     }
 
-    /// The routing decision for `jid` (or the keys that do not need one), on `resume`'s node
-    /// if a verified stream-management id names one; with the source of its key.
-    fn decide(&self, jid: Option<&str>, resume: Option<String>) -> Option<(Decision, KeySource)> {
+    /// The routing decision once the login named `jid` (or nobody), on `resume`'s node if a
+    /// verified stream-management id names one.
+    fn decide(&self, jid: Option<&str>, resume: Option<String>) -> Option<Decision> {
         let rt = self.at.rt;
         let decision = rt.decide(&self.domain, jid, self.at.peer.ip(), true)?;
         Some(match resume {
-            Some(node) => (decision.resuming_on(node), KeySource::Resume),
-            None => {
-                let source = source_of(&decision, false);
-                (decision, source)
-            }
+            Some(node) => decision.resuming_on(node),
+            None => decision,
         })
     }
 
@@ -471,7 +465,7 @@ impl Negotiation<'_> {
         let in_flight = matches!(self.phase, Phase::Authenticating { in_flight: true });
         self.phase = Phase::Authenticating { in_flight: true };
         match decision {
-            Some((decision, source)) if up.placement != decision.placement && !stays => {
+            Some(decision) if up.placement != decision.placement && !stays => {
                 if in_flight {
                     return Err(Failure::Refuse(
                         Condition::PolicyViolation,
@@ -486,15 +480,9 @@ impl Negotiation<'_> {
                 }
                 self.reroutes += 1;
                 up.release();
-                let mut moved = Upstream::open_behind(
-                    self.at,
-                    &self.domain,
-                    &self.header,
-                    &decision,
-                    source,
-                    None,
-                )
-                .await?;
+                let mut moved =
+                    Upstream::open_behind(self.at, &self.domain, &self.header, &decision, None)
+                        .await?;
                 self.adopt(&moved, trace);
                 moved.send(bytes).await?;
                 tracing::debug!(from = %here, to = %rt.names[moved.id], "SASL retry re-routed");
@@ -533,7 +521,7 @@ impl Negotiation<'_> {
             _ => return None,
         };
         let target = rt.index_of(&node)?;
-        let (base, _) = self.decide(self.jid.clone().as_deref(), Some(node.clone()))?;
+        let base = self.decide(self.jid.as_deref(), Some(node.clone()))?;
         // Only the session's node will do: elsewhere the resume fails anyway.
         let decision = Decision {
             placement: Placement::Pinned(node.clone()),
@@ -562,16 +550,9 @@ impl Negotiation<'_> {
         auth: &[u8],
         restart: Bytes,
     ) -> Option<Upstream> {
-        let mut up = Upstream::open_behind(
-            self.at,
-            &self.domain,
-            &self.header,
-            decision,
-            KeySource::Resume,
-            None,
-        )
-        .await
-        .ok()?;
+        let mut up = Upstream::open_behind(self.at, &self.domain, &self.header, decision, None)
+            .await
+            .ok()?;
         if up.id != target {
             return None;
         }

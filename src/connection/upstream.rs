@@ -11,7 +11,7 @@ use crate::backend::preamble::read_preamble;
 use crate::backend::state::ActiveGuard;
 use crate::framed::Framed;
 use crate::route::KeySource;
-use crate::route::policy::{Decision, Placement, RouteKey};
+use crate::route::policy::{Decision, Placement};
 use crate::xmpp::element::NsContext;
 use crate::xmpp::stream_error::Condition;
 
@@ -52,9 +52,9 @@ impl Upstream {
         at: &At<'_>,
         domain: &str,
         decision: &Decision,
-        source: KeySource,
         admit: Admit,
     ) -> Result<Upstream, Failure> {
+        let source = decision.source;
         let (shared, rt) = (at.shared, at.rt);
         let health = &rt.config.health;
         let limits = &rt.config.limits;
@@ -123,10 +123,9 @@ impl Upstream {
         domain: &str,
         header: &[u8],
         decision: &Decision,
-        source: KeySource,
         shown: Option<&[String]>,
     ) -> Result<Upstream, Failure> {
-        let mut up = Upstream::open(at, domain, decision, source, Admit::Now).await?;
+        let mut up = Upstream::open(at, domain, decision, Admit::Now).await?;
         let (shared, rt) = (at.shared, at.rt);
         up.send(header).await?;
         let deadline = at.started + rt.config.limits.negotiation_timeout;
@@ -217,21 +216,6 @@ async fn admit_on(at: &At<'_>, id: usize) -> Result<Permit, Failure> {
                 ),
             })
         }
-    }
-}
-
-/// The metric label for how a decision was reached (`from_header`: the user was named by the
-/// stream header's `from`, not by SASL).
-pub(crate) fn source_of(decision: &Decision, from_header: bool) -> KeySource {
-    match decision.key {
-        RouteKey::Jid if from_header => KeySource::From,
-        RouteKey::Jid => KeySource::Sasl,
-        RouteKey::Pin => KeySource::Pin,
-        RouteKey::Tenant => KeySource::Tenant,
-        RouteKey::Domain => KeySource::Domain,
-        RouteKey::Random => KeySource::Random,
-        RouteKey::Subnet if decision.rule.starts_with("fallback") => KeySource::Fallback,
-        RouteKey::Subnet => KeySource::Subnet,
     }
 }
 
