@@ -3,8 +3,6 @@
 //! needs and never a password, a SASL payload or a stanza; the JID only with `log_jids`; and
 //! a log output that stops taking lines never holds up a login.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -13,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::pki::TestPki;
-use common::process::{free_port, sigterm, spawn_child, terminate, wait_for, wait_timeout};
-use common::prosody::{ProsodyCluster, ProsodyOpts};
-use common::raw::Raw;
 use serde_json::Value;
+use testkit::pki::TestPki;
+use testkit::process::{free_port, sigterm, spawn_child, terminate, wait_for, wait_timeout};
+use testkit::prosody::{ProsodyCluster, ProsodyOpts};
+use testkit::raw::Raw;
 
 const DOMAIN: &str = "example.test";
 const USER: &str = "alice";
