@@ -488,9 +488,17 @@ fn sigterm_moves_clients_off_with_system_shutdown_and_exits_zero() {
             child.exited().is_none(),
             "the proxy waits for its clients within the grace"
         );
+        let refused =
+            testkit::process::wait_for(Duration::from_secs(2), Duration::from_millis(20), || {
+                std::net::TcpStream::connect(addr).is_err().then_some(())
+            });
         assert!(
-            std::net::TcpStream::connect(addr).is_err(),
+            refused.is_some(),
             "a new connection during the grace is refused"
+        );
+        assert!(
+            child.exited().is_none(),
+            "refused while the proxy still waits for its clients"
         );
         // A real client closes its side once the server closed the stream.
         drop(raw);

@@ -74,6 +74,40 @@ impl TestConfig {
         }
     }
 
+    /// For a shipped configuration run by a test: every bind (listeners and metrics) must be a
+    /// loopback address, and is moved to port 0 (a free port, see
+    /// [`assign_free_ports`](Self::assign_free_ports)); relative certificate and key paths
+    /// are made relative to `dir`, the shipped file's directory.
+    pub fn on_free_loopback_ports(mut self, dir: &Path) -> TestConfig {
+        let zero = |bind: &str| -> Value {
+            let addr: SocketAddr = bind.parse().expect("a bind address");
+            assert!(addr.ip().is_loopback(), "{bind} is not a loopback address");
+            SocketAddr::new(addr.ip(), 0).to_string().into()
+        };
+        for l in self.tables_mut("listener") {
+            for b in l
+                .get_mut("bind")
+                .and_then(Value::as_array_mut)
+                .expect("binds")
+            {
+                *b = zero(b.as_str().expect("a bind address"));
+            }
+            for file in ["cert", "key"] {
+                if let Some(Value::String(p)) = l.get_mut(file) {
+                    *p = dir.join(&*p).display().to_string();
+                }
+            }
+        }
+        let metrics = self.table["metrics"]["bind"].as_str().map(zero);
+        if let Some(m) = metrics {
+            self.table["metrics"]
+                .as_table_mut()
+                .unwrap()
+                .insert("bind".into(), m);
+        }
+        self
+    }
+
     /// The domains' one routing key (`[routing] key`), instead of the current key or keys.
     pub fn key(self, key: &str) -> TestConfig {
         self.remove("routing.keys").set("routing.key", key)
