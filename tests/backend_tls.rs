@@ -16,15 +16,7 @@ use testkit::pki::TestPki;
 use testkit::process::free_port;
 use testkit::prosody::{ProsodyCluster, ProsodyOpts};
 use testkit::proxy::Proxy;
-use testkit::raw::{Raw, header};
-
-fn mechanisms(features: &str) -> BTreeSet<String> {
-    features
-        .split("<mechanism>")
-        .skip(1)
-        .filter_map(|s| s.split_once("</mechanism>").map(|(m, _)| m.to_string()))
-        .collect()
-}
+use testkit::raw::{Raw, header, mechanisms};
 
 /// One Prosody node requiring TLS: STARTTLS on its c2s port, direct TLS on another, both
 /// with a certificate from the test CA; PLAIN is offered over TLS only.

@@ -10,6 +10,25 @@ fn xmpp_lb() -> Command {
     Command::new(env!("CARGO_BIN_EXE_xmpp-lb"))
 }
 
+/// `xmpp-lb check` on `config`.
+fn check(config: &Path) -> std::process::Output {
+    xmpp_lb()
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// `xmpp-lb route` on `config` for `jid`.
+fn route(config: &Path, jid: &str) -> std::process::Output {
+    xmpp_lb()
+        .args(["route", "--config"])
+        .arg(config)
+        .arg(jid)
+        .output()
+        .unwrap()
+}
+
 /// A valid config with real (throwaway) certificate files, in a temp dir. Its listener binds
 /// free ports (`:0`), so that `run` can start on it too.
 fn write_config(dir: &Path, routing_key: &str, backends: &str) -> std::path::PathBuf {
@@ -46,11 +65,7 @@ const THREE: &str = "[[backend]]\nname = \"node1\"\naddress = \"127.0.0.1:15222\
 fn check_accepts_a_good_file_and_names_file_line_key_for_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
     let good = write_config(dir.path(), "jid", THREE);
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check(&good);
     assert!(
         out.status.success(),
         "{}",
@@ -62,11 +77,7 @@ fn check_accepts_a_good_file_and_names_file_line_key_for_a_bad_one() {
         "jid",
         &THREE.replace("127.0.0.1:15223", "localhost:15223"),
     );
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check(&bad);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let text = std::fs::read_to_string(&bad).unwrap();
@@ -83,11 +94,7 @@ fn check_accepts_a_good_file_and_names_file_line_key_for_a_bad_one() {
     // A certificate file that holds no certificate is caught by check, naming the file.
     let good = write_config(dir.path(), "jid", THREE);
     std::fs::write(dir.path().join("c.pem"), "not a certificate").unwrap();
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check(&good);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("c.pem") && err.contains("c2s"), "{err}");
@@ -99,11 +106,7 @@ fn check_accepts_a_good_file_and_names_file_line_key_for_a_bad_one() {
         "[[pin]]\nmatch = \"a@example.test\"\nbackend = \"nosuch\"\n",
     )
     .unwrap();
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check(&good);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pins.toml") && err.contains("nosuch"), "{err}");
@@ -127,12 +130,7 @@ fn route_prints_the_ring_node_for_a_jid() {
         ("romeo@example.test", "node2"),
         ("nurse@example.test", "node2"),
     ] {
-        let out = xmpp_lb()
-            .args(["route", "--config"])
-            .arg(&path)
-            .arg(jid)
-            .output()
-            .unwrap();
+        let out = route(&path, jid);
         assert!(
             out.status.success(),
             "{}",
@@ -149,12 +147,7 @@ fn route_prints_the_ring_node_for_a_jid() {
             "route explains its answer: {stdout}"
         );
     }
-    let out = xmpp_lb()
-        .args(["route", "--config"])
-        .arg(&path)
-        .arg("@@bad")
-        .output()
-        .unwrap();
+    let out = route(&path, "@@bad");
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -162,12 +155,7 @@ fn route_prints_the_ring_node_for_a_jid() {
 fn route_by_subnet_needs_and_uses_the_client_address() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "subnet", THREE);
-    let out = xmpp_lb()
-        .args(["route", "--config"])
-        .arg(&path)
-        .arg("a@example.test")
-        .output()
-        .unwrap();
+    let out = route(&path, "a@example.test");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ip"));
     let node_of = |ip: &str| {
@@ -232,12 +220,7 @@ fn help_documents_every_command() {
 
 /// The first line `xmpp-lb route` prints for `jid` with `config`: the node.
 fn route_of(config: &Path, jid: &str) -> String {
-    let out = xmpp_lb()
-        .args(["route", "--config"])
-        .arg(config)
-        .arg(jid)
-        .output()
-        .unwrap();
+    let out = route(config, jid);
     assert!(
         out.status.success(),
         "{jid}: {}",
@@ -281,11 +264,7 @@ fn the_example_pins_apply_per_domain_as_example_toml_says() {
         format!("{shipped}\n[[pin]]\nmatch = \"someone@example.test\"\nbackend = \"iot1\"\n"),
     )
     .unwrap();
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&example)
-        .output()
-        .unwrap();
+    let out = check(&example);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -294,11 +273,7 @@ fn the_example_pins_apply_per_domain_as_example_toml_says() {
     );
     // ... and so is a file that does not parse.
     std::fs::write(&pins, "[[pin]]\nmatch = \n").unwrap();
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&example)
-        .output()
-        .unwrap();
+    let out = check(&example);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pins.example.toml"), "{err}");
@@ -323,11 +298,7 @@ fn the_readme_runs_a_loopback_config_that_starts_and_listens() {
         .expect("a run command in Running it");
     let path = root.join(config);
     // Valid as shipped, with nothing to generate first.
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert!(
         out.status.success(),
         "{config}: {}",
@@ -380,11 +351,7 @@ fn example_with_own_secrets(to: &Path) -> std::path::PathBuf {
 fn check_names_the_fleet_keys_by_id_never_by_secret() {
     let dir = tempfile::tempdir().unwrap();
     let example = example_with_own_secrets(dir.path());
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&example)
-        .output()
-        .unwrap();
+    let out = check(&example);
     assert!(
         out.status.success(),
         "{}",

@@ -23,7 +23,7 @@ use testkit::ejabberd::EjabberdCluster;
 use testkit::pki::TestPki;
 use testkit::process::wait_for;
 use testkit::proxy::Proxy;
-use testkit::raw::{Raw, header};
+use testkit::raw::{Raw, header, mechanisms};
 
 const DOMAIN: &str = "example.test";
 
@@ -97,15 +97,6 @@ name = "{DOMAIN}"
         a1 = ej.proxied_addr(0),
         a2 = ej.proxied_addr(1),
     ))
-}
-
-/// The mechanisms in a features text, as a set (order is not significant).
-fn mechanisms(features: &str) -> BTreeSet<String> {
-    features
-        .split("<mechanism>")
-        .skip(1)
-        .filter_map(|s| s.split_once("</mechanism>").map(|(m, _)| m.to_string()))
-        .collect()
 }
 
 /// What the node at `addr` offers a client that opens with `preamble` (a PROXY header).

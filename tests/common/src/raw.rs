@@ -79,7 +79,11 @@ pub fn plain_auth(user: &str, password: &str) -> String {
 impl Raw {
     /// Plain TCP, nothing sent yet.
     pub async fn tcp(addr: SocketAddr) -> Raw {
-        let tcp = TcpStream::connect(addr).await.expect("connect proxy");
+        Raw::over(TcpStream::connect(addr).await.expect("connect proxy"))
+    }
+
+    /// A client over a connected socket, nothing sent yet.
+    fn over(tcp: TcpStream) -> Raw {
         tcp.set_nodelay(true).unwrap();
         Raw {
             local: tcp.local_addr().ok(),
@@ -102,15 +106,7 @@ impl Raw {
         socket
             .bind(SocketAddr::new(source, 0))
             .expect("bind the source address");
-        let tcp = socket.connect(addr).await.expect("connect proxy");
-        tcp.set_nodelay(true).unwrap();
-        Raw {
-            local: tcp.local_addr().ok(),
-            io: Box::new(tcp),
-            received: String::new(),
-            closed: false,
-            tls_kind: None,
-        }
+        Raw::over(socket.connect(addr).await.expect("connect proxy"))
     }
 
     /// Direct TLS (XEP-0368) with SNI = `domain`.
@@ -381,6 +377,15 @@ impl Raw {
     pub fn vanish(self) {
         drop(self);
     }
+}
+
+/// The SASL mechanisms a `<stream:features>` text offers.
+pub fn mechanisms(features: &str) -> std::collections::BTreeSet<String> {
+    features
+        .split("<mechanism>")
+        .skip(1)
+        .filter_map(|s| s.split_once("</mechanism>").map(|(m, _)| m.to_string()))
+        .collect()
 }
 
 /// The value of attribute `name` of the first element of `text` that starts with `start`
