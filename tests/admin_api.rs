@@ -4,20 +4,16 @@
 //! a web page posting to it (cross-site request forgery) or reading it through DNS
 //! rebinding, and clients that hold connections open without finishing a request.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::pki::TestPki;
-use common::process::{free_port, wait_for};
-use common::prosody::{ProsodyCluster, ProsodyOpts};
-use common::proxy::{Proxy, config_text};
 use serde_json::Value;
-
-const DOMAIN: &str = "example.test";
+use testkit::config::{TestConfig, strings};
+use testkit::env::{DOMAIN, Env, EnvBuilder};
+use testkit::pki::TestPki;
+use testkit::process::{free_port, wait_for};
+use testkit::proxy::Proxy;
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -52,57 +48,23 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-struct Env {
-    proxy: Proxy,
-    _pki: TestPki,
-    cluster: ProsodyCluster,
-    token: String,
-    token_path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-/// One real Prosody node (`node1`) and a backend nobody listens on (`node2`), health checks
-/// every 200 ms, the admin token in a file.
+/// One node and a backend nobody listens on, health checks every 200 ms, an admin token.
 fn env() -> Env {
-    let pki = TestPki::new(&[DOMAIN]);
-    let cluster = ProsodyCluster::start(1, DOMAIN, ProsodyOpts::default()).expect("prosody");
-    let dead = format!("127.0.0.1:{}", free_port(false).unwrap())
-        .parse()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let token_path: PathBuf = dir.path().join("admin.token");
-    let token = "admin-token-for-the-test".to_string();
-    std::fs::write(&token_path, format!("{token}\n")).unwrap();
-    let text = config_text(
-        &pki.cert_path(DOMAIN),
-        &pki.key_path(DOMAIN),
-        DOMAIN,
-        "jid",
-        &[cluster.addr(0), dead],
-        "\n[health]\ninterval = \"200ms\"\ntimeout = \"1s\"\n",
-    )
-    .replace(
-        "[metrics]\nbind = \"127.0.0.1:0\"\n",
-        &format!(
-            "[metrics]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
-            token_path.display()
-        ),
-    );
-    Env {
-        proxy: Proxy::start(&text),
-        _pki: pki,
-        cluster,
-        token,
-        token_path,
-        _dir: dir,
-    }
+    EnvBuilder::new(1)
+        .dead_backend()
+        .token()
+        .config(|c| {
+            c.set("health.interval", "200ms")
+                .set("health.timeout", "1s")
+        })
+        .start()
 }
 
 #[test]
 fn the_token_guards_everything_but_the_probes() {
     let env = env();
     let p = &env.proxy;
-    let t = Some(env.token.as_str());
+    let t = Some(env.token());
     assert_eq!(call(p, "GET", "/healthz", None), (200, "ok\n".into()));
     assert_eq!(call(p, "GET", "/readyz", None).0, 200);
     for (method, path) in [
@@ -152,13 +114,13 @@ fn the_token_guards_everything_but_the_probes() {
     assert!(cli(t, "undrain").status.success());
 
     // A reload re-reads the token file: the token rotates without a restart.
-    std::fs::write(&env.token_path, "rotated-token\n").unwrap();
+    std::fs::write(env.token_path.as_ref().unwrap(), "rotated-token\n").unwrap();
     assert_eq!(call(p, "POST", "/reload", t).0, 200);
     assert_eq!(call(p, "GET", "/metrics", t).0, 401);
     assert_eq!(call(p, "GET", "/metrics", Some("rotated-token")).0, 200);
 
     // `xmpp-lb check` refuses a token file that holds no token, naming the key.
-    std::fs::write(&env.token_path, "\n").unwrap();
+    std::fs::write(env.token_path.as_ref().unwrap(), "\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-lb"))
         .args(["check", "--config"])
         .arg(&p.config_path)
@@ -179,7 +141,7 @@ fn the_token_guards_everything_but_the_probes() {
 fn readyz_follows_listeners_and_backends_and_backends_shows_state_and_share() {
     let mut env = env();
     let p = &env.proxy;
-    let t = Some(env.token.as_str());
+    let t = Some(env.token());
     // node2 has no server: health checks take it down; node1 keeps the proxy ready.
     let down = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
         let b = json(&call(p, "GET", "/backends", t).1);
@@ -243,16 +205,33 @@ fn readyz_follows_listeners_and_backends_and_backends_shows_state_and_share() {
     .expect("ready again once node1 is back");
 }
 
+/// docs/metrics.md's row for `/route` names every field of the answer.
+fn assert_route_fields_documented(answer: &Value) {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let row = docs
+        .lines()
+        .find(|l| l.starts_with("| `GET /route"))
+        .expect("a /route row in docs/metrics.md");
+    for field in answer.as_object().expect("a JSON object").keys() {
+        assert!(
+            row.contains(&format!("`{field}`")),
+            "/route answers `{field}`, which docs/metrics.md does not list: {row}"
+        );
+    }
+}
+
 #[test]
 fn route_says_where_a_user_goes_and_why() {
     let env = env();
     let p = &env.proxy;
-    let t = Some(env.token.as_str());
+    let t = Some(env.token());
     for user in ["alice", "bob", "carol", "Juliet"] {
         let jid = format!("{user}@{DOMAIN}");
         let (status, body) = call(p, "GET", &format!("/route?jid={jid}/phone"), t);
         assert_eq!(status, 200, "{body}");
         let r = json(&body);
+        assert_route_fields_documented(&r);
         assert_eq!(r["jid"], jid.to_lowercase(), "normalized, resource dropped");
         assert_eq!(r["domain"], DOMAIN);
         assert_eq!(r["key"], "jid");
@@ -309,7 +288,7 @@ fn route_says_where_a_user_goes_and_why() {
 fn open_connections_are_counted_under_their_tls_style() {
     let env = env();
     let p = &env.proxy;
-    let t = Some(env.token.as_str());
+    let t = Some(env.token());
     let open = |tls: &str| -> f64 {
         let series = format!("xmpp_lb_connections_open{{listener=\"auto\",tls=\"{tls}\"}} ");
         call(p, "GET", "/metrics", t)
@@ -344,25 +323,20 @@ fn open_connections_are_counted_under_their_tls_style() {
 // ---- attacks -------------------------------------------------------------------------------
 
 /// A proxy with no admin token, in front of a backend nobody listens on (no server needed);
-/// `metrics` is appended to its [metrics] table.
-fn open_proxy(metrics: &str) -> (Proxy, TestPki) {
+/// `allowed_hosts` set in its [metrics] table, if given.
+fn open_proxy(allowed_hosts: Option<&str>) -> (Proxy, TestPki) {
     let pki = TestPki::new(&[DOMAIN]);
-    let dead = format!("127.0.0.1:{}", free_port(false).unwrap())
-        .parse()
-        .unwrap();
-    let text = config_text(
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port(false).unwrap()));
+    let mut config = TestConfig::new(
         &pki.cert_path(DOMAIN),
         &pki.key_path(DOMAIN),
         DOMAIN,
-        "jid",
         &[dead],
-        "",
-    )
-    .replace(
-        "[metrics]\nbind = \"127.0.0.1:0\"\n",
-        &format!("[metrics]\nbind = \"127.0.0.1:0\"\n{metrics}\n"),
     );
-    (Proxy::start(&text), pki)
+    if let Some(host) = allowed_hosts {
+        config = config.set("metrics.allowed_hosts", strings(&[host]));
+    }
+    (Proxy::start(&config), pki)
 }
 
 /// Send `head` (request line and headers, without the blank line) on a new connection,
@@ -389,7 +363,7 @@ fn raw_http(addr: SocketAddr, head: &str) -> (u16, String) {
 
 #[test]
 fn posts_without_a_token_need_a_header_a_web_page_cannot_send() {
-    let (p, _pki) = open_proxy("");
+    let (p, _pki) = open_proxy(None);
     let draining = || p.shared.runtime.load().states[0].is_draining();
     let host = format!("Host: {}", p.metrics);
     // What a form on any web page can make a browser send: a "simple" cross-origin POST.
@@ -434,7 +408,7 @@ fn posts_without_a_token_need_a_header_a_web_page_cannot_send() {
 
 #[test]
 fn host_names_are_refused_unless_listed_so_dns_rebinding_reads_nothing() {
-    let (p, _pki) = open_proxy("allowed_hosts = [\"metrics.example.internal\"]");
+    let (p, _pki) = open_proxy(Some("metrics.example.internal"));
     let port = p.metrics.port();
     let get = |path: &str, host: &str| {
         raw_http(p.metrics, &format!("GET {path} HTTP/1.1\r\nHost: {host}"))
@@ -480,7 +454,7 @@ fn host_names_are_refused_unless_listed_so_dns_rebinding_reads_nothing() {
 
 #[test]
 fn a_client_that_never_finishes_its_request_head_is_closed() {
-    let (p, _pki) = open_proxy("");
+    let (p, _pki) = open_proxy(None);
     let limit = xmpp_lb::admin::HEADER_READ_TIMEOUT + Duration::from_secs(3);
     let closed_within = |sent: &[u8]| -> Duration {
         let started = Instant::now();
@@ -508,7 +482,7 @@ fn a_client_that_never_finishes_its_request_head_is_closed() {
 
 #[test]
 fn admin_connections_are_capped() {
-    let (p, _pki) = open_proxy("");
+    let (p, _pki) = open_proxy(None);
     let cap = xmpp_lb::admin::MAX_CONNECTIONS;
     // Connections that send nothing take every slot (until the header timeout frees them).
     let mut silent: Vec<TcpStream> = (0..cap)

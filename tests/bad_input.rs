@@ -1,41 +1,26 @@
 //! Bad input gets the right XMPP stream error and a closed socket — never a panic or a hang —
 //! with a real Prosody node behind the proxy and raw clients over real TLS.
 
-mod common;
-
 use std::time::Duration;
 
-use common::pki::TestPki;
-use common::prosody::{ProsodyCluster, ProsodyOpts};
-use common::proxy::{Proxy, config_text};
-use common::raw::{Raw, header, plain_auth};
+use testkit::env::{DOMAIN, Env, EnvBuilder};
+use testkit::raw::{Raw, header, plain_auth};
 
-const DOMAIN: &str = "example.test";
-
-struct Env {
-    proxy: Proxy,
-    pki: TestPki,
-    _cluster: ProsodyCluster,
-}
+/// `limits.prerouting_timeout` of the test configuration.
+const PREROUTING_TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn env() -> Env {
-    let pki = TestPki::new(&[DOMAIN]);
-    let cluster = ProsodyCluster::start(1, DOMAIN, ProsodyOpts::default()).expect("prosody starts");
-    cluster.register("alice", "pw-alice");
-    let extra = "\n[limits]\nprerouting_timeout = \"1500ms\"\nmax_header_bytes = 1024\nmax_prerouting_element_bytes = 2048\n";
-    let proxy = Proxy::start(&config_text(
-        &pki.cert_path(DOMAIN),
-        &pki.key_path(DOMAIN),
-        DOMAIN,
-        "jid",
-        &[cluster.addr(0)],
-        extra,
-    ));
-    Env {
-        proxy,
-        pki,
-        _cluster: cluster,
-    }
+    EnvBuilder::new(1)
+        .users(&[("alice", "pw-alice")])
+        .config(|c| {
+            c.set(
+                "limits.prerouting_timeout",
+                format!("{}ms", PREROUTING_TIMEOUT.as_millis()),
+            )
+            .set("limits.max_header_bytes", 1024)
+            .set("limits.max_prerouting_element_bytes", 2048)
+        })
+        .start()
 }
 
 /// The stream error element of `condition`, as the proxy renders it.
@@ -194,18 +179,38 @@ fn silent_clients_time_out_with_connection_timeout() {
     clear_text_refused(&env, b"<stream:stream to='exa", "connection-timeout");
     // Silent after the post-TLS header, before any SASL element.
     tls_refused(&env, &h, "connection-timeout");
-    // Whitespace keepalives do not extend the pre-routing deadline.
+    // Whitespace keepalives do not extend the pre-routing deadline: a client that sends a
+    // space every 250 ms is closed when the deadline set by its header passes, not later.
     let addr = env.proxy.addr("direct", false);
     let ca = env.pki.ca_path();
     env.proxy.block_on(async {
         let mut raw = Raw::direct_tls(addr, DOMAIN, &ca).await;
+        let sent = tokio::time::Instant::now();
         raw.send(&h).await;
-        for _ in 0..5 {
-            raw.send(" ").await;
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let bound = PREROUTING_TIMEOUT + Duration::from_millis(750);
+        while !raw.closed {
+            assert!(
+                sent.elapsed() < bound,
+                "still open {:?} after the header, with keepalives: {:?}",
+                sent.elapsed(),
+                raw.received
+            );
+            raw.read_some(tokio::time::Instant::now() + Duration::from_millis(250))
+                .await;
+            if !raw.closed {
+                raw.try_send(" ").await;
+            }
         }
-        let got = raw.read_to_close(Duration::from_secs(5)).await;
-        assert!(got.contains(&cond("connection-timeout")), "{got:?}");
+        assert!(
+            sent.elapsed() >= PREROUTING_TIMEOUT - Duration::from_millis(100),
+            "closed before the deadline: {:?}",
+            sent.elapsed()
+        );
+        assert!(
+            raw.received.contains(&cond("connection-timeout")),
+            "{:?}",
+            raw.received
+        );
     });
 }
 

@@ -3,18 +3,54 @@
 use std::path::Path;
 use std::process::Command;
 
+use testkit::config::TestConfig;
+use testkit::proxy::ProxyProcess;
+
 fn xmpp_lb() -> Command {
     Command::new(env!("CARGO_BIN_EXE_xmpp-lb"))
 }
 
-/// A valid config with real (throwaway) certificate files, in a temp dir.
+/// `xmpp-lb check` on `config`.
+fn check(config: &Path) -> std::process::Output {
+    xmpp_lb()
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// `xmpp-lb route` on `config` for `jid`.
+fn route(config: &Path, jid: &str) -> std::process::Output {
+    xmpp_lb()
+        .args(["route", "--config"])
+        .arg(config)
+        .arg(jid)
+        .output()
+        .unwrap()
+}
+
+/// A valid config with real (throwaway) certificate files, in a temp dir. Its listener binds
+/// free ports (`:0`), so that `run` can start on it too.
 fn write_config(dir: &Path, routing_key: &str, backends: &str) -> std::path::PathBuf {
+    write_config_with_pins(dir, routing_key, backends, None)
+}
+
+/// The same, with `[routing] pins` naming `pins` (a file beside it), if given.
+fn write_config_with_pins(
+    dir: &Path,
+    routing_key: &str,
+    backends: &str,
+    pins: Option<&str>,
+) -> std::path::PathBuf {
     let cert = rcgen::generate_simple_self_signed(vec!["example.test".to_string()]).unwrap();
     std::fs::write(dir.join("c.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.join("c.key"), cert.signing_key.serialize_pem()).unwrap();
+    let pins = pins
+        .map(|p| format!("pins = \"{p}\"\n"))
+        .unwrap_or_default();
     let text = format!(
-        "[[listener]]\nname = \"c2s\"\nbind = [\"127.0.0.1:5222\", \"[::1]:5222\"]\ntls = \"starttls\"\ncert = \"c.pem\"\nkey = \"c.key\"\n\n\
-         [routing]\nkey = \"{routing_key}\"\ndomains = [\"example.test\"]\n\n{backends}"
+        "[[listener]]\nname = \"c2s\"\nbind = [\"127.0.0.1:0\", \"[::1]:0\"]\ntls = \"starttls\"\ncert = \"c.pem\"\nkey = \"c.key\"\n\n\
+         [routing]\n{pins}key = \"{routing_key}\"\ndomains = [\"example.test\"]\n\n{backends}"
     );
     let path = dir.join("xmpp-lb.toml");
     std::fs::write(&path, text).unwrap();
@@ -29,11 +65,7 @@ const THREE: &str = "[[backend]]\nname = \"node1\"\naddress = \"127.0.0.1:15222\
 fn check_accepts_a_good_file_and_names_file_line_key_for_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
     let good = write_config(dir.path(), "jid", THREE);
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check(&good);
     assert!(
         out.status.success(),
         "{}",
@@ -45,11 +77,7 @@ fn check_accepts_a_good_file_and_names_file_line_key_for_a_bad_one() {
         "jid",
         &THREE.replace("127.0.0.1:15223", "localhost:15223"),
     );
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check(&bad);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let text = std::fs::read_to_string(&bad).unwrap();
@@ -66,31 +94,19 @@ fn check_accepts_a_good_file_and_names_file_line_key_for_a_bad_one() {
     // A certificate file that holds no certificate is caught by check, naming the file.
     let good = write_config(dir.path(), "jid", THREE);
     std::fs::write(dir.path().join("c.pem"), "not a certificate").unwrap();
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check(&good);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("c.pem") && err.contains("c2s"), "{err}");
 
     // A pin file naming an unknown node is caught by check too, naming the pin file.
-    let good = write_config(dir.path(), "jid", THREE);
+    let good = write_config_with_pins(dir.path(), "jid", THREE, Some("pins.toml"));
     std::fs::write(
         dir.path().join("pins.toml"),
         "[[pin]]\nmatch = \"a@example.test\"\nbackend = \"nosuch\"\n",
     )
     .unwrap();
-    let text = std::fs::read_to_string(&good)
-        .unwrap()
-        .replace("[routing]\n", "[routing]\npins = \"pins.toml\"\n");
-    std::fs::write(&good, text).unwrap();
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check(&good);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pins.toml") && err.contains("nosuch"), "{err}");
@@ -104,7 +120,7 @@ fn check_accepts_a_good_file_and_names_file_line_key_for_a_bad_one() {
 }
 
 #[test]
-fn route_prints_the_pinned_node_for_a_jid() {
+fn route_prints_the_ring_node_for_a_jid() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "jid", THREE);
     // Golden placements (see route::ring tests): these must never change silently.
@@ -114,12 +130,7 @@ fn route_prints_the_pinned_node_for_a_jid() {
         ("romeo@example.test", "node2"),
         ("nurse@example.test", "node2"),
     ] {
-        let out = xmpp_lb()
-            .args(["route", "--config"])
-            .arg(&path)
-            .arg(jid)
-            .output()
-            .unwrap();
+        let out = route(&path, jid);
         assert!(
             out.status.success(),
             "{}",
@@ -136,12 +147,7 @@ fn route_prints_the_pinned_node_for_a_jid() {
             "route explains its answer: {stdout}"
         );
     }
-    let out = xmpp_lb()
-        .args(["route", "--config"])
-        .arg(&path)
-        .arg("@@bad")
-        .output()
-        .unwrap();
+    let out = route(&path, "@@bad");
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -149,12 +155,7 @@ fn route_prints_the_pinned_node_for_a_jid() {
 fn route_by_subnet_needs_and_uses_the_client_address() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "subnet", THREE);
-    let out = xmpp_lb()
-        .args(["route", "--config"])
-        .arg(&path)
-        .arg("a@example.test")
-        .output()
-        .unwrap();
+    let out = route(&path, "a@example.test");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ip"));
     let node_of = |ip: &str| {
@@ -176,15 +177,145 @@ fn route_by_subnet_needs_and_uses_the_client_address() {
     assert_eq!(node_of("2001:db8:1:2::1"), node_of("2001:db8:1:2:ffff::9"));
 }
 
+/// Every subcommand, with an option its help must show.
+const COMMANDS: [(&str, &str); 6] = [
+    ("run", "--config"),
+    ("check", "--config"),
+    ("route", "--ip"),
+    ("drain", "--admin"),
+    ("undrain", "--admin"),
+    ("reload", "--admin"),
+];
+
 #[test]
 fn help_documents_every_command() {
     let out = xmpp_lb().arg("--help").output().unwrap();
+    assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["check", "route", "run", "--config"] {
-        assert!(help.contains(word), "--help lacks {word}: {help}");
+    // The "Commands:" section lists exactly these (and clap's own `help`).
+    let listed: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    let mut expected: Vec<&str> = COMMANDS.iter().map(|(c, _)| *c).collect();
+    let mut listed_sorted = listed.clone();
+    expected.sort_unstable();
+    listed_sorted.sort_unstable();
+    assert_eq!(listed_sorted, expected, "{help}");
+    assert!(help.contains("--config"), "{help}");
+    for (command, option) in COMMANDS {
+        let out = xmpp_lb().args([command, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{command} --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(option),
+            "{command} --help lacks {option}: {text}"
+        );
     }
-    let out = xmpp_lb().args(["route", "--help"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--ip"));
+}
+
+/// The first line `xmpp-lb route` prints for `jid` with `config`: the node.
+fn route_of(config: &Path, jid: &str) -> String {
+    let out = route(config, jid);
+    assert!(
+        out.status.success(),
+        "{jid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn the_example_pins_apply_per_domain_as_example_toml_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = example_with_own_secrets(dir.path());
+    // Pins reach the users of the domains whose nodes they name ...
+    assert_eq!(route_of(&example, "helpdesk@example.test"), "node3");
+    assert_eq!(route_of(&example, "bot-7@example.test"), "node3");
+    assert_eq!(
+        route_of(&example, "globex-00c0ffee@iot.example.test"),
+        "iot3"
+    );
+    assert_eq!(route_of(&example, "acme-00c0ffee@iot.example.test"), "iot2");
+    // ... and nobody else: the tenant:globex pin names iot3, which does not serve
+    // example.test, so a globex-looking account there goes by its JID to its own nodes.
+    let sales = route_of(&example, "globex-sales@example.test");
+    assert!(
+        ["node1", "node2", "node3"].contains(&sales.as_str()),
+        "{sales}"
+    );
+    let device = route_of(&example, "globex-00c0ffee@example.test");
+    assert!(
+        ["node1", "node2", "node3"].contains(&device.as_str()),
+        "{device}"
+    );
+
+    // `check` reads the pin file: a JID pin naming a node outside its domain is refused,
+    // naming the file ...
+    let pins = dir.path().join("pins.example.toml");
+    let shipped = std::fs::read_to_string(&pins).unwrap();
+    std::fs::write(
+        &pins,
+        format!("{shipped}\n[[pin]]\nmatch = \"someone@example.test\"\nbackend = \"iot1\"\n"),
+    )
+    .unwrap();
+    let out = check(&example);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pins.example.toml") && err.contains("does not serve example.test"),
+        "{err}"
+    );
+    // ... and so is a file that does not parse.
+    std::fs::write(&pins, "[[pin]]\nmatch = \n").unwrap();
+    let out = check(&example);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pins.example.toml"), "{err}");
+}
+
+#[test]
+fn the_readme_runs_a_loopback_config_that_starts_and_listens() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let running = readme
+        .split("## Running it")
+        .nth(1)
+        .expect("a Running it section");
+    // The first command that runs the proxy names the config file to run.
+    let config = running
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("target/release/xmpp-lb --config ")
+                .and_then(|rest| rest.split_whitespace().next())
+        })
+        .expect("a run command in Running it");
+    let path = root.join(config);
+    // Valid as shipped, with nothing to generate first.
+    let out = check(&path);
+    assert!(
+        out.status.success(),
+        "{config}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It binds loopback addresses only; on free ports of its own it starts and listens.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let test_config = TestConfig::parse(&text).on_free_loopback_ports(path.parent().unwrap());
+    let proxy = ProxyProcess::start(&test_config);
+    for (name, addr) in &proxy.listeners {
+        assert!(
+            std::net::TcpStream::connect(addr).is_ok(),
+            "{config}: listener {name} at {addr}"
+        );
+    }
+    let metrics = std::net::TcpStream::connect(proxy.metrics);
+    assert!(metrics.is_ok(), "{config}: admin endpoints");
 }
 
 /// A copy of config/ in `to`, with the secrets example.toml names generated there as an
@@ -220,11 +351,7 @@ fn example_with_own_secrets(to: &Path) -> std::path::PathBuf {
 fn check_names_the_fleet_keys_by_id_never_by_secret() {
     let dir = tempfile::tempdir().unwrap();
     let example = example_with_own_secrets(dir.path());
-    let out = xmpp_lb()
-        .args(["check", "--config"])
-        .arg(&example)
-        .output()
-        .unwrap();
+    let out = check(&example);
     assert!(
         out.status.success(),
         "{}",
@@ -257,10 +384,8 @@ const PUBLISHED_ADMIN_TOKEN: &str = "example-admin-token-throwaway-never-use";
 fn check_and_run_refuse_the_published_example_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "jid", THREE);
-    // `run` binds before it reads the token: any free port.
-    let base = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace(":5222\"", ":0\"");
+    // `run` binds (its free ports) before it reads the token.
+    let base = std::fs::read_to_string(&path).unwrap();
     std::fs::write(
         dir.path().join("sm.key"),
         format!("{PUBLISHED_SM_SECRET}\n"),

@@ -6,15 +6,15 @@
 //! resume follows its id to the old node, and so does a legacy one after a PLAIN login (the
 //! login is replayed there).
 
-mod common;
-
 use std::time::Duration;
 
-use common::pki::TestPki;
-use common::prosody::{ProsodyCluster, ProsodyOpts};
-use common::proxy::{Proxy, ProxyProcess, config_text};
-use common::raw::{Raw, header, plain_auth};
-use common::sasl2::{Authenticate, Client, HT_SHA_256_NONE, NS_CLIENT, new_user_agent_id};
+use testkit::config::{TestConfig, strings};
+use testkit::env::accounts;
+use testkit::pki::TestPki;
+use testkit::prosody::{ProsodyCluster, ProsodyOpts};
+use testkit::proxy::{Proxy, ProxyProcess};
+use testkit::raw::{Raw, attr};
+use testkit::sasl2::{Authenticate, Client, HT_SHA_256_NONE, NS_CLIENT, new_user_agent_id};
 
 const DOMAIN: &str = "example.test";
 const USERS: &[(&str, &str)] = &[
@@ -38,9 +38,7 @@ impl Fleet {
         let cluster = ProsodyCluster::start(3, DOMAIN, ProsodyOpts::fast_reconnect())
             .expect("prosody nodes start");
         cluster.register_many(USERS);
-        let many: Vec<(String, String)> = (1..=24)
-            .map(|i| (format!("u{i}"), format!("pw-u{i}")))
-            .collect();
+        let many = accounts("u", 1..=24);
         let many: Vec<(&str, &str)> = many.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
         cluster.register_many(&many);
         let keys = tempfile::tempdir().unwrap();
@@ -58,24 +56,21 @@ impl Fleet {
     }
 
     /// The configuration every proxy of the fleet runs (with `key` as its SM key file).
-    fn config(&self, key: &str) -> String {
+    fn config(&self, key: &str) -> TestConfig {
         self.config_with(key, 3)
     }
 
     /// The same with only the first `nodes` nodes.
-    fn config_with(&self, key: &str, nodes: usize) -> String {
+    fn config_with(&self, key: &str, nodes: usize) -> TestConfig {
         let backends: Vec<_> = (0..nodes).map(|i| self.cluster.addr(i)).collect();
-        config_text(
+        let key_file = self.keys.path().join(key).display().to_string();
+        TestConfig::new(
             &self.pki.cert_path(DOMAIN),
             &self.pki.key_path(DOMAIN),
             DOMAIN,
-            "jid",
             &backends,
-            &format!(
-                "\n[resumption]\nsm_key_files = [\"{}\"]\n",
-                self.keys.path().join(key).display()
-            ),
         )
+        .set("resumption.sm_key_files", strings(&[&key_file]))
     }
 
     /// The node that holds a session of `user` (hibernating or not), if exactly one does.
@@ -86,7 +81,7 @@ impl Fleet {
 
     fn wait_hibernating(&self, node: usize, user: &str) {
         let jid = format!("{user}@{DOMAIN}");
-        let ok = common::process::wait_for(WAIT, Duration::from_millis(50), || {
+        let ok = testkit::process::wait_for(WAIT, Duration::from_millis(50), || {
             self.cluster
                 .sessions_detail(node)
                 .iter()
@@ -101,38 +96,16 @@ impl Fleet {
     }
 }
 
-/// The value of attribute `name` in the first element of `text` that starts with `tag`.
-fn attr(text: &str, tag: &str, name: &str) -> String {
-    let at = text
-        .find(tag)
-        .unwrap_or_else(|| panic!("no {tag} in {text}"));
-    let el = &text[at..];
-    let el = &el[..el.find('>').unwrap()];
-    for q in ['\'', '"'] {
-        if let Some(i) = el.find(&format!(" {name}={q}")) {
-            let v = &el[i + name.len() + 3..];
-            return v[..v.find(q).unwrap()].to_string();
-        }
-    }
-    panic!("no {name} in {el}")
-}
-
 /// Log in through `addr` (direct TLS), enable resumable stream management, and exchange two
 /// pings after it (so both sides' `h` are 2). Returns the client and the id it was given.
-async fn login_with_sm(
+async fn login_resumable_h2(
     addr: std::net::SocketAddr,
     ca: &std::path::Path,
     user: &str,
     pw: &str,
 ) -> (Raw, String) {
     let mut raw = Raw::login(addr, DOMAIN, ca, user, pw).await;
-    raw.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
-        .await;
-    let got = raw.expect_any(&["<enabled", "<failed"], WAIT).await;
-    assert!(got.contains("<enabled"), "{got}");
-    raw.expect("/>").await;
-    let id = attr(&raw.received, "<enabled", "id");
-    raw.clear();
+    let id = raw.enable_sm().await;
     raw.ping(DOMAIN).await;
     raw.ping(DOMAIN).await;
     (raw, id)
@@ -150,20 +123,7 @@ async fn resume(
     h: u32,
 ) -> (Raw, String) {
     let mut raw = Raw::direct_tls(addr, DOMAIN, ca).await;
-    raw.send(&header(DOMAIN, None)).await;
-    raw.expect("</stream:features>").await;
-    raw.send(&plain_auth(user, pw)).await;
-    raw.expect("<success").await;
-    raw.clear();
-    raw.send(&header(DOMAIN, None)).await;
-    let features = raw.expect("</stream:features>").await;
-    assert!(features.contains("urn:xmpp:sm:3"), "{features}");
-    raw.clear();
-    raw.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>"
-    ))
-    .await;
-    let got = raw.expect_any(&["<resumed", "<failed"], WAIT).await;
+    let got = raw.resume_sm(DOMAIN, None, (user, pw), previd, h).await;
     (raw, got)
 }
 
@@ -191,7 +151,7 @@ fn a_session_enabled_through_one_proxy_resumes_through_another_process() {
     let a = Proxy::start(&fleet.config("sm.key"));
     let b = ProxyProcess::start(&fleet.config("sm.key"));
     let ca = fleet.pki.ca_path();
-    let (away, id) = a.block_on(login_with_sm(
+    let (away, id) = a.block_on(login_resumable_h2(
         a.addr("direct", false),
         &ca,
         "alice",
@@ -205,7 +165,7 @@ fn a_session_enabled_through_one_proxy_resumes_through_another_process() {
         "{id} names {name}"
     );
     assert_eq!(
-        a.metric(&format!(
+        a.metric_value(&format!(
             "xmpp_lb_sm_ids_wrapped_total{{backend=\"{name}\"}}"
         )),
         1.0
@@ -241,9 +201,12 @@ fn a_session_enabled_through_one_proxy_resumes_through_another_process() {
         back.ping(DOMAIN).await;
     });
     assert_eq!(fleet.holder("alice"), Some(node), "same node, one session");
-    assert_eq!(b.metric("xmpp_lb_resume_ids_total{check=\"valid\"}"), 1.0);
     assert_eq!(
-        b.metric(&format!(
+        b.metric_value("xmpp_lb_resume_ids_total{check=\"valid\"}"),
+        1.0
+    );
+    assert_eq!(
+        b.metric_value(&format!(
             "xmpp_lb_resumes_total{{backend=\"{name}\",kind=\"legacy\",result=\"resumed\"}}"
         )),
         1.0
@@ -258,7 +221,7 @@ fn forged_and_foreign_ids_reach_the_node_untouched_and_fail() {
     let stranger = Proxy::start(&fleet.config("other.key"));
     let ca = fleet.pki.ca_path();
     let addr = a.addr("direct", false);
-    let (away, id) = a.block_on(login_with_sm(addr, &ca, "carol", "pw-carol"));
+    let (away, id) = a.block_on(login_resumable_h2(addr, &ca, "carol", "pw-carol"));
     away.vanish();
     let node = fleet.holder("carol").expect("one session");
     fleet.wait_hibernating(node, "carol");
@@ -275,12 +238,15 @@ fn forged_and_foreign_ids_reach_the_node_untouched_and_fail() {
     );
     let (_, got) = a.block_on(resume(addr, &ca, "carol", "pw-carol", &forged, 2));
     assert!(got.contains("<failed"), "a forged id fails: {got}");
-    assert_eq!(a.metric("xmpp_lb_resume_ids_total{check=\"bad_mac\"}"), 1.0);
+    assert_eq!(
+        a.metric_value("xmpp_lb_resume_ids_total{check=\"bad_mac\"}"),
+        1.0
+    );
     let failed = format!(
         "xmpp_lb_resumes_total{{backend=\"node{}\",kind=\"legacy\",result=\"failed\"}}",
         node + 1
     );
-    assert_eq!(a.metric(&failed), 1.0);
+    assert_eq!(a.metric_value(&failed), 1.0);
 
     // A proxy without our key passes the id on as it is: the node does not know it.
     let (_, got) = a.block_on(resume(
@@ -293,7 +259,7 @@ fn forged_and_foreign_ids_reach_the_node_untouched_and_fail() {
     ));
     assert!(got.contains("<failed"), "{got}");
     assert_eq!(
-        stranger.metric("xmpp_lb_resume_ids_total{check=\"unknown_key\"}"),
+        stranger.metric_value("xmpp_lb_resume_ids_total{check=\"unknown_key\"}"),
         1.0
     );
 
@@ -309,7 +275,7 @@ fn an_explicit_close_ends_the_session_and_is_not_resumable() {
     let a = Proxy::start(&fleet.config("sm.key"));
     let ca = fleet.pki.ca_path();
     let addr = a.addr("direct", false);
-    let (mut leaving, id) = a.block_on(login_with_sm(addr, &ca, "dave", "pw-dave"));
+    let (mut leaving, id) = a.block_on(login_resumable_h2(addr, &ca, "dave", "pw-dave"));
     let node = fleet.holder("dave").expect("one session");
     a.block_on(async {
         leaving.send("</stream:stream>").await;
@@ -324,7 +290,7 @@ fn an_explicit_close_ends_the_session_and_is_not_resumable() {
     let (_, got) = a.block_on(resume(addr, &ca, "dave", "pw-dave", &id, 2));
     assert!(got.contains("<failed"), "{got}");
     assert_eq!(
-        a.metric(&format!(
+        a.metric_value(&format!(
             "xmpp_lb_resumes_total{{backend=\"node{}\",kind=\"legacy\",result=\"failed\"}}",
             node + 1
         )),
@@ -403,7 +369,7 @@ async fn fast_resume(
     ca: &std::path::Path,
     user: &str,
     away: &Away,
-) -> (Client, common::sasl2::Success) {
+) -> (Client, testkit::sasl2::Success) {
     let bare = format!("{user}@{DOMAIN}");
     let mut c = Client::open(Raw::direct_tls(addr, DOMAIN, ca).await, DOMAIN, Some(&bare)).await;
     let auth = Authenticate::fast(user, &away.token)
@@ -461,14 +427,17 @@ fn fast_with_inline_resume_comes_back_through_another_proxy_process() {
     }));
     assert_eq!(fleet.holder("bob"), Some(node), "same node, one session");
     assert_eq!(
-        a.metric(&format!(
+        a.metric_value(&format!(
             "xmpp_lb_sm_ids_wrapped_total{{backend=\"{name}\"}}"
         )),
         1.0
     );
-    assert_eq!(b.metric("xmpp_lb_resume_ids_total{check=\"valid\"}"), 1.0);
     assert_eq!(
-        b.metric(&format!(
+        b.metric_value("xmpp_lb_resume_ids_total{check=\"valid\"}"),
+        1.0
+    );
+    assert_eq!(
+        b.metric_value(&format!(
             "xmpp_lb_resumes_total{{backend=\"{name}\",kind=\"inline\",result=\"resumed\"}}"
         )),
         1.0
@@ -479,11 +448,11 @@ fn fast_with_inline_resume_comes_back_through_another_proxy_process() {
 fn moved_and_resumed(b: &Proxy, old: usize, kind: &str) {
     let old_name = format!("node{}", old + 1);
     let routed = format!("xmpp_lb_routed_total{{backend=\"{old_name}\",source=\"resume\"}}");
-    assert_eq!(b.metric(&routed), 1.0);
+    assert_eq!(b.metric_value(&routed), 1.0);
     let resumed = format!(
         "xmpp_lb_resumes_total{{backend=\"{old_name}\",kind=\"{kind}\",result=\"resumed\"}}"
     );
-    assert_eq!(b.metric(&resumed), 1.0);
+    assert_eq!(b.metric_value(&resumed), 1.0);
 }
 
 /// A user the ring sends to node3 once a third node joins (it was elsewhere with two).
@@ -555,7 +524,7 @@ fn after_a_node_is_added_a_legacy_plain_resume_is_replayed_on_the_old_node() {
     let b = Proxy::start(&fleet.config_with("sm.key", 3));
     let ca = fleet.pki.ca_path();
     let (user, pw, old) = moved_user(&a, &b);
-    let (away, id) = a.block_on(login_with_sm(a.addr("direct", false), &ca, &user, &pw));
+    let (away, id) = a.block_on(login_resumable_h2(a.addr("direct", false), &ca, &user, &pw));
     away.vanish();
     fleet.wait_hibernating(old, &user);
     a.block_on(send_messages(
@@ -575,17 +544,17 @@ fn after_a_node_is_added_a_legacy_plain_resume_is_replayed_on_the_old_node() {
         Some(old),
         "one session, on the old node"
     );
-    assert_eq!(b.metric("xmpp_lb_resume_ids_total{check=\"valid\"}"), 1.0);
+    assert_eq!(
+        b.metric_value("xmpp_lb_resume_ids_total{check=\"valid\"}"),
+        1.0
+    );
     moved_and_resumed(&b, old, "legacy");
 }
 
 #[test]
 fn an_inline_resume_reaches_its_node_while_that_node_drains() {
     let mut fleet = Fleet::new();
-    let a = Proxy::start(&format!(
-        "{}\n[drain]\nmode = \"wait\"\n",
-        fleet.config("sm.key")
-    ));
+    let a = Proxy::start(&fleet.config("sm.key").set("drain.mode", "wait"));
     let ca = fleet.pki.ca_path();
     let addr = a.addr("direct", false);
     let away = a.block_on(within(sasl2_login_and_vanish(addr, &ca, "dave", "pw-dave")));
@@ -614,7 +583,7 @@ fn an_inline_resume_reaches_its_node_while_that_node_drains() {
     assert!(ok.resumed.is_some(), "{}", ok.xml());
     assert_eq!(fleet.holder("dave"), Some(node));
     assert_eq!(
-        a.metric(&format!(
+        a.metric_value(&format!(
             "xmpp_lb_resumes_total{{backend=\"{name}\",kind=\"inline\",result=\"resumed\"}}"
         )),
         1.0
@@ -629,9 +598,9 @@ fn slixmpp_resumes_its_stream_through_the_other_proxy() {
     let a = Proxy::start(&fleet.config("sm.key"));
     let b = ProxyProcess::start(&fleet.config("sm.key"));
     let ca = fleet.pki.ca_path();
-    let conn = common::client::Conn::direct(a.addr("direct", false), &ca).sm();
-    let got = common::client::expect_ok(
-        common::client::resume(
+    let conn = testkit::client::Conn::direct(a.addr("direct", false), &ca).sm();
+    let got = testkit::client::expect_ok(
+        testkit::client::resume(
             &conn,
             &format!("alice@{DOMAIN}"),
             "pw-alice",
@@ -641,9 +610,18 @@ fn slixmpp_resumes_its_stream_through_the_other_proxy() {
     );
     assert_eq!(got["outcome"], "resumed", "{got}");
     assert!(got["sm_id"].as_str().unwrap().starts_with("xlb1."), "{got}");
-    assert_eq!(got["node_before"], got["node_after"], "{got}");
+    // Both sides named a node (a null on each side would compare equal, too).
+    let before = got["node_before"].as_str().expect("the node before");
+    assert!(
+        (0..fleet.cluster.len()).any(|i| before == fleet.cluster.node_name(i)),
+        "{got}"
+    );
+    assert_eq!(got["node_after"].as_str(), Some(before), "{got}");
     assert!(got["mech"].as_str().unwrap().starts_with("SCRAM"), "{got}");
-    assert_eq!(b.metric("xmpp_lb_resume_ids_total{check=\"valid\"}"), 1.0);
+    assert_eq!(
+        b.metric_value("xmpp_lb_resume_ids_total{check=\"valid\"}"),
+        1.0
+    );
 }
 
 /// A session's node that no longer serves the session's domain is not sent its clients: a
@@ -654,7 +632,12 @@ fn a_legacy_resume_never_follows_its_id_to_a_node_that_left_the_domain() {
     let mut fleet = Fleet::new();
     let a = Proxy::start(&fleet.config("sm.key"));
     let ca = fleet.pki.ca_path();
-    let (away, id) = a.block_on(login_with_sm(a.addr("direct", false), &ca, "bob", "pw-bob"));
+    let (away, id) = a.block_on(login_resumable_h2(
+        a.addr("direct", false),
+        &ca,
+        "bob",
+        "pw-bob",
+    ));
     away.vanish();
     let old = fleet.holder("bob").expect("one session");
     fleet.wait_hibernating(old, "bob");
@@ -664,11 +647,10 @@ fn a_legacy_resume_never_follows_its_id_to_a_node_that_left_the_domain() {
         .map(|i| format!("\"node{i}\""))
         .filter(|n| *n != format!("\"{old_name}\""))
         .collect();
-    let b = Proxy::start(&format!(
-        "{}\n[[domain]]\nname = \"{DOMAIN}\"\nbackends = [{}]\n\n[[domain]]\nname = \"other.test\"\nbackends = [\"{old_name}\"]\n",
-        fleet.config("sm.key"),
+    let b = Proxy::start(&fleet.config("sm.key").merge(&format!(
+        "[[domain]]\nname = \"{DOMAIN}\"\nbackends = [{}]\n\n[[domain]]\nname = \"other.test\"\nbackends = [\"{old_name}\"]\n",
         others.join(", ")
-    ));
+    )));
     let (_back, got) = b.block_on(resume(
         b.addr("direct", false),
         &ca,
@@ -682,12 +664,12 @@ fn a_legacy_resume_never_follows_its_id_to_a_node_that_left_the_domain() {
         b.metric(&format!(
             "xmpp_lb_routed_total{{backend=\"{old_name}\",source=\"resume\"}}"
         )),
-        0.0,
+        None,
         "nothing was sent to the node that left the domain"
     );
     // The id was genuine; it went, unwrapped, to the node the client is on, which failed it.
     assert_eq!(
-        b.metric("xmpp_lb_resume_ids_total{check=\"other_node\"}"),
+        b.metric_value("xmpp_lb_resume_ids_total{check=\"other_node\"}"),
         1.0
     );
 }

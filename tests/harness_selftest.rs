@@ -1,14 +1,12 @@
 //! Self-test of the integration-test harness (no proxy involved): real
 //! Prosody nodes, real slixmpp client straight to the nodes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::client::{self, Conn, TlsMode, expect_ok};
-use common::pki::TestPki;
-use common::process::{pid_alive, pids_with_cmdline_containing};
-use common::prosody::{ProsodyCluster, ProsodyOpts};
+use testkit::client::{self, Conn, TlsMode, expect_ok};
+use testkit::pki::TestPki;
+use testkit::process::{pid_alive, pids_with_cmdline_containing};
+use testkit::prosody::{ProsodyCluster, ProsodyOpts};
 
 const DOMAIN: &str = "example.test";
 
@@ -321,7 +319,7 @@ fn pki_and_client_tls_modes() {
     let chain = std::fs::read_to_string(pki.cert_path(DOMAIN)).unwrap();
     assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
 
-    let direct_port = common::process::free_port(false).unwrap();
+    let direct_port = testkit::process::free_port(false).unwrap();
     let opts = ProsodyOpts {
         extra_modules: vec!["tls".into()],
         extra_config: format!(

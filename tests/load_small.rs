@@ -6,20 +6,15 @@
 //!
 //! The full comparison with HAProxy and with direct connections is `benches/load.sh`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pki::TestPki;
-use common::prosody::{ProsodyCluster, ProsodyOpts};
-use common::proxy::{Proxy, config_text};
-use common::raw::{self, Raw};
+use testkit::env::{DOMAIN, Env, EnvBuilder};
+use testkit::raw::Raw;
 
-const DOMAIN: &str = "example.test";
 const USERS: usize = 200;
 const CONCURRENCY: usize = 20;
 /// Bound on the whole login phase.
@@ -35,34 +30,10 @@ fn password(i: usize) -> String {
 
 /// STARTTLS, SASL PLAIN, restart, bind: the same login as `Raw::login`, over STARTTLS.
 async fn login_starttls(addr: SocketAddr, ca: PathBuf, user: String, password: String) -> Raw {
-    let mut c = Raw::starttls(addr, DOMAIN, &ca).await;
-    c.send(&raw::header(DOMAIN, None)).await;
-    c.expect("</stream:features>").await;
-    c.clear();
-    c.send(&raw::plain_auth(&user, &password)).await;
-    c.expect_any(&["<success", "<failure"], Duration::from_secs(15))
-        .await;
-    assert!(
-        c.received.contains("<success"),
-        "login of {user} failed: {}",
-        c.received
-    );
-    c.clear();
-    c.send(&raw::header(DOMAIN, None)).await;
-    c.expect("</stream:features>").await;
-    c.send(
-        "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
-         <resource>raw</resource></bind></iq>",
-    )
-    .await;
-    c.expect("</iq>").await;
-    assert!(
-        c.received.contains("type='result'") || c.received.contains("type=\"result\""),
-        "bind of {user} failed: {}",
-        c.received
-    );
-    c.clear();
-    c
+    Raw::starttls(addr, DOMAIN, &ca)
+        .await
+        .log_in(DOMAIN, &user, &password, "raw")
+        .await
 }
 
 /// The text of a panic payload (the raw client panics with what it got).
@@ -101,23 +72,13 @@ fn routed_per_backend(scrape: &str) -> BTreeMap<String, f64> {
 #[test]
 fn two_hundred_concurrent_logins_land_on_their_ring_nodes() {
     let t0 = Instant::now();
-    let pki = TestPki::new(&[DOMAIN]);
-    let cluster =
-        ProsodyCluster::start(3, DOMAIN, ProsodyOpts::default()).expect("prosody nodes start");
     let accounts: Vec<(String, String)> = (1..=USERS).map(|i| (user(i), password(i))).collect();
-    let refs: Vec<(&str, &str)> = accounts
-        .iter()
-        .map(|(u, p)| (u.as_str(), p.as_str()))
-        .collect();
-    cluster.register_many(&refs);
-    let proxy = Proxy::start(&config_text(
-        &pki.cert_path(DOMAIN),
-        &pki.key_path(DOMAIN),
-        DOMAIN,
-        "jid",
-        &cluster.addrs(),
-        "",
-    ));
+    let Env {
+        cluster,
+        pki,
+        proxy,
+        ..
+    } = EnvBuilder::new(3).users(&accounts).start();
     let direct = proxy.addr("direct", false);
     let starttls = proxy.addr("starttls", false);
     let ca = pki.ca_path();

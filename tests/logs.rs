@@ -3,8 +3,6 @@
 //! needs and never a password, a SASL payload or a stanza; the JID only with `log_jids`; and
 //! a log output that stops taking lines never holds up a login.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -13,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::pki::TestPki;
-use common::process::{free_port, sigterm, spawn_child, terminate, wait_for, wait_timeout};
-use common::prosody::{ProsodyCluster, ProsodyOpts};
-use common::raw::Raw;
 use serde_json::Value;
+use testkit::pki::TestPki;
+use testkit::process::{free_port, sigterm, spawn_child, terminate, wait_for, wait_timeout};
+use testkit::prosody::{ProsodyCluster, ProsodyOpts};
+use testkit::raw::Raw;
 
 const DOMAIN: &str = "example.test";
 const USER: &str = "alice";
@@ -70,17 +68,46 @@ fn start(pki: &TestPki, node: SocketAddr, top: &str, log: &str, stdout: Stdio) -
     }
 }
 
+impl Drop for Binary {
+    /// A test that panics half-way still stops its proxy (by pid).
+    fn drop(&mut self) {
+        let _ = terminate(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// A child's output lines, read on a thread of their own until the output closes.
+struct Output {
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Output {
+    /// The lines read so far.
+    fn so_far(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Every line, once the child has exited and its output closed.
+    fn all(self) -> Vec<String> {
+        self.reader.join().expect("the output reader");
+        Arc::try_unwrap(self.lines)
+            .expect("the reader is done")
+            .into_inner()
+            .unwrap()
+    }
+}
+
 /// Read a child's output lines on a thread, into a shared list.
-fn collect(out: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+fn collect(out: impl std::io::Read + Send + 'static) -> Output {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
             sink.lock().unwrap().push(line);
         }
     });
-    lines
+    Output { lines, reader }
 }
 
 /// Log the user in, ping, and close the stream cleanly.
@@ -113,21 +140,21 @@ fn access_events_carry_what_operators_need_and_never_a_secret() {
         let access = |l: &String| l.contains("connection closed");
         // The session's own line (the readiness check's connection has one too).
         wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
-            let lines = lines.lock().unwrap();
             lines
+                .so_far()
                 .iter()
                 .any(|l| access(l) && l.contains("node1"))
                 .then_some(())
         })
-        .unwrap_or_else(|| panic!("{what}: no access line in {:?}", lines.lock().unwrap()));
+        .unwrap_or_else(|| panic!("{what}: no access line in {:?}", lines.so_far()));
         sigterm(proxy.child.id()).unwrap();
         let status = wait_timeout(&mut proxy.child, Duration::from_secs(10))
             .unwrap()
             .expect("the proxy exits on SIGTERM");
         assert!(status.success(), "{what}: {status:?}");
-        std::thread::sleep(Duration::from_millis(100));
-        let lines = lines.lock().unwrap().clone();
-        let errors = errors.lock().unwrap().clone();
+        // Every line the process wrote, up to its last: the readers end when it has exited.
+        let lines = lines.all();
+        let errors = errors.all();
         assert!(errors.is_empty(), "{what}: stderr: {errors:?}");
         let all = lines.join("\n");
 

@@ -5,16 +5,10 @@
 //! default, so the proxy sends it none), Nagle on, the stream header written as soon as the
 //! handshake completes, as tsung does.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::pki::TestPki;
-use common::prosody::{ProsodyCluster, ProsodyOpts};
-use common::proxy::{Proxy, config_text};
-
-const DOMAIN: &str = "example.test";
+use testkit::env::{DOMAIN, EnvBuilder};
 
 /// Microseconds from each header sent to the features received, as the Erlang client measured.
 fn erlang_header_to_features(mode: &str, addr: std::net::SocketAddr, n: usize) -> Vec<Duration> {
@@ -48,16 +42,8 @@ fn erlang_header_to_features(mode: &str, addr: std::net::SocketAddr, n: usize) -
 
 #[test]
 fn an_erlang_client_with_nagle_on_gets_its_features_without_a_delayed_ack_stall() {
-    let pki = TestPki::new(&[DOMAIN]);
-    let cluster = ProsodyCluster::start(1, DOMAIN, ProsodyOpts::default()).expect("prosody");
-    let proxy = Proxy::start(&config_text(
-        &pki.cert_path(DOMAIN),
-        &pki.key_path(DOMAIN),
-        DOMAIN,
-        "jid",
-        &cluster.addrs(),
-        "",
-    ));
+    let env = EnvBuilder::new(1).start();
+    let proxy = &env.proxy;
     for (mode, listener) in [("direct", "direct"), ("starttls", "starttls")] {
         let mut times = erlang_header_to_features(mode, proxy.addr(listener, false), 9);
         times.sort();

@@ -2,47 +2,21 @@
 //! three real Prosody nodes: SASL retry as another user, no initial response, SASL2, and how a
 //! client's departure reaches the node (vanished vs. explicit stream close).
 
-mod common;
-
 use std::time::Duration;
 
 use base64::Engine;
-use common::pki::TestPki;
-use common::prosody::{ProsodyCluster, ProsodyOpts};
-use common::proxy::{Proxy, config_text};
-use common::raw::{Raw, header, plain_auth};
+use testkit::env::{DOMAIN, Env, EnvBuilder};
+use testkit::prosody::ProsodyOpts;
+use testkit::raw::{Raw, header, plain_auth};
 
-const DOMAIN: &str = "example.test";
 const USERS: &[(&str, &str)] = &[
     ("alice", "pw-alice"),
     ("bob", "pw-bob"),
     ("carol", "pw-carol"),
 ];
 
-struct Env {
-    proxy: Proxy,
-    pki: TestPki,
-    cluster: ProsodyCluster,
-}
-
 fn env_with(opts: ProsodyOpts) -> Env {
-    let pki = TestPki::new(&[DOMAIN]);
-    let cluster = ProsodyCluster::start(3, DOMAIN, opts).expect("prosody nodes start");
-    cluster.register_many(USERS);
-    let backends: Vec<_> = (0..3).map(|i| cluster.addr(i)).collect();
-    let proxy = Proxy::start(&config_text(
-        &pki.cert_path(DOMAIN),
-        &pki.key_path(DOMAIN),
-        DOMAIN,
-        "jid",
-        &backends,
-        "",
-    ));
-    Env {
-        proxy,
-        pki,
-        cluster,
-    }
+    EnvBuilder::new(3).prosody(opts).users(USERS).start()
 }
 
 fn env() -> Env {
@@ -61,17 +35,6 @@ fn nodes_holding(env: &Env, user: &str) -> Vec<usize> {
     (0..3)
         .filter(|&i| env.cluster.sessions(i).iter().any(|s| s.starts_with(&jid)))
         .collect()
-}
-
-const BIND: &str = "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>raw</resource></bind></iq>";
-
-/// Restart the stream after SASL success and bind; returns the bound JID text seen.
-async fn restart_and_bind(raw: &mut Raw) {
-    raw.clear();
-    raw.send(&header(DOMAIN, None)).await;
-    raw.expect("</stream:features>").await;
-    raw.send(BIND).await;
-    raw.expect("</iq>").await;
 }
 
 #[test]
@@ -102,12 +65,8 @@ fn a_failed_login_retried_as_another_user_is_rerouted() {
         raw.clear();
         raw.send(&plain_auth(second, "pw-alice")).await;
         raw.expect("<success").await;
-        restart_and_bind(&mut raw).await;
-        assert!(
-            raw.received.contains("alice@example.test/raw"),
-            "{}",
-            raw.received
-        );
+        let bound = raw.restart_and_bind(DOMAIN, "raw").await;
+        assert!(bound.contains("alice@example.test/raw"), "{bound}");
         assert_eq!(
             nodes_holding(&env, second),
             vec![home(&env, second)],
@@ -117,7 +76,7 @@ fn a_failed_login_retried_as_another_user_is_rerouted() {
     });
     let failures = env
         .proxy
-        .metric("xmpp_lb_sasl_outcomes_total{mechanism=\"PLAIN\",outcome=\"failure\"}");
+        .metric_value("xmpp_lb_sasl_outcomes_total{mechanism=\"PLAIN\",outcome=\"failure\"}");
     assert_eq!(failures, 1.0);
 }
 
@@ -142,7 +101,7 @@ fn a_client_without_initial_response_gets_an_empty_challenge_and_is_routed_by_it
         ))
         .await;
         raw.expect("<success").await;
-        restart_and_bind(&mut raw).await;
+        raw.restart_and_bind(DOMAIN, "raw").await;
         assert_eq!(nodes_holding(&env, user), vec![home(&env, user)]);
     });
 }
@@ -176,7 +135,7 @@ fn sasl2_authenticate_is_routed_by_its_initial_response() {
     });
     let node = env.proxy.route_cli(&format!("{user}@{DOMAIN}"));
     assert_eq!(
-        env.proxy.metric(&format!(
+        env.proxy.metric_value(&format!(
             "xmpp_lb_routed_total{{backend=\"{node}\",source=\"sasl\"}}"
         )),
         1.0
@@ -184,39 +143,21 @@ fn sasl2_authenticate_is_routed_by_its_initial_response() {
 }
 
 /// Log in (routing by `from`), bind, enable resumable stream management; return the SM id.
-async fn login_with_sm(
+async fn login_resumable(
     addr: std::net::SocketAddr,
     ca: &std::path::Path,
     user: &str,
     pw: &str,
 ) -> (Raw, String) {
-    let mut raw = Raw::direct_tls(addr, DOMAIN, ca).await;
-    let jid = format!("{user}@{DOMAIN}");
-    raw.send(&header(DOMAIN, Some(&jid))).await;
-    raw.expect("</stream:features>").await;
-    raw.send(&plain_auth(user, pw)).await;
-    raw.expect("<success").await;
-    restart_and_bind(&mut raw).await;
-    raw.clear();
-    raw.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    let mut raw = Raw::direct_tls(addr, DOMAIN, ca)
+        .await
+        .log_in_from(DOMAIN, user, pw, "raw")
         .await;
-    let got = raw.expect("<enabled").await;
-    let got = if got.contains("/>") {
-        got
-    } else {
-        raw.expect("/>").await
-    };
-    let id = got
-        .split("id='")
-        .nth(1)
-        .or_else(|| got.split("id=\"").nth(1))
-        .and_then(|s| s.split(['\'', '"']).next())
-        .expect("an SM id")
-        .to_string();
+    let id = raw.enable_sm().await;
     (raw, id)
 }
 
-/// Reconnect and try to resume `previd`; returns what the node answered.
+/// Reconnect (routing by `from`) and try to resume `previd`; returns what the node answered.
 async fn try_resume(
     addr: std::net::SocketAddr,
     ca: &std::path::Path,
@@ -224,20 +165,10 @@ async fn try_resume(
     pw: &str,
     previd: &str,
 ) -> String {
-    let mut raw = Raw::direct_tls(addr, DOMAIN, ca).await;
     let jid = format!("{user}@{DOMAIN}");
-    raw.send(&header(DOMAIN, Some(&jid))).await;
-    raw.expect("</stream:features>").await;
-    raw.send(&plain_auth(user, pw)).await;
-    raw.expect("<success").await;
-    raw.clear();
-    raw.send(&header(DOMAIN, None)).await;
-    raw.expect("</stream:features>").await;
-    raw.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/>"
-    ))
-    .await;
-    raw.expect_any(&["<resumed", "<failed"], Duration::from_secs(10))
+    Raw::direct_tls(addr, DOMAIN, ca)
+        .await
+        .resume_sm(DOMAIN, Some(&jid), (user, pw), previd, 0)
         .await
 }
 
@@ -248,7 +179,7 @@ fn a_vanished_client_leaves_a_resumable_session_and_an_explicit_close_does_not()
     let ca = env.pki.ca_path();
     env.proxy.block_on(async {
         // Vanish: TCP closed with no </stream:stream>; the node must keep the session.
-        let (raw, id) = login_with_sm(addr, &ca, "alice", "pw-alice").await;
+        let (raw, id) = login_resumable(addr, &ca, "alice", "pw-alice").await;
         raw.vanish();
         let answer = try_resume(addr, &ca, "alice", "pw-alice", &id).await;
         assert!(
@@ -257,7 +188,7 @@ fn a_vanished_client_leaves_a_resumable_session_and_an_explicit_close_does_not()
         );
 
         // Explicit close: forwarded, so the node ends the session for good.
-        let (mut raw, id) = login_with_sm(addr, &ca, "bob", "pw-bob").await;
+        let (mut raw, id) = login_resumable(addr, &ca, "bob", "pw-bob").await;
         raw.clear();
         raw.send("</stream:stream>").await;
         let got = raw.read_to_close(Duration::from_secs(10)).await;

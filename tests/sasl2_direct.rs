@@ -1,18 +1,16 @@
-//! Self-test of the SASL2 / stream management client (`common::sasl2`)
+//! Self-test of the SASL2 / stream management client (`testkit::sasl2`)
 //! straight against real Prosody nodes (no proxy): SASL2 PLAIN with inline
 //! Bind 2, stream management and a FAST token request; a FAST reconnect with
 //! inline resume after the client vanished; the legacy XEP-0198 flow.
 
-mod common;
-
 use std::future::Future;
 use std::time::Duration;
 
-use common::pki::TestPki;
-use common::process::wait_for;
-use common::prosody::{FAST_RECONNECT_HIBERNATION, ProsodyCluster, ProsodyOpts};
-use common::raw::Raw;
-use common::sasl2::{
+use testkit::pki::TestPki;
+use testkit::process::wait_for;
+use testkit::prosody::{FAST_RECONNECT_HIBERNATION, ProsodyCluster, ProsodyOpts};
+use testkit::raw::Raw;
+use testkit::sasl2::{
     Authenticate, Client, HT_SHA_256_NONE, NS_BIND2, NS_CLIENT, NS_SASL2, NS_SM, NS_STREAM,
     ht_sha_256_none_server, new_user_agent_id,
 };

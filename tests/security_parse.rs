@@ -10,46 +10,27 @@
 //! element, and three connections one after another left the proxy hundreds of megabytes
 //! larger.
 
-mod common;
-
 use std::time::Duration;
 
-use common::pki::TestPki;
-use common::prosody::{ProsodyCluster, ProsodyOpts};
-use common::proxy::{ProxyProcess, config_text};
-use common::raw::{Raw, header};
-
-const DOMAIN: &str = "example.test";
+use testkit::env::{DOMAIN, EnvBuilder};
+use testkit::proxy::ProxyProcess;
+use testkit::raw::{Raw, header};
 
 struct Env {
-    proxy: ProxyProcess,
-    pki: TestPki,
+    env: testkit::env::Env<ProxyProcess>,
     rt: tokio::runtime::Runtime,
-    _cluster: ProsodyCluster,
 }
 
+/// One node with alice, and the proxy binary as a process of its own (its memory is its own).
 fn env() -> Env {
-    let pki = TestPki::new(&[DOMAIN]);
-    let cluster = ProsodyCluster::start(1, DOMAIN, ProsodyOpts::default()).expect("prosody starts");
-    cluster.register("alice", "pw-alice");
-    let proxy = ProxyProcess::start(&config_text(
-        &pki.cert_path(DOMAIN),
-        &pki.key_path(DOMAIN),
-        DOMAIN,
-        "jid",
-        &[cluster.addr(0)],
-        "",
-    ));
+    let env = EnvBuilder::new(1)
+        .users(&[("alice", "pw-alice")])
+        .start_process();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    Env {
-        proxy,
-        pki,
-        rt,
-        _cluster: cluster,
-    }
+    Env { env, rt }
 }
 
 /// The condition of the stream error in `got`, and its text.
@@ -72,8 +53,8 @@ fn stream_error(got: &str) -> Option<(String, String)> {
 /// A client routed by its header's `from` (no login) sends `element` once the node's
 /// features have come through; returns the stream error it gets before the close.
 fn routed_client_sends(env: &Env, element: &str) -> (String, String) {
-    let addr = env.proxy.addr("direct");
-    let ca = env.pki.ca_path();
+    let addr = env.env.proxy.addr("direct");
+    let ca = env.env.pki.ca_path();
     env.rt.block_on(async {
         let mut raw = Raw::direct_tls(addr, DOMAIN, &ca).await;
         raw.send(&header(DOMAIN, Some("alice@example.test"))).await;
@@ -87,8 +68,8 @@ fn routed_client_sends(env: &Env, element: &str) -> (String, String) {
 
 /// The proxy still logs users in.
 fn still_serves(env: &Env) {
-    let addr = env.proxy.addr("direct");
-    let ca = env.pki.ca_path();
+    let addr = env.env.proxy.addr("direct");
+    let ca = env.env.pki.ca_path();
     env.rt.block_on(async {
         let mut raw = Raw::login(addr, DOMAIN, &ca, "alice", "pw-alice").await;
         raw.ping(DOMAIN).await;
@@ -107,7 +88,7 @@ fn a_long_namespace_with_thousands_of_children_does_not_grow_the_proxy() {
     still_serves(&env);
     routed_client_sends(&env, &format!("<q xmlns='urn:x:{}'/>", "a".repeat(2000)));
     std::thread::sleep(Duration::from_millis(200));
-    let before = env.proxy.rss_bytes();
+    let before = env.env.proxy.rss_bytes();
 
     let namespace = format!("urn:x:{}", "a".repeat(30_000));
     let element = format!("<q xmlns='{namespace}'>{}</q>", "<a/>".repeat(8000));
@@ -116,7 +97,7 @@ fn a_long_namespace_with_thousands_of_children_does_not_grow_the_proxy() {
         .map(|_| routed_client_sends(&env, &element))
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    let after = env.proxy.rss_bytes();
+    let after = env.env.proxy.rss_bytes();
     let grown = after.saturating_sub(before);
     eprintln!(
         "proxy RSS: {:.1} MiB before, {:.1} MiB after three 62 KB elements (+{:.1} MiB)",

@@ -6,6 +6,9 @@ pub mod pool;
 pub mod resume;
 pub mod ring;
 
+#[cfg(test)]
+mod tests;
+
 /// Where a connection's routing key came from (a metric label and a log field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeySource {

@@ -297,25 +297,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "prints the golden tables"]
-    fn print_golden() {
-        for spec in [
-            &[("node1", 1), ("node2", 1), ("node3", 1)][..],
-            &[("a", 1), ("b", 2), ("c", 3)][..],
-        ] {
-            let set = backends(spec);
-            let ring = Ring::new(&set);
-            for key in GOLDEN_KEYS {
-                println!(
-                    "        ({key:?}, {:?}),",
-                    names(&set, &ring.preference(key))
-                );
-            }
-            println!();
-        }
-    }
-
-    #[test]
     fn matches_brute_force_walk() {
         // An independent reading of the placement rule: sort every virtual node by hash,
         // start at the first one at or after the key's hash (wrapping), walk clockwise.

@@ -118,6 +118,10 @@ impl EjabberdCluster {
         Ok(cluster)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

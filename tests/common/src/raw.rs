@@ -1,8 +1,6 @@
 //! A raw XMPP client over real TLS, for tests that must control every byte a client sends:
 //! malformed input, SASL retries as another user, dropping a connection without a stream close.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -81,7 +79,11 @@ pub fn plain_auth(user: &str, password: &str) -> String {
 impl Raw {
     /// Plain TCP, nothing sent yet.
     pub async fn tcp(addr: SocketAddr) -> Raw {
-        let tcp = TcpStream::connect(addr).await.expect("connect proxy");
+        Raw::over(TcpStream::connect(addr).await.expect("connect proxy"))
+    }
+
+    /// A client over a connected socket, nothing sent yet.
+    fn over(tcp: TcpStream) -> Raw {
         tcp.set_nodelay(true).unwrap();
         Raw {
             local: tcp.local_addr().ok(),
@@ -104,15 +106,7 @@ impl Raw {
         socket
             .bind(SocketAddr::new(source, 0))
             .expect("bind the source address");
-        let tcp = socket.connect(addr).await.expect("connect proxy");
-        tcp.set_nodelay(true).unwrap();
-        Raw {
-            local: tcp.local_addr().ok(),
-            io: Box::new(tcp),
-            received: String::new(),
-            closed: false,
-            tls_kind: None,
-        }
+        Raw::over(socket.connect(addr).await.expect("connect proxy"))
     }
 
     /// Direct TLS (XEP-0368) with SNI = `domain`.
@@ -172,6 +166,12 @@ impl Raw {
     /// Send text as is.
     pub async fn send(&mut self, text: &str) {
         self.send_bytes(text.as_bytes()).await;
+    }
+
+    /// Send text as is, if the peer still takes it; false if the write failed (the peer
+    /// closed), for keepalives that race with the peer's close.
+    pub async fn try_send(&mut self, text: &str) -> bool {
+        self.io.write_all(text.as_bytes()).await.is_ok() && self.io.flush().await.is_ok()
     }
 
     /// Send bytes as is.
@@ -253,26 +253,114 @@ impl Raw {
 
     /// On a connection whose TLS is up: stream header, SASL PLAIN as `user@domain`, restart,
     /// bind `resource`.
-    pub async fn log_in(mut self, domain: &str, user: &str, password: &str, resource: &str) -> Raw {
-        let raw = &mut self;
-        raw.send(&header(domain, None)).await;
-        raw.expect("</stream:features>").await;
-        raw.clear();
-        raw.send(&plain_auth(user, password)).await;
-        raw.expect_any(&["<success", "<failure"], Duration::from_secs(15))
+    pub async fn log_in(self, domain: &str, user: &str, password: &str, resource: &str) -> Raw {
+        self.log_in_with(domain, None, user, password, resource)
+            .await
+    }
+
+    /// Like [`log_in`](Self::log_in), with `from='user@domain'` in the first stream header,
+    /// so that the proxy routes by it instead of waiting for SASL.
+    pub async fn log_in_from(
+        self,
+        domain: &str,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> Raw {
+        let from = format!("{user}@{domain}");
+        self.log_in_with(domain, Some(&from), user, password, resource)
+            .await
+    }
+
+    async fn log_in_with(
+        mut self,
+        domain: &str,
+        from: Option<&str>,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> Raw {
+        self.authenticate(domain, from, user, password).await;
+        self.restart_and_bind(domain, resource).await;
+        self
+    }
+
+    /// On a connection whose TLS is up: stream header (with `from`, if given) and SASL PLAIN
+    /// as `user@domain`; panics unless it succeeds.
+    pub async fn authenticate(
+        &mut self,
+        domain: &str,
+        from: Option<&str>,
+        user: &str,
+        password: &str,
+    ) {
+        self.send(&header(domain, from)).await;
+        self.expect("</stream:features>").await;
+        self.clear();
+        self.send(&plain_auth(user, password)).await;
+        self.expect_any(&["<success", "<failure"], Duration::from_secs(15))
             .await;
         assert!(
-            raw.received.contains("<success"),
+            self.received.contains("<success"),
             "login of {user} failed: {}",
-            raw.received
+            self.received
         );
-        raw.clear();
-        raw.send(&header(domain, None)).await;
-        raw.expect("</stream:features>").await;
-        raw.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
-        raw.expect("</iq>").await;
-        raw.clear();
-        self
+        self.clear();
+    }
+
+    /// After SASL success: restart the stream and bind `resource`; panics unless the server
+    /// answers with a bound JID. Returns the answer.
+    pub async fn restart_and_bind(&mut self, domain: &str, resource: &str) -> String {
+        self.clear();
+        self.send(&header(domain, None)).await;
+        self.expect("</stream:features>").await;
+        self.clear();
+        self.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
+        self.expect("</iq>").await;
+        assert_bound(&self.received, resource);
+        std::mem::take(&mut self.received)
+    }
+
+    /// On a connection whose TLS is up: authenticate as [`authenticate`](Self::authenticate)
+    /// does, restart, and ask to resume the stream-management session `previd` having
+    /// received `h` stanzas (no bind). Panics unless the restarted stream offers stream
+    /// management; returns everything received after `<resume/>` up to `<resumed/>` or
+    /// `<failed/>`.
+    pub async fn resume_sm(
+        &mut self,
+        domain: &str,
+        from: Option<&str>,
+        (user, password): (&str, &str),
+        previd: &str,
+        h: u32,
+    ) -> String {
+        self.authenticate(domain, from, user, password).await;
+        self.send(&header(domain, None)).await;
+        let features = self.expect("</stream:features>").await;
+        assert!(features.contains("urn:xmpp:sm:3"), "{features}");
+        self.clear();
+        self.send(&format!(
+            "<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>"
+        ))
+        .await;
+        self.expect_any(&["<resumed", "<failed"], Duration::from_secs(10))
+            .await
+    }
+
+    /// Enable resumable stream management (XEP-0198) on a bound session; returns the id the
+    /// server gave, and panics if it refused.
+    pub async fn enable_sm(&mut self) -> String {
+        self.clear();
+        self.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+            .await;
+        let got = self
+            .expect_any(&["<enabled", "<failed"], Duration::from_secs(10))
+            .await;
+        assert!(got.contains("<enabled"), "{got}");
+        self.expect("/>").await;
+        let id = attr(&self.received, "<enabled", "id");
+        self.clear();
+        id
     }
 
     /// Ask the server for a ping (XEP-0199) and wait for its answer: the stream is alive.
@@ -289,6 +377,40 @@ impl Raw {
     pub fn vanish(self) {
         drop(self);
     }
+}
+
+/// The SASL mechanisms a `<stream:features>` text offers.
+pub fn mechanisms(features: &str) -> std::collections::BTreeSet<String> {
+    features
+        .split("<mechanism>")
+        .skip(1)
+        .filter_map(|s| s.split_once("</mechanism>").map(|(m, _)| m.to_string()))
+        .collect()
+}
+
+/// The value of attribute `name` of the first element of `text` that starts with `start`
+/// (e.g. `attr(text, "<enabled", "id")`), whichever quote it uses; panics if there is none.
+pub fn attr(text: &str, start: &str, name: &str) -> String {
+    let el = &text[text
+        .find(start)
+        .unwrap_or_else(|| panic!("no {start} in {text}"))..];
+    let el = &el[..el.find('>').unwrap_or(el.len())];
+    for q in ['\'', '"'] {
+        if let Some(i) = el.find(&format!(" {name}={q}")) {
+            let v = &el[i + name.len() + 3..];
+            return v[..v.find(q).unwrap()].to_string();
+        }
+    }
+    panic!("no {name} in {el}")
+}
+
+/// The answer to a bind request is a result holding the full JID, not an error.
+pub fn assert_bound(answer: &str, user: &str) {
+    let is_result = answer.contains("type='result'") || answer.contains("type=\"result\"");
+    assert!(
+        is_result && answer.contains("<jid>"),
+        "bind of {user} failed: {answer}"
+    );
 }
 
 /// A short unique-enough id for stanzas.

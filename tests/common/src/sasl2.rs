@@ -30,8 +30,6 @@
 //! let message = c.expect_message().await;
 //! ```
 
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::time::Duration;
 

@@ -1,13 +1,14 @@
 //! Run the real proxy in-process (its own runtime) in front of test backends.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use std::sync::Arc;
 use xmpp_lb::runtime::{Runtime, Shared, StateRegistry};
 use xmpp_lb::{CancellationToken, Config, Server};
+
+use crate::config::TestConfig;
+use crate::process;
 
 /// A running proxy; dropping it shuts it down.
 pub struct Proxy {
@@ -27,72 +28,12 @@ pub struct Proxy {
     _dir: tempfile::TempDir,
 }
 
-/// The usual test configuration: listeners `starttls` (IPv4 + IPv6), `direct`, `auto`, all
-/// on free ports; backends `node1..nodeN` at `backends`; routing `key` (a key name, or the
-/// lines of [routing] other than `domains`); `extra` appended (more tables).
-pub fn config_text(
-    cert: &Path,
-    key: &Path,
-    domain: &str,
-    routing_key: &str,
-    backends: &[SocketAddr],
-    extra: &str,
-) -> String {
-    let mut s = format!(
-        r#"
-[[listener]]
-name = "starttls"
-bind = ["127.0.0.1:0", "[::1]:0"]
-tls = "starttls"
-cert = "{cert}"
-key = "{key}"
-
-[[listener]]
-name = "direct"
-bind = ["127.0.0.1:0"]
-tls = "direct"
-cert = "{cert}"
-key = "{key}"
-
-[[listener]]
-name = "auto"
-bind = ["127.0.0.1:0"]
-tls = "auto"
-cert = "{cert}"
-key = "{key}"
-
-[routing]
-domains = ["{domain}"]
-{routing}
-
-[metrics]
-bind = "127.0.0.1:0"
-"#,
-        cert = cert.display(),
-        key = key.display(),
-        // A bare key name ("jid"), or the body of [routing] written out ("keys = [...]\n...").
-        routing = if routing_key.contains('=') {
-            routing_key.to_string()
-        } else {
-            format!("key = \"{routing_key}\"")
-        },
-    );
-    for (i, addr) in backends.iter().enumerate() {
-        s.push_str(&format!(
-            "\n[[backend]]\nname = \"node{}\"\naddress = \"{addr}\"\n",
-            i + 1
-        ));
-    }
-    s.push_str(extra);
-    s
-}
-
 impl Proxy {
-    /// Write `text` as a config file, check it, bind, and serve in the background.
-    pub fn start(text: &str) -> Proxy {
+    /// Write `config` to a file, check it, bind, and serve in the background.
+    pub fn start(config: &TestConfig) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("xmpp-lb.toml");
-        std::fs::write(&config_path, text).unwrap();
+        std::fs::write(&config_path, config.render()).unwrap();
         let config =
             Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -150,7 +91,7 @@ impl Proxy {
 
     /// The node `xmpp-lb route` prints for a JID (runs the real binary on the same file).
     pub fn route_cli(&self, jid: &str) -> String {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-lb"))
+        let out = std::process::Command::new(crate::xmpp_lb_bin())
             .args(["route", "--config"])
             .arg(&self.config_path)
             .arg(jid)
@@ -176,9 +117,15 @@ impl Proxy {
         scrape(self.metrics)
     }
 
-    /// The value of one sample line of the scrape (`name{labels}`), 0 if absent.
-    pub fn metric(&self, series: &str) -> f64 {
+    /// The value of one series of the scrape (`name{labels}`), `None` if it is absent.
+    pub fn metric(&self, series: &str) -> Option<f64> {
         sample(&self.scrape(), series)
+    }
+
+    /// The value of one series that must exist (`name{labels}`); panics, showing the scrape,
+    /// if it does not, so that a renamed metric or label fails the test.
+    pub fn metric_value(&self, series: &str) -> f64 {
+        require(&self.scrape(), series)
     }
 
     /// Run a future on the proxy's runtime (for the raw client).
@@ -199,9 +146,9 @@ impl Drop for Proxy {
     }
 }
 
-/// The proxy binary running as a process of its own, from a configuration written like
-/// [`config_text`]'s: every `:0` bind address is given a free port first, so the test knows
-/// where the process listens. Dropping it stops it (SIGTERM by pid, then SIGKILL).
+/// The proxy binary running as a process of its own: every `:0` bind address of its
+/// configuration is given a free port first, so the test knows where the process listens.
+/// Dropping it stops it (SIGTERM by pid, then SIGKILL).
 pub struct ProxyProcess {
     child: std::process::Child,
     /// Bound addresses, by listener name, in the order the configuration lists them.
@@ -210,63 +157,34 @@ pub struct ProxyProcess {
     pub metrics: SocketAddr,
     /// Where the configuration file was written.
     pub config_path: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl ProxyProcess {
-    /// Start `xmpp-lb run` on `text` (after giving every `:0` bind a free port) and wait until
-    /// every listener accepts connections.
-    pub fn start(text: &str) -> ProxyProcess {
-        let table: toml::Table = text.parse().expect("config text is TOML");
-        let mut text = text.to_string();
-        let mut listeners = Vec::new();
-        let give_port = |text: &mut String, ipv6: bool| -> SocketAddr {
-            let zero = if ipv6 {
-                "\"[::1]:0\""
-            } else {
-                "\"127.0.0.1:0\""
-            };
-            let port = super::process::free_port(ipv6).expect("a free port");
-            let addr: SocketAddr = if ipv6 {
-                format!("[::1]:{port}")
-            } else {
-                format!("127.0.0.1:{port}")
-            }
-            .parse()
-            .unwrap();
-            let at = text.find(zero).expect("a :0 bind left to fill");
-            text.replace_range(at..at + zero.len(), &format!("\"{addr}\""));
-            addr
-        };
-        for l in table["listener"].as_array().expect("listeners") {
-            let name = l["name"].as_str().unwrap().to_string();
-            for b in l["bind"].as_array().unwrap() {
-                let b = b.as_str().unwrap();
-                assert!(b.ends_with(":0"), "ProxyProcess fills :0 binds only: {b}");
-                let addr = give_port(&mut text, b.starts_with('['));
-                listeners.push((name.clone(), addr));
-            }
-        }
-        let metrics = give_port(&mut text, false);
+    /// Start `xmpp-lb run` on `config` (after giving every `:0` bind a free port) and wait
+    /// until every listener accepts connections.
+    pub fn start(config: &TestConfig) -> ProxyProcess {
+        let mut config = config.clone();
+        let (listeners, metrics) = config.assign_free_ports();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("xmpp-lb.toml");
-        std::fs::write(&config_path, &text).unwrap();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-lb"));
+        std::fs::write(&config_path, config.render()).unwrap();
+        let mut cmd = std::process::Command::new(crate::xmpp_lb_bin());
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
-        let child = super::process::spawn_child(cmd).expect("spawn xmpp-lb");
+        let child = process::spawn_child(cmd).expect("spawn xmpp-lb");
         let mut p = ProxyProcess {
             child,
             listeners,
             metrics,
             config_path,
-            _dir: dir,
+            dir,
         };
         let all: Vec<SocketAddr> = p.listeners.iter().map(|(_, a)| *a).collect();
-        let ready = super::process::wait_for(
+        let ready = process::wait_for(
             std::time::Duration::from_secs(15),
             std::time::Duration::from_millis(20),
             || {
@@ -276,11 +194,16 @@ impl ProxyProcess {
             },
         );
         if ready.is_none() {
-            let log = std::fs::read_to_string(p._dir.path().join("stderr.log")).unwrap_or_default();
-            let _ = super::process::terminate(&mut p.child, std::time::Duration::from_secs(2));
+            let log = p.stderr();
+            let _ = process::terminate(&mut p.child, std::time::Duration::from_secs(2));
             panic!("xmpp-lb process did not start listening: {log}");
         }
         p
+    }
+
+    /// What the process wrote to its standard error so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     /// The first address of listener `name`.
@@ -292,9 +215,26 @@ impl ProxyProcess {
             .unwrap_or_else(|| panic!("no listener {name}"))
     }
 
-    /// The value of one sample line of its scrape (`name{labels}`), 0 if absent.
-    pub fn metric(&self, series: &str) -> f64 {
+    /// The value of one series of its scrape (`name{labels}`), `None` if it is absent.
+    pub fn metric(&self, series: &str) -> Option<f64> {
         sample(&scrape(self.metrics), series)
+    }
+
+    /// The value of one series that must exist, as [`Proxy::metric_value`].
+    pub fn metric_value(&self, series: &str) -> f64 {
+        require(&scrape(self.metrics), series)
+    }
+
+    /// Its exit status if it has exited, without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .try_wait()
+            .expect("try_wait on the proxy process")
+    }
+
+    /// Wait up to `limit` for it to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        process::wait_timeout(&mut self.child, limit).expect("wait for the proxy process")
     }
 
     /// The process id (to read its memory use from /proc, or signal it).
@@ -322,27 +262,35 @@ impl Drop for ProxyProcess {
     }
 }
 
-/// GET /metrics from a proxy's admin address.
+/// GET /metrics from a proxy's admin address; panics if it takes more than 10 s.
 pub fn scrape(admin: SocketAddr) -> String {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    let limit = std::time::Duration::from_secs(10);
+    let mut s = std::net::TcpStream::connect_timeout(&admin, limit).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.set_write_timeout(Some(limit)).unwrap();
     write!(
         s,
         "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("reading /metrics from {admin}: {e}"));
     out
 }
 
-/// The value of one sample line (`name{labels}`) of a scrape, 0 if absent.
-pub fn sample(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+/// The value of one series (`name{labels}`) of a scrape, `None` if it is absent.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .filter(|rest| rest.starts_with(' '))
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+/// The value of one series (`name{labels}`) that must be in the scrape; panics, showing the
+/// scrape, if it is not.
+pub fn require(scrape: &str, series: &str) -> f64 {
+    sample(scrape, series).unwrap_or_else(|| panic!("no series {series} in the scrape:\n{scrape}"))
 }

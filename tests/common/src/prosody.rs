@@ -72,7 +72,7 @@ impl Default for ProsodyOpts {
 }
 
 /// Source of the harness's `sasl2_compat` module (see [`ProsodyOpts::fast_reconnect`]).
-pub const SASL2_COMPAT_LUA: &str = include_str!("../../contrib/prosody/mod_sasl2_compat.lua");
+pub const SASL2_COMPAT_LUA: &str = include_str!("../../../contrib/prosody/mod_sasl2_compat.lua");
 
 /// How long a vanished smacks session waits for resumption under
 /// [`ProsodyOpts::fast_reconnect`].
@@ -442,6 +442,7 @@ impl ProsodyCluster {
 
     /// Wait (bounded) until node `i` holds / no longer holds a session for
     /// `bare_jid`. Sessions come and go asynchronously w.r.t. clients.
+    #[must_use = "assert what the node holds"]
     pub fn wait_session(&self, i: usize, bare_jid: &str, present: bool, timeout: Duration) -> bool {
         process::wait_for(timeout, Duration::from_millis(25), || {
             (self.has_session(i, bare_jid) == present).then_some(())

@@ -25,10 +25,7 @@ pub fn python() -> String {
     if let Ok(p) = std::env::var("XMPP_LB_PYTHON") {
         return p;
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".venv")
-        .join("bin")
-        .join("python");
+    let venv = crate::repo_root().join(".venv").join("bin").join("python");
     if venv.exists() {
         return venv.to_string_lossy().into_owned();
     }
@@ -36,7 +33,7 @@ pub fn python() -> String {
 }
 
 pub fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    crate::repo_root()
         .join("tests")
         .join("clients")
         .join("xmpp_client.py")
