@@ -3,7 +3,8 @@
 
 use super::KeySource;
 use super::key::normalize_domain;
-use super::policy::{PinEntry, PinTable, parse_pin_file};
+use super::policy::{PinEntry, PinTable};
+use crate::config::parse_pin_file;
 
 fn pin(pattern: &str) -> PinEntry {
     PinEntry {
