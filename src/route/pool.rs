@@ -181,11 +181,13 @@ impl DomainPool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backend::admission::AdmissionConfig;
 
-    fn states(n: usize) -> (Vec<Arc<BackendState>>, Vec<String>) {
+    /// Backend states for `n` nodes `node1..`, with no admission limits (also used by the
+    /// routing tests beside `route/mod.rs`).
+    pub(crate) fn states(n: usize) -> (Vec<Arc<BackendState>>, Vec<String>) {
         let names: Vec<String> = (1..=n).map(|i| format!("node{i}")).collect();
         let states = names
             .iter()

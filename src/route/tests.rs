@@ -81,31 +81,7 @@ fn a_pin_file_error_in_a_middle_table_names_that_table() {
     assert!(e.message.contains("missing field `backend`"), "{e:?}");
 }
 
-/// Backend states for `n` nodes `node1..`, with no admission limits.
-fn states(
-    n: usize,
-) -> (
-    Vec<std::sync::Arc<crate::backend::state::BackendState>>,
-    Vec<String>,
-) {
-    use crate::backend::admission::AdmissionConfig;
-    let names: Vec<String> = (1..=n).map(|i| format!("node{i}")).collect();
-    let states = names
-        .iter()
-        .map(|n| {
-            crate::backend::state::BackendState::new(
-                n,
-                AdmissionConfig {
-                    max_negotiations: None,
-                    max_logins_per_second: None,
-                    queue: 1,
-                    queue_timeout: std::time::Duration::from_secs(1),
-                },
-            )
-        })
-        .collect();
-    (states, names)
-}
+use super::pool::tests::states;
 
 #[test]
 fn a_pool_reports_its_members_factor_and_weighted_shares() {
