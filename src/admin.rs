@@ -221,8 +221,16 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let accepting = shared.accepting.load(Ordering::Relaxed);
     let rt = shared.runtime.load();
-    let healthy = rt.states.iter().filter(|s| s.is_healthy()).count();
-    let taking_logins = rt.states.iter().filter(|s| s.accepts_logins()).count();
+    let healthy = rt
+        .backends
+        .iter()
+        .filter(|(_, b)| b.state.is_healthy())
+        .count();
+    let taking_logins = rt
+        .backends
+        .iter()
+        .filter(|(_, b)| b.state.accepts_logins())
+        .count();
     let ready = accepting && taking_logins > 0;
     let status = if ready {
         StatusCode::OK
@@ -234,7 +242,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         axum::Json(json!({
             "ready": ready,
             "listening": accepting,
-            "backends": rt.names.len(),
+            "backends": rt.backends.len(),
             "backends_healthy": healthy,
             "backends_taking_logins": taking_logins,
         })),
@@ -245,12 +253,10 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 async fn backends(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let rt = shared.runtime.load();
     let list: Vec<serde_json::Value> = rt
-        .names
+        .backends
         .iter()
-        .enumerate()
-        .zip(&rt.states)
-        .zip(&rt.config.backends)
-        .map(|(((idx, name), s), b)| {
+        .map(|(id, b)| {
+            let s = &b.state;
             let state = if s.is_draining() {
                 "draining"
             } else if s.is_healthy() {
@@ -262,12 +268,12 @@ async fn backends(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
                 .domains
                 .iter()
                 .filter_map(|(domain, route)| {
-                    let (_, share) = route.ring_shares.iter().find(|(i, _)| *i == idx)?;
+                    let (_, share) = route.ring_shares.iter().find(|(i, _)| *i == id)?;
                     Some((domain.clone(), json!(share)))
                 })
                 .collect();
             json!({
-                "name": name,
+                "name": b.name,
                 "address": b.address.to_string(),
                 "weight": b.weight,
                 "state": state,
@@ -313,7 +319,7 @@ async fn route(
         Some(Err(_)) => return bad("ip is not an IP address".into()),
     };
     let rt = shared.runtime.load();
-    match rt.route_info(&jid, ip) {
+    match crate::route::explain::route_info(&rt, &jid, ip) {
         Ok(info) => (StatusCode::OK, axum::Json(json!(info))),
         Err(e) => bad(e),
     }
@@ -328,7 +334,7 @@ async fn undrain(State(shared): State<Arc<Shared>>, Path(name): Path<String>) ->
 }
 
 fn set_drain(shared: &Arc<Shared>, name: &str, on: bool) -> (StatusCode, String) {
-    match shared.set_draining(name, on) {
+    match crate::backend::drain::set_draining(shared, name, on) {
         Ok(()) => (
             StatusCode::OK,
             format!(

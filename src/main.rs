@@ -97,7 +97,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             // their keys, a bad pin file or routing policy, and an empty or published admin token
             // fail here rather than at the first client or the next reload.
             let runtime = build(config)?;
-            let config = &runtime.config;
+            let config = runtime.config();
             println!(
                 "{}: OK ({} listeners, {} backends)",
                 path.display(),
@@ -131,7 +131,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut config = config;
             config.metrics_token_file = None;
             let runtime = build(config)?;
-            let explained = runtime.explain(&jid, ip).map_err(anyhow::Error::msg)?;
+            let explained =
+                xmpp_lb::route::explain::explain(&runtime, &jid, ip).map_err(anyhow::Error::msg)?;
             print!("{explained}");
             Ok(ExitCode::SUCCESS)
         }

@@ -109,7 +109,10 @@ impl Server {
             tasks.spawn(crate::admin::serve(admin, shared.clone(), shutdown.clone()));
         }
         tasks.spawn(refresh_features(shared.clone(), shutdown.clone()));
-        tasks.spawn(shared.clone().health_loop(shutdown.clone()));
+        tasks.spawn(crate::backend::health::run(
+            shared.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(reload_on_sighup(shared.clone(), shutdown.clone()));
         let (max_connections, grace) = {
             let rt = shared.runtime.load();

@@ -561,7 +561,7 @@ fn an_inline_resume_reaches_its_node_while_that_node_drains() {
     let node = fleet.holder("dave").expect("one session");
     let name = format!("node{}", node + 1);
     fleet.wait_hibernating(node, "dave");
-    a.block_on(async { a.shared.set_draining(&name, true) })
+    a.block_on(async { xmpp_lb::backend::drain::set_draining(&a.shared, &name, true) })
         .unwrap();
     // New logins avoid the draining node; the session that lives there is resumed there.
     let rt = a.shared.runtime.load_full();
@@ -576,7 +576,7 @@ fn an_inline_resume_reaches_its_node_while_that_node_drains() {
     let order: Vec<&str> = rt
         .order(DOMAIN, &decision)
         .into_iter()
-        .map(|i| rt.names[i].as_str())
+        .map(|id| rt.backends().name(id))
         .collect();
     assert!(!order.contains(&name.as_str()), "{order:?}");
     let (_, ok) = a.block_on(within(fast_resume(addr, &ca, "dave", &away)));

@@ -46,7 +46,7 @@ fn env(nodes: usize, trusted: &[&str]) -> (ProsodyCluster, TestPki, Proxy) {
 /// The node subnet routing gives a client at `ip`.
 fn node_for(proxy: &Proxy, ip: &str) -> String {
     let rt = Runtime::build(proxy.config.clone(), &StateRegistry::default()).unwrap();
-    rt.route_info("alice@example.test", Some(ip.parse().unwrap()))
+    xmpp_lb::route::explain::route_info(&rt, "alice@example.test", Some(ip.parse().unwrap()))
         .unwrap()
         .backend
 }

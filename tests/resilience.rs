@@ -199,7 +199,7 @@ fn draining_in_wait_mode_keeps_connected_clients_and_sends_new_logins_elsewhere(
     proxy.block_on(async {
         let (u0, p0) = on_node1[0];
         let mut staying = Raw::login(addr, DOMAIN, &ca, u0, p0).await;
-        proxy.shared.set_draining("node1", true).unwrap();
+        xmpp_lb::backend::drain::set_draining(&proxy.shared, "node1", true).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         staying.ping(DOMAIN).await;
         assert_eq!(
@@ -270,10 +270,12 @@ fn a_reload_adding_a_node_moves_a_quarter_of_keys_and_drops_nobody() {
         "the bad file and the listener change were both refused"
     );
     let rt = proxy.shared.runtime.load();
-    let pool = &rt.domains[DOMAIN].pool;
+    let pool = &rt.domain(DOMAIN).expect("served").pool;
     let mut moved = 0;
     for (i, old) in before.iter().enumerate() {
-        let now = &rt.names[pool.ring_order(&format!("k{i}@{DOMAIN}"))[0]];
+        let now = rt
+            .backends()
+            .name(pool.ring_order(&format!("k{i}@{DOMAIN}"))[0]);
         if now != old {
             assert_eq!(now, "node4", "keys only move to the new node");
             moved += 1;
@@ -289,7 +291,11 @@ fn a_reload_adding_a_node_moves_a_quarter_of_keys_and_drops_nobody() {
     // fixed: at least one did.
     let (u, pw) = people
         .iter()
-        .find(|(u, _)| rt.names[pool.ring_order(&format!("{u}@{DOMAIN}"))[0]] == "node4")
+        .find(|(u, _)| {
+            rt.backends()
+                .name(pool.ring_order(&format!("{u}@{DOMAIN}"))[0])
+                == "node4"
+        })
         .expect("one of the users' homes moved to node4");
     proxy.block_on(async {
         let mut raw = Raw::login(addr, DOMAIN, &ca, u, pw).await;
@@ -326,11 +332,32 @@ fn a_login_storm_waits_its_turn_and_every_login_succeeds() {
                 let mut peak = 0;
                 loop {
                     let rt = shared.runtime.load();
-                    peak = peak.max(rt.states[0].admission.negotiating());
+                    peak = peak.max(
+                        rt.backends()
+                            .by_name("node1")
+                            .unwrap()
+                            .state
+                            .admission
+                            .negotiating(),
+                    );
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     if peak > 0
-                        && rt.states[0].admission.negotiating() == 0
-                        && rt.states[0].admission.waiting() == 0
+                        && rt
+                            .backends()
+                            .by_name("node1")
+                            .unwrap()
+                            .state
+                            .admission
+                            .negotiating()
+                            == 0
+                        && rt
+                            .backends()
+                            .by_name("node1")
+                            .unwrap()
+                            .state
+                            .admission
+                            .waiting()
+                            == 0
                     {
                         return peak;
                     }

@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::backend::link::{BackendStream, Link};
-use crate::config::{BackendConfig, BackendTls};
+use crate::backend::record::Backend;
+use crate::config::BackendTls;
 use crate::framed::Framed;
 use crate::metrics::Metrics;
 use crate::proxy_protocol::{self, Origin};
@@ -46,7 +47,7 @@ pub enum LinkError {
 /// whole link included. Successes and failures are measured per backend; the caller decides
 /// what to try next.
 pub async fn connect(
-    backend: &BackendConfig,
+    backend: &Backend,
     link: &Link,
     domain: &str,
     origin: &Origin,

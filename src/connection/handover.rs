@@ -8,6 +8,7 @@ use tokio::time::Duration;
 use super::context::At;
 use super::trace::{Counted, GaugeGuard, Trace};
 use crate::backend::link::BackendStream;
+use crate::backend::record::BackendId;
 use crate::backend::state::{ActiveGuard, Command};
 use crate::framed::Framed;
 use crate::relay::{self, Interrupt};
@@ -24,8 +25,8 @@ const BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct Routed {
     /// The node's side, with whatever it read ahead.
     pub(crate) backend: Framed<BackendStream>,
-    /// The node's index.
-    pub(crate) id: usize,
+    /// The node.
+    pub(crate) id: BackendId,
     /// Keeps the connection counted on that backend until it ends.
     pub(crate) guard: ActiveGuard,
     /// What the routing key came from (a pinned relay stays through a drain).
@@ -60,7 +61,7 @@ pub(crate) async fn relay_to_end<S: AsyncRead + AsyncWrite + Unpin>(
         client_first,
     } = routed;
     let (shared, rt) = (at.shared, at.rt);
-    let name = rt.names[id].clone();
+    let name = rt.backends.name(id).to_string();
     let m = &shared.metrics;
     let open = m.backend_connections_open.with_label_values(&[&name]);
     let up = m
@@ -81,7 +82,9 @@ pub(crate) async fn relay_to_end<S: AsyncRead + AsyncWrite + Unpin>(
         up.extend_from_slice(&client);
         (up, backend.to_vec())
     };
-    let (_registration, commands) = rt.states[id].register_relay(source == KeySource::Pin);
+    let (_registration, commands) = rt.backends[id]
+        .state
+        .register_relay(source == KeySource::Pin);
     counted.negotiating = None;
     let redirect_to = rt
         .config

@@ -19,6 +19,7 @@ use super::trace::Trace;
 use super::transport::ElementTransport;
 use super::upstream::{Admit, Upstream};
 use crate::backend::preamble::read_preamble;
+use crate::backend::record::BackendId;
 use crate::framed::FrameError;
 use crate::metrics::Metrics;
 use crate::resumption;
@@ -200,7 +201,7 @@ impl Negotiation<'_> {
 
     /// The connection is on `up` now: the access log says so.
     fn adopt(&self, up: &Upstream, trace: &mut Trace) {
-        trace.backend = Some(self.at.rt.names[up.id].clone());
+        trace.backend = Some(self.at.rt.backends.name(up.id).to_string());
         trace.source = Some(up.source);
     }
 
@@ -372,7 +373,7 @@ impl Negotiation<'_> {
                 .with_label_values(&[mech, "success"])
                 .inc();
             // Bind 2's session id goes out wrapped; an inline resume is answered here.
-            let node = &self.at.rt.names[up.id];
+            let node = self.at.rt.backends.name(up.id);
             out = resumption::rewrite_sasl2_success(
                 &self.sm_context(node),
                 &bytes,
@@ -455,7 +456,7 @@ impl Negotiation<'_> {
             trace.jid = key.clone();
             self.jid = key.clone();
         }
-        let here = rt.names[up.id].as_str();
+        let here = rt.backends.name(up.id);
         let stays = resume_node.as_deref() == Some(here);
         let decision = match resume_node {
             Some(_) => self.decide(key.as_deref(), resume_node),
@@ -485,7 +486,7 @@ impl Negotiation<'_> {
                         .await?;
                 self.adopt(&moved, trace);
                 moved.send(bytes).await?;
-                tracing::debug!(from = %here, to = %rt.names[moved.id], "SASL retry re-routed");
+                tracing::debug!(from = %here, to = %rt.backends.name(moved.id), "SASL retry re-routed");
                 Ok(Some(moved))
             }
             _ => {
@@ -513,14 +514,14 @@ impl Negotiation<'_> {
         };
         let replay = self.attempt.replay.take()?;
         let rt = self.at.rt;
-        let here = rt.names[up.id].as_str();
+        let here = rt.backends.name(up.id);
         let el = Element::parse(&bytes, &self.client_ns).ok()?;
         let previd = el.attr("previd").filter(|_| el.is("resume", NS_SM))?;
         let node = match rt.sm_keys.check(&self.domain, previd) {
             Checked::Valid { node, .. } if node != here => node,
             _ => return None,
         };
-        let target = rt.index_of(&node)?;
+        let target = rt.backends.find(&node)?;
         let base = self.decide(self.jid.as_deref(), Some(node.clone()))?;
         // Only the session's node will do: elsewhere the resume fails anyway.
         let decision = Decision {
@@ -546,7 +547,7 @@ impl Negotiation<'_> {
     async fn replay_on(
         &self,
         decision: &Decision,
-        target: usize,
+        target: BackendId,
         auth: &[u8],
         restart: Bytes,
     ) -> Option<Upstream> {

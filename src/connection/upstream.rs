@@ -6,8 +6,10 @@ use super::context::{At, SEND_LIMIT};
 use super::refuse::{Failure, backend_lost};
 use crate::backend::admission::Permit;
 use crate::backend::connect::connect;
+use crate::backend::health::note_transition;
 use crate::backend::link::BackendStream;
 use crate::backend::preamble::read_preamble;
+use crate::backend::record::BackendId;
 use crate::backend::state::ActiveGuard;
 use crate::framed::Framed;
 use crate::route::KeySource;
@@ -17,8 +19,8 @@ use crate::xmpp::stream_error::Condition;
 
 /// The node a connection is on, and what it holds there.
 pub(crate) struct Upstream {
-    /// Which backend (index into the runtime's backends).
-    pub(crate) id: usize,
+    /// Which backend of the connection's runtime.
+    pub(crate) id: BackendId,
     /// The node's side of the stream, framed while negotiating.
     pub(crate) stream: Framed<BackendStream>,
     /// Namespaces of the node's current stream header (to read its elements).
@@ -61,7 +63,8 @@ impl Upstream {
         let mut tried = Vec::new();
         while let Some((id, guard)) = rt.pick(domain, decision, &tried) {
             tried.push(id);
-            let name = &rt.names[id];
+            let backend = &rt.backends[id];
+            let name = &backend.name;
             // Routing only picks members of the domain, which all have a link; never fall back
             // to an unconfigured one (see `Runtime::link`).
             let Some(link) = rt.link(domain, id) else {
@@ -73,7 +76,7 @@ impl Upstream {
                 Admit::AtFirstSasl => None,
             };
             let connected = connect(
-                &rt.config.backends[id],
+                backend,
                 &link,
                 domain,
                 &at.origin,
@@ -102,8 +105,8 @@ impl Upstream {
                 }
                 Err(e) => {
                     tracing::warn!(backend = %name, error = %e, "backend connect failed; trying the next node");
-                    if let Some(t) = rt.states[id].record(false, health.rise, health.fall) {
-                        shared.note_transition(name, t);
+                    if let Some(t) = backend.state.record(false, health.rise, health.fall) {
+                        note_transition(&shared.metrics, name, t);
                     }
                 }
             }
@@ -129,7 +132,7 @@ impl Upstream {
         let (shared, rt) = (at.shared, at.rt);
         up.send(header).await?;
         let deadline = at.started + rt.config.limits.negotiation_timeout;
-        let name = &rt.names[up.id];
+        let name = rt.backends.name(up.id);
         let (node_header, features) =
             read_preamble(&mut up.stream, deadline).await.map_err(|e| {
                 tracing::warn!(backend = %name, error = %e, "backend preamble unusable");
@@ -186,7 +189,7 @@ impl Upstream {
 
     /// Authentication is over: the admission slot goes to the next login; the stream, its
     /// namespaces and the load count go to the relay.
-    pub(crate) fn into_relay(self) -> (Framed<BackendStream>, NsContext, ActiveGuard, usize) {
+    pub(crate) fn into_relay(self) -> (Framed<BackendStream>, NsContext, ActiveGuard, BackendId) {
         let guard = self.guard.expect("an upstream in use holds its guard");
         (self.stream, self.ns, guard, self.id)
     }
@@ -194,17 +197,18 @@ impl Upstream {
 
 /// The admission slot of node `id` for one login (it waits in the node's queue under a login
 /// storm); a refusal becomes the client's stream error.
-async fn admit_on(at: &At<'_>, id: usize) -> Result<Permit, Failure> {
+async fn admit_on(at: &At<'_>, id: BackendId) -> Result<Permit, Failure> {
     let (shared, rt) = (at.shared, at.rt);
-    match rt.states[id].admission.admit().await {
+    let backend = &rt.backends[id];
+    match backend.state.admission.admit().await {
         Ok(p) => Ok(p),
         Err(refused) => {
             shared
                 .metrics
                 .admission_refused_total
-                .with_label_values(&[&rt.names[id]])
+                .with_label_values(&[&backend.name])
                 .inc();
-            tracing::warn!(backend = %rt.names[id], reason = %refused, "login refused by admission control");
+            tracing::warn!(backend = %backend.name, reason = %refused, "login refused by admission control");
             Err(match &rt.config.admission.overflow_redirect {
                 Some(other) => Failure::Refuse(
                     Condition::SeeOtherHost(other.clone()),

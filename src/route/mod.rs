@@ -1,5 +1,8 @@
-//! Choosing a backend: keys (`key`), the ring (`ring`, pure), and the pool that walks it (`pool`).
+//! Choosing a backend: keys (`key`), which key applies (`policy`), the ring (`ring`, pure), the
+//! pool that walks it (`pool`), fleet-wide resumption ids (`resume`), and the explanation of a
+//! choice for a person (`explain`).
 
+pub mod explain;
 pub mod key;
 pub mod policy;
 pub mod pool;

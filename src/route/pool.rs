@@ -6,21 +6,22 @@
 //! hashing with bounded loads, as HAProxy's `hash-balance-factor`. Only when no node qualifies
 //! are the others tried, in ring order: trying a node that may be down beats refusing a login.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rand::seq::SliceRandom;
 
-use crate::backend::state::{ActiveGuard, BackendState};
+use crate::backend::record::{BackendId, Backends};
+use crate::backend::state::ActiveGuard;
 use crate::route::policy::Placement;
 use crate::route::ring::Ring;
 
 /// One domain's backends.
 pub struct DomainPool {
-    /// Indices (into the runtime's backend list) of this domain's backends.
-    members: Vec<usize>,
+    /// This domain's backends; ring index `i` is `members[i]`.
+    members: Vec<BackendId>,
     /// Weight of each member (same order).
     weights: Vec<u32>,
-    /// The ring over the members; ring index `i` is `members[i]`.
+    /// The ring over the members.
     ring: Ring,
     /// Bounded-load factor, if enabled.
     balance_factor: Option<f64>,
@@ -29,19 +30,18 @@ pub struct DomainPool {
 }
 
 impl DomainPool {
-    /// A pool over `members` (indices into `names`/`weights` of the whole backend list).
+    /// A pool over `members` of `backends`, placed by their names and weights.
     pub fn new(
-        members: Vec<usize>,
-        names: &[String],
-        weights: &[u32],
+        members: Vec<BackendId>,
+        backends: &Backends,
         balance_factor: Option<f64>,
     ) -> DomainPool {
         let spec: Vec<(String, u32)> = members
             .iter()
-            .map(|&i| (names[i].clone(), weights[i]))
+            .map(|&id| (backends[id].name.clone(), backends[id].weight))
             .collect();
         DomainPool {
-            weights: members.iter().map(|&i| weights[i]).collect(),
+            weights: members.iter().map(|&id| backends[id].weight).collect(),
             ring: Ring::new(&spec),
             members,
             balance_factor,
@@ -49,8 +49,8 @@ impl DomainPool {
         }
     }
 
-    /// The member indices.
-    pub fn members(&self) -> &[usize] {
+    /// The members, in configuration order.
+    pub fn members(&self) -> &[BackendId] {
         &self.members
     }
 
@@ -59,19 +59,19 @@ impl DomainPool {
         self.balance_factor
     }
 
-    /// Each member's share (0..=1) of this domain's ring, as (backend index, share): the
-    /// fraction of the domain's users it is home to while every node is up.
-    pub fn ring_shares(&self) -> Vec<(usize, f64)> {
+    /// Each member's share (0..=1) of this domain's ring: the fraction of the domain's users
+    /// it is home to while every node is up.
+    pub fn ring_shares(&self) -> Vec<(BackendId, f64)> {
         self.members
             .iter()
             .zip(self.ring.shares())
-            .map(|(&i, &share)| (i, share))
+            .map(|(&id, &share)| (id, share))
             .collect()
     }
 
-    /// The pure ring order for `key` (backend indices), ignoring health and load: where a key
-    /// lives when everything is up.
-    pub fn ring_order(&self, key: &str) -> Vec<usize> {
+    /// The pure ring order for `key`, ignoring health and load: where a key lives when
+    /// everything is up.
+    pub fn ring_order(&self, key: &str) -> Vec<BackendId> {
         self.ring
             .preference(key)
             .into_iter()
@@ -82,26 +82,21 @@ impl DomainPool {
     /// Every candidate in the order they would be tried now: nodes accepting logins first
     /// (under the load bound first of all), then unhealthy ones as a last resort; draining
     /// nodes never (a pin still names its node: pinned devices never move).
-    pub fn order(
-        &self,
-        placement: &Placement,
-        states: &[Arc<BackendState>],
-        names: &[String],
-    ) -> Vec<usize> {
-        let base: Vec<usize> = match placement {
+    pub fn order(&self, placement: &Placement, backends: &Backends) -> Vec<BackendId> {
+        let base: Vec<BackendId> = match placement {
             Placement::Resume { node, otherwise } => {
                 // The session's node first, even if it is draining (its sessions may finish
                 // there) or over the load bound; not when it is known to be down, and not if
                 // it no longer serves this domain: the session is gone with it.
-                let mut order = self.order(otherwise, states, names);
-                if let Some(i) = self
+                let mut order = self.order(otherwise, backends);
+                if let Some(id) = self
                     .members
                     .iter()
                     .copied()
-                    .find(|&i| names[i] == *node && states[i].is_healthy())
+                    .find(|&id| backends[id].name == *node && backends[id].state.is_healthy())
                 {
-                    order.retain(|&j| j != i);
-                    order.insert(0, i);
+                    order.retain(|&j| j != id);
+                    order.insert(0, id);
                 }
                 return order;
             }
@@ -113,7 +108,7 @@ impl DomainPool {
                     .members
                     .iter()
                     .copied()
-                    .filter(|&i| names[i] == *name)
+                    .filter(|&id| backends[id].name == *name)
                     .collect();
             }
             Placement::Ring(key) => self.ring_order(key),
@@ -125,12 +120,12 @@ impl DomainPool {
         };
         // Draining nodes take no new logins at all; unhealthy ones are a last resort (a check
         // may lag behind a node that just came back).
-        let (mut accepting, rest): (Vec<usize>, Vec<usize>) = base
+        let (mut accepting, rest): (Vec<BackendId>, Vec<BackendId>) = base
             .into_iter()
-            .filter(|&i| !states[i].is_draining())
-            .partition(|&i| states[i].accepts_logins());
+            .filter(|&id| !backends[id].state.is_draining())
+            .partition(|&id| backends[id].state.accepts_logins());
         if let Some(factor) = self.balance_factor
-            && let Some(pos) = self.first_under_bound(&accepting, states, factor)
+            && let Some(pos) = self.first_under_bound(&accepting, backends, factor)
         {
             let chosen = accepting.remove(pos);
             accepting.insert(0, chosen);
@@ -144,87 +139,66 @@ impl DomainPool {
     pub fn pick(
         &self,
         placement: &Placement,
-        states: &[Arc<BackendState>],
-        names: &[String],
-        excluded: &[usize],
-    ) -> Option<(usize, ActiveGuard)> {
+        backends: &Backends,
+        excluded: &[BackendId],
+    ) -> Option<(BackendId, ActiveGuard)> {
         let _serial = self.pick_lock.lock().expect("pick lock");
-        let idx = self
-            .order(placement, states, names)
+        let id = self
+            .order(placement, backends)
             .into_iter()
-            .find(|i| !excluded.contains(i))?;
-        Some((idx, states[idx].track()))
+            .find(|id| !excluded.contains(id))?;
+        Some((id, backends[id].state.track()))
     }
 
     /// Position in `candidates` (ring order) of the first node under its load bound:
     /// `factor × (total + 1) × weight / total weight`, rounded up, over accepting nodes.
     fn first_under_bound(
         &self,
-        candidates: &[usize],
-        states: &[Arc<BackendState>],
+        candidates: &[BackendId],
+        backends: &Backends,
         factor: f64,
     ) -> Option<usize> {
-        let weight_of = |i: usize| {
-            let pos = self.members.iter().position(|&m| m == i).unwrap_or(0);
+        let weight_of = |id: BackendId| {
+            let pos = self.members.iter().position(|&m| m == id).unwrap_or(0);
             f64::from(self.weights[pos])
         };
-        let total_weight: f64 = candidates.iter().map(|&i| weight_of(i)).sum();
+        let total_weight: f64 = candidates.iter().map(|&id| weight_of(id)).sum();
         if total_weight <= 0.0 {
             return None;
         }
-        let total_load: usize = candidates.iter().map(|&i| states[i].active()).sum();
-        candidates.iter().position(|&i| {
-            let bound = (factor * (total_load as f64 + 1.0) * weight_of(i) / total_weight).ceil();
-            (states[i].active() as f64) < bound
+        let active = |id: BackendId| backends[id].state.active();
+        let total_load: usize = candidates.iter().map(|&id| active(id)).sum();
+        candidates.iter().position(|&id| {
+            let bound = (factor * (total_load as f64 + 1.0) * weight_of(id) / total_weight).ceil();
+            (active(id) as f64) < bound
         })
     }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::backend::admission::AdmissionConfig;
-
-    /// Backend states for `n` nodes `node1..`, with no admission limits (also used by the
-    /// routing tests beside `route/mod.rs`).
-    pub(crate) fn states(n: usize) -> (Vec<Arc<BackendState>>, Vec<String>) {
-        let names: Vec<String> = (1..=n).map(|i| format!("node{i}")).collect();
-        let states = names
-            .iter()
-            .map(|n| {
-                BackendState::new(
-                    n,
-                    AdmissionConfig {
-                        max_negotiations: None,
-                        max_logins_per_second: None,
-                        queue: 1,
-                        queue_timeout: std::time::Duration::from_secs(1),
-                    },
-                )
-            })
-            .collect();
-        (states, names)
-    }
+    use crate::backend::record::tests::{backends, ids};
 
     #[test]
     fn unhealthy_and_draining_nodes_are_skipped_in_ring_order() {
-        let (states, names) = states(3);
-        let pool = DomainPool::new(vec![0, 1, 2], &names, &[1, 1, 1], None);
+        let b = backends(&[1, 1, 1]);
+        let pool = DomainPool::new(ids(&b), &b, None);
         let key = Placement::Ring("juliet@example.test".into());
         let ring = pool.ring_order("juliet@example.test");
-        assert_eq!(pool.order(&key, &states, &names), ring);
+        assert_eq!(pool.order(&key, &b), ring);
         for _ in 0..2 {
-            states[ring[0]].record(false, 2, 2);
+            b[ring[0]].state.record(false, 2, 2);
         }
-        let order = pool.order(&key, &states, &names);
+        let order = pool.order(&key, &b);
         assert_eq!(
             order,
             vec![ring[1], ring[2], ring[0]],
             "the dead home node is tried last"
         );
-        states[ring[1]].set_draining(true);
+        b[ring[1]].state.set_draining(true);
         assert_eq!(
-            pool.order(&key, &states, &names),
+            pool.order(&key, &b),
             vec![ring[2], ring[0]],
             "a draining node takes no new login"
         );
@@ -232,88 +206,79 @@ pub(crate) mod tests {
 
     #[test]
     fn bounded_load_caps_every_node_under_a_skewed_key_set() {
-        let (states, names) = states(3);
-        let pool = DomainPool::new(vec![0, 1, 2], &names, &[1, 1, 1], Some(1.25));
+        let b = backends(&[1, 1, 1]);
+        let pool = DomainPool::new(ids(&b), &b, Some(1.25));
+        let active = || b.iter().map(|(_, n)| n.state.active()).collect::<Vec<_>>();
         // A skewed set: every key is the same user, so plain hashing would put all on one node.
         let mut guards = Vec::new();
         for n in 1..=300usize {
             let (_, g) = pool
-                .pick(
-                    &Placement::Ring("hot@example.test".into()),
-                    &states,
-                    &names,
-                    &[],
-                )
+                .pick(&Placement::Ring("hot@example.test".into()), &b, &[])
                 .unwrap();
             guards.push(g);
-            let max = states.iter().map(|s| s.active()).max().unwrap() as f64;
+            let max = *active().iter().max().unwrap() as f64;
             let avg = n as f64 / 3.0;
             assert!(
                 max <= (1.25 * avg).ceil() + 1.0,
                 "after {n}: max {max} > 1.25 × avg {avg}"
             );
         }
-        let loads: Vec<usize> = states.iter().map(|s| s.active()).collect();
+        let loads = active();
         assert!(loads.iter().all(|&l| l <= 125), "{loads:?}");
         drop(guards);
-        assert!(states.iter().all(|s| s.active() == 0));
+        assert!(active().iter().all(|&l| l == 0));
     }
 
     #[test]
     fn pins_are_strict_and_random_covers_members() {
-        let (states, names) = states(3);
-        let pool = DomainPool::new(vec![1, 2], &names, &[1, 1, 1], None);
+        let b = backends(&[1, 1, 1]);
+        let all = ids(&b);
+        let pool = DomainPool::new(all[1..].to_vec(), &b, None);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..64 {
-            seen.insert(pool.order(&Placement::Random, &states, &names)[0]);
+            seen.insert(pool.order(&Placement::Random, &b)[0]);
         }
-        assert_eq!(seen, [1usize, 2].into_iter().collect());
+        assert_eq!(seen, all[1..].iter().copied().collect());
         for _ in 0..2 {
-            states[1].record(false, 2, 2);
+            b[all[1]].state.record(false, 2, 2);
         }
         assert_eq!(
-            pool.order(&Placement::Pinned("node2".into()), &states, &names),
-            vec![1]
+            pool.order(&Placement::Pinned("node2".into()), &b),
+            vec![all[1]]
         );
         // A node outside the domain is never a target, even by name (a resumed session whose
         // node has left the domain must not be sent there).
         assert_eq!(
-            pool.order(&Placement::Pinned("node1".into()), &states, &names),
-            Vec::<usize>::new()
+            pool.order(&Placement::Pinned("node1".into()), &b),
+            Vec::<BackendId>::new()
         );
     }
 
     #[test]
     fn a_resume_goes_to_the_sessions_node_first_even_draining_unless_down() {
-        let (states, names) = states(3);
-        let pool = DomainPool::new(vec![0, 1, 2], &names, &[1, 1, 1], Some(1.25));
+        let b = backends(&[1, 1, 1]);
+        let pool = DomainPool::new(ids(&b), &b, Some(1.25));
         let key = "juliet@example.test";
         let ring = pool.ring_order(key);
         let holder = ring[2];
         let resume = Placement::Resume {
-            node: names[holder].clone(),
+            node: b[holder].name.clone(),
             otherwise: Box::new(Placement::Ring(key.into())),
         };
-        assert_eq!(
-            pool.order(&resume, &states, &names),
-            vec![holder, ring[0], ring[1]]
-        );
+        assert_eq!(pool.order(&resume, &b), vec![holder, ring[0], ring[1]]);
         // Draining: its sessions may still be resumed there.
-        states[holder].set_draining(true);
-        assert_eq!(
-            pool.order(&resume, &states, &names),
-            vec![holder, ring[0], ring[1]]
-        );
+        b[holder].state.set_draining(true);
+        assert_eq!(pool.order(&resume, &b), vec![holder, ring[0], ring[1]]);
         // Down: the session is gone with it; the policy's order alone.
         for _ in 0..2 {
-            states[holder].record(false, 2, 2);
+            b[holder].state.record(false, 2, 2);
         }
-        assert_eq!(pool.order(&resume, &states, &names), vec![ring[0], ring[1]]);
+        assert_eq!(pool.order(&resume, &b), vec![ring[0], ring[1]]);
         // A node this domain does not use (or no longer has): the policy's order.
         let gone = Placement::Resume {
             node: "node9".into(),
             otherwise: Box::new(Placement::Ring(key.into())),
         };
-        assert_eq!(pool.order(&gone, &states, &names), vec![ring[0], ring[1]]);
+        assert_eq!(pool.order(&gone, &b), vec![ring[0], ring[1]]);
     }
 }

@@ -81,18 +81,22 @@ fn a_pin_file_error_in_a_middle_table_names_that_table() {
     assert!(e.message.contains("missing field `backend`"), "{e:?}");
 }
 
-use super::pool::tests::states;
+use crate::backend::record::tests::{backends, ids};
 
 #[test]
 fn a_pool_reports_its_members_factor_and_weighted_shares() {
     use super::pool::DomainPool;
-    let (_, names) = states(3);
+    let b = backends(&[5, 1, 3]);
+    let all = ids(&b);
     // Members 1 and 2 of three backends, weighted 1 and 3: the domain's own slice of the list.
-    let pool = DomainPool::new(vec![1, 2], &names, &[5, 1, 3], Some(1.25));
-    assert_eq!(pool.members(), &[1, 2]);
+    let pool = DomainPool::new(all[1..].to_vec(), &b, Some(1.25));
+    assert_eq!(pool.members(), &all[1..]);
     assert_eq!(pool.balance_factor(), Some(1.25));
     let shares = pool.ring_shares();
-    assert_eq!(shares.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        shares.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        &all[1..]
+    );
     let total: f64 = shares.iter().map(|(_, s)| s).sum();
     assert!((total - 1.0).abs() < 1e-9, "{shares:?}");
     assert!(
@@ -109,14 +113,14 @@ fn a_pool_reports_its_members_factor_and_weighted_shares() {
 fn bounded_load_follows_each_members_weight() {
     use super::policy::Placement;
     use super::pool::DomainPool;
-    let (states, names) = states(3);
+    let b = backends(&[5, 1, 3]);
     // Members 1 (weight 1) and 2 (weight 3); member 0 of the list is not in the domain.
-    let pool = DomainPool::new(vec![1, 2], &names, &[5, 1, 3], Some(1.25));
+    let pool = DomainPool::new(ids(&b)[1..].to_vec(), &b, Some(1.25));
     let hot = Placement::Ring("hot@example.test".into());
     let guards: Vec<_> = (0..400)
-        .map(|_| pool.pick(&hot, &states, &names, &[]).unwrap().1)
+        .map(|_| pool.pick(&hot, &b, &[]).unwrap().1)
         .collect();
-    let loads: Vec<usize> = states.iter().map(|s| s.active()).collect();
+    let loads: Vec<usize> = b.iter().map(|(_, n)| n.state.active()).collect();
     assert_eq!(loads[0], 0, "{loads:?}");
     // The key's home (the weight-3 member) fills up to its own bound, ceil(1.25 × (total + 1)
     // × 3 / 4), about 375 of 400; the rest spill to the weight-1 member.

@@ -81,11 +81,12 @@ impl Proxy {
         let rt = Runtime::build(self.config.clone(), &StateRegistry::default()).expect("runtime");
         let key = xmpp_lb::route::key::normalize_bare_jid(jid).expect("valid JID");
         let domain = key.rsplit_once('@').expect("a domain").1;
-        rt.domains[domain]
+        rt.domain(domain)
+            .expect("a served domain")
             .pool
             .ring_order(&key)
             .into_iter()
-            .map(|i| rt.names[i].clone())
+            .map(|id| rt.backends().name(id).to_string())
             .collect()
     }
 

@@ -1,0 +1,67 @@
+//! Health: XMPP-level checks of every backend, and what a change of health does (a log line,
+//! a counter, a gauge). Passive results (a connect that failed for a client) are recorded by
+//! the connection path and reported here too, so both kinds of evidence tell one story.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::state::Transition;
+use crate::metrics::Metrics;
+use crate::runtime::Shared;
+
+/// Log and count a health transition of `backend`.
+pub fn note_transition(metrics: &Metrics, backend: &str, t: Transition) {
+    let (state, up) = match t {
+        Transition::Up => ("up", 1),
+        Transition::Down => ("down", 0),
+    };
+    tracing::warn!(backend, state, "backend health changed");
+    metrics
+        .health_transitions_total
+        .with_label_values(&[backend, state])
+        .inc();
+    metrics
+        .backend_healthy
+        .with_label_values(&[backend])
+        .set(up);
+}
+
+/// Check every backend at the XMPP level, forever (until `shutdown`): a stream header must
+/// get a header and features within the timeout. Results feed the rise/fall counters. Each
+/// round uses the runtime current at its start, so a reload takes effect at the next round.
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let rt = shared.runtime.load_full();
+        let checks = rt.backends().iter().map(|(id, backend)| {
+            let rt = rt.clone();
+            let shared = shared.clone();
+            let (name, address, state) =
+                (backend.name.clone(), backend.address, backend.state.clone());
+            async move {
+                // A backend is checked as a client of its first domain (it has a link there).
+                let Some(domain) = rt.domains_of(id).first().map(|d| d.to_string()) else {
+                    return;
+                };
+                let Some(link) = rt.link(&domain, id) else {
+                    return;
+                };
+                let health = &rt.config().health;
+                let ok = crate::backend::probe::probe(address, &link, &domain, health.timeout)
+                    .await
+                    .is_ok();
+                if let Some(t) = state.record(ok, health.rise, health.fall) {
+                    note_transition(&shared.metrics, &name, t);
+                }
+            }
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = futures_util::future::join_all(checks) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(rt.config().health.interval) => {}
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! What the whole process shares: the runtime new connections take (swapped on reload), the
+//! backend states that outlive it, the feature cache, the metrics and the shutdown signals.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{BuildError, Runtime, StateRegistry};
+use crate::config::Config;
+
+/// Process-wide state: the current runtime (swapped on reload) and what outlives it.
+pub struct Shared {
+    /// The runtime new connections take.
+    pub runtime: arc_swap::ArcSwap<Runtime>,
+    /// Backend states by name (survive reloads).
+    pub registry: StateRegistry,
+    /// Backend features shown to clients before routing.
+    pub features: crate::backend::probe::FeatureCache,
+    /// Every metric.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Cancelled when every relayed connection must leave (last phase of shutdown).
+    pub interrupt_all: CancellationToken,
+    /// Serializes reloads.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Connections accepted and not yet relaying (shutdown lets them finish first).
+    pub negotiating: AtomicUsize,
+    /// True while every listener is bound and accepting (not yet started, or shutting down:
+    /// false), for `/readyz`.
+    pub accepting: AtomicBool,
+}
+
+/// A reload that was refused; the running configuration is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not parse or validate.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The configuration could not be put into service.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Listeners were added, removed or changed: their sockets are bound once, at start.
+    #[error("listeners changed ({0}); restart the proxy to apply listener changes")]
+    Listeners(String),
+}
+
+impl Shared {
+    /// Shared state for a first configuration.
+    pub fn new(
+        config: Config,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Shared, BuildError> {
+        let registry = StateRegistry::default();
+        let runtime = Runtime::build(config, &registry)?;
+        runtime.apply_admission();
+        let shared = Shared {
+            runtime: arc_swap::ArcSwap::from_pointee(runtime),
+            registry,
+            features: crate::backend::probe::FeatureCache::new(),
+            metrics,
+            interrupt_all: CancellationToken::new(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            negotiating: AtomicUsize::new(0),
+            accepting: AtomicBool::new(false),
+        };
+        shared.publish_states();
+        Ok(shared)
+    }
+
+    /// Re-read the configuration file and swap it in if it is good. New connections use it;
+    /// established ones keep the runtime they started with. Listener addresses are not
+    /// re-bound: a changed `bind` needs a restart (logged).
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.runtime.load_full();
+        let result = Config::load(&current.config.source)
+            .map_err(ReloadError::from)
+            .and_then(|config| Runtime::build(config, &self.registry).map_err(ReloadError::from))
+            .and_then(|next| same_listeners(&current.config, &next.config).map(|()| next));
+        match result {
+            Ok(next) => {
+                let names = |rt: &Runtime| -> Vec<String> {
+                    rt.backends.iter().map(|(_, b)| b.name.clone()).collect()
+                };
+                let (now, before) = (names(&next), names(&current));
+                let removed: Vec<&String> = before.iter().filter(|n| !now.contains(n)).collect();
+                tracing::info!(backends = ?now, removed = ?removed, "configuration reloaded");
+                if next.config.log_format != current.config.log_format {
+                    // Logging is set up once, before anything else runs.
+                    tracing::warn!("log_format changed: it takes effect at the next restart");
+                }
+                next.apply_admission();
+                self.runtime.store(Arc::new(next));
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["ok"])
+                    .inc();
+                self.publish_states();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused; keeping the running one");
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["failed"])
+                    .inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Put every backend's health and drain state, and each domain's ring shares, into the
+    /// gauges.
+    fn publish_states(&self) {
+        let rt = self.runtime.load();
+        // Shares follow the configuration: a backend or domain removed by a reload must not
+        // keep its old share.
+        self.metrics.backend_ring_share.reset();
+        for (domain, route) in &rt.domains {
+            for &(id, share) in &route.ring_shares {
+                self.metrics
+                    .backend_ring_share
+                    .with_label_values(&[domain, rt.backends.name(id)])
+                    .set(share);
+            }
+        }
+        for (_, b) in rt.backends.iter() {
+            self.metrics
+                .backend_healthy
+                .with_label_values(&[&b.name])
+                .set(i64::from(b.state.is_healthy()));
+            self.metrics
+                .backend_draining
+                .with_label_values(&[&b.name])
+                .set(i64::from(b.state.is_draining()));
+        }
+    }
+}
+
+/// Whether `next` binds the same listeners as `current` (their sockets are bound once, at
+/// start); the difference otherwise.
+fn same_listeners(current: &Config, next: &Config) -> Result<(), ReloadError> {
+    let shape = |c: &Config| {
+        let mut v: Vec<String> = c
+            .listeners
+            .iter()
+            .map(|l| format!("{} {:?} {:?}", l.name, l.bind, l.tls))
+            .collect();
+        v.sort();
+        v
+    };
+    let (old, new) = (shape(current), shape(next));
+    if old == new {
+        return Ok(());
+    }
+    let diff: Vec<&String> = new
+        .iter()
+        .filter(|l| !old.contains(l))
+        .chain(old.iter().filter(|l| !new.contains(l)))
+        .collect();
+    Err(ReloadError::Listeners(format!("{diff:?}")))
+}
