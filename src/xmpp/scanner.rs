@@ -143,6 +143,12 @@ pub struct Scanner {
     /// The stream element's qualified name, kept so `</stream:stream>` can
     /// be matched after the header frame has left the caller's buffer.
     header_qname: Vec<u8>,
+    /// The qualified name of the stream this one restarts (empty on a new
+    /// connection). A peer that closes its stream where a restart is due
+    /// (right after SASL `<success/>`, before its new header) is ending the
+    /// connection, not sending bad XML: its `</stream:stream>` closes the old
+    /// stream, whose header has left the caller's buffer long ago.
+    restarts: Vec<u8>,
     decl_seen: bool,
     /// Set while the end tag being read closes the stream itself.
     closing_stream: bool,
@@ -225,6 +231,7 @@ impl Scanner {
             stack: Vec::new(),
             name_start: 0,
             header_qname: Vec::new(),
+            restarts: Vec::new(),
             decl_seen: false,
             closing_stream: false,
             ref_name: [0; 4],
@@ -245,11 +252,27 @@ impl Scanner {
         s
     }
 
+    /// A scanner for a stream that restarts one named `stream_qname` on
+    /// another scanner (the clear-text stream before STARTTLS's TLS): like
+    /// [`Scanner::new`], except that the peer may close the old stream
+    /// instead of opening the new one.
+    pub fn restarting(max_frame: usize, stream_qname: &[u8]) -> Self {
+        let mut s = Scanner::new(max_frame);
+        s.restarts = stream_qname.to_vec();
+        s
+    }
+
     /// Stream restart (after STARTTLS or SASL success): the peer sends a new
-    /// header, and nothing of the old stream carries over.
+    /// header, and nothing of the old stream carries over but its name, so
+    /// that a peer closing the old stream instead is framed as a
+    /// [`FrameKind::StreamEnd`] rather than refused as malformed.
     pub fn reset(&mut self) {
-        let max = self.max_frame;
-        *self = Scanner::new(max);
+        let restarts = if self.header_qname.is_empty() {
+            std::mem::take(&mut self.restarts)
+        } else {
+            std::mem::take(&mut self.header_qname)
+        };
+        *self = Scanner::restarting(self.max_frame, &restarts);
     }
 
     /// Limits can differ before and after authentication.
@@ -391,7 +414,10 @@ impl Scanner {
                 }
             }
             S::Lt => match b {
-                b'/' if header => return nwf("end tag before the stream header"),
+                // Only the close of a stream being restarted may come first.
+                b'/' if header && (self.restarts.is_empty() || self.decl_seen) => {
+                    return nwf("end tag before the stream header");
+                }
                 b'/' => self.state = S::EndNameStart,
                 b'!' if header => {
                     return Err(ScanError::Restricted(
@@ -520,7 +546,12 @@ impl Scanner {
                         }
                     }
                     None => {
-                        if self.header_qname.is_empty() || self.header_qname != name {
+                        let open = if header {
+                            &self.restarts
+                        } else {
+                            &self.header_qname
+                        };
+                        if open.is_empty() || open != name {
                             return nwf("end tag does not match the stream header");
                         }
                         self.closing_stream = true;
