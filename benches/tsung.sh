@@ -72,8 +72,10 @@ epmd -port "$p_epmd" -address 127.0.0.1 >"$work/epmd.log" 2>&1 </dev/null &
 pids+=($!)
 wait_port "$p_epmd"
 
-warmup_s=$(( (WARMUP + RATE - 1) / RATE + 1 ))
-login_s=$(( (LOGINS + RATE - 1) / RATE + 1 ))
+# tsung's arrivals are random (exponential gaps at RATE on average): each phase lasts half as
+# long again as its sessions need, and ends early when they have all started (maxnumber).
+warmup_s=$(( (3 * WARMUP / 2 + RATE - 1) / RATE + 1 ))
+login_s=$(( (3 * LOGINS / 2 + RATE - 1) / RATE + 1 ))
 sed -e "s|@USERS@|$accounts|g" -e "s|@ACCOUNTS@|$accounts|g" -e "s|@DOMAIN@|$domain|g" \
     -e "s|@RATE@|$RATE|g" -e "s|@WARMUP@|$WARMUP|g" -e "s|@WARMUP_S@|$warmup_s|g" \
     -e "s|@LOGINS@|$LOGINS|g" -e "s|@LOGIN_S@|$login_s|g" -e "s|@P_LB@|$p_lb|g" \
