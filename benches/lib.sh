@@ -4,27 +4,33 @@
 # measures the same servers set up the same way.
 #
 # The sourcing script sets `bench` (its name, for messages) and `work` (its work directory)
-# first; it appends every pid it starts itself to `pids`. Sourcing installs the EXIT trap that
-# stops them.
+# first; it appends every pid it starts itself to `pids`, and the id of every process group
+# it starts with setsid (a program that forks helpers of its own) to `groups`. Sourcing installs
+# the EXIT trap that stops them.
 
 pids=()        # every process to stop on exit, by pid
+groups=()      # process groups to stop on exit, by their leader's pid
 node_pids=()   # the Prosody nodes among them
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { echo "$bench: $*" >&2; exit 1; }
 
-# Stop every process in `pids`: TERM, up to 5 s, then KILL; never by name.
+# Stop every process in `pids` and every group in `groups`: TERM, up to 5 s, then KILL; by
+# id, never by name.
 stop_pids() {
   local pid alive
+  for pid in "${groups[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for _ in $(seq 50); do
     alive=0
+    for pid in "${groups[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
     [ $alive -eq 0 ] && break
     sleep 0.1
   done
+  for pid in "${groups[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}" "${groups[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 trap stop_pids EXIT
 trap 'exit 130' INT TERM

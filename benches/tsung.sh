@@ -83,11 +83,12 @@ sed -e "s|@USERS@|$accounts|g" -e "s|@ACCOUNTS@|$accounts|g" -e "s|@DOMAIN@|$dom
     benches/tsung.xml.in > "$work/tsung.xml"
 
 say "tsung $(dpkg-query -W -f='${Version}' tsung 2>/dev/null || echo '?'): $WARMUP warm-up sessions, then $LOGINS logins at $RATE/s over the three paths"
-# -n: no web GUI (it would listen on a fixed port); HOME: tsung writes ~/.tsung.
-HOME=$work/home ERL_EPMD_PORT=$p_epmd timeout $(( warmup_s + login_s + 120 )) \
+# -n: no web GUI (it would listen on a fixed port); HOME: tsung writes ~/.tsung. tsung is a
+# shell script that runs an Erlang VM: both go in a process group of their own, stopped as one.
+HOME=$work/home ERL_EPMD_PORT=$p_epmd setsid timeout $(( warmup_s + login_s + 120 )) \
   tsung -n -f "$work/tsung.xml" -l "$work/tsung" start </dev/null >"$work/tsung.out" 2>&1 &
 tsung_pid=$!
-pids+=($tsung_pid)
+groups+=($tsung_pid)
 wait $tsung_pid || die "tsung failed: $(tail -5 "$work/tsung.out")"
 logdir=$(find "$work/tsung" -mindepth 1 -maxdepth 1 -type d | head -1)
 [ -f "$logdir/tsung-fullstats.log" ] || die "tsung wrote no fullstats log: $(tail -5 "$work/tsung.out")"
