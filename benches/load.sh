@@ -34,36 +34,16 @@ domain=example.test
 password=password
 
 work=$root/target/load-bench
-pids=()
-node_pids=()
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
-die() { echo "load.sh: $*" >&2; exit 1; }
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 50); do
-    local alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive -eq 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench=load.sh
+# shellcheck source=benches/lib.sh
+source "$root/benches/lib.sh"
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- prerequisites ------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -ge $((2 * IDLE + 1000)) ] || die "open-file limit $(ulimit -n) too low for IDLE=$IDLE"
-sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! command -v haproxy >/dev/null; then
-  say "installing haproxy (Debian package)"
-  sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null
-fi
+need_packages haproxy
 for tool in prosody openssl python3 haproxy; do
   command -v $tool >/dev/null || die "$tool is missing (bash scripts/install-deps.sh installs prosody and openssl)"
 done
@@ -78,29 +58,14 @@ p_lb_starttls=$((BASE_PORT + 222))
 p_lb_direct=$((BASE_PORT + 223))
 p_lb_metrics=$((BASE_PORT + 464))
 p_haproxy=$((BASE_PORT + 224))
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in $p_node $((p_node + 1)) $((p_node + 2)) $p_lb_starttls $p_lb_direct $p_lb_metrics $p_haproxy; do
   port_open $p && die "port $p is already in use (set BASE_PORT)"
 done
-wait_port() {
-  for _ in $(seq 200); do port_open "$1" && return 0; sleep 0.1; done
-  die "port $1 never opened"
-}
-
 rm -rf "$work"
 mkdir -p "$work/certs" "$work/results"
 
 say "test CA and certificate for $domain"
-(cd "$work/certs"
- openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-   -subj "/CN=xmpp-lb load CA" -keyout ca.key -out ca.pem 2>/dev/null
- openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$domain" \
-   -keyout leaf.key -out leaf.csr 2>/dev/null
- printf 'subjectAltName=DNS:%s\n' "$domain" > san.ext
- openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
-   -extfile san.ext -out leaf.pem 2>/dev/null
- cat leaf.pem ca.pem > chain.pem
- cat leaf.pem ca.pem leaf.key > haproxy.pem)
+make_certs "$work/certs" "$domain"
 ca=$work/certs/ca.pem
 
 # ---- three Prosody nodes ------------------------------------------------------------------
@@ -108,82 +73,14 @@ max_users=$(( USERS > IDLE ? USERS : IDLE ))
 max_users=$(( max_users > PAIRS ? max_users : PAIRS ))
 say "three Prosody nodes on 127.0.0.1:$p_node-$((p_node + 2)), $max_users accounts each"
 for n in 1 2 3; do
-  dir=$work/node$n
-  accounts=$dir/data/example%2etest/accounts
-  mkdir -p "$accounts"
-  # Accounts in Prosody's internal_plain storage: one file per user, written before start.
-  for ((i = 1; i <= max_users; i++)); do
-    printf 'return {\n\t["password"] = "%s";\n};\n' "$password" > "$accounts/user$i.dat"
-  done
-  cat > "$dir/prosody.cfg.lua" <<LUA
--- Load-bench node $n: plain c2s on loopback (TLS ends at the proxy in front of it).
-run_as_root = true
-pidfile = "$dir/prosody.pid"
-data_path = "$dir/data"
-log = { { levels = { min = "warn" }, to = "file", filename = "$dir/prosody.log" } }
-c2s_interfaces = { "127.0.0.1" }
-c2s_ports = { $((p_node + n - 1)) }
-c2s_direct_tls_ports = { }
-legacy_ssl_ports = { }
-s2s_ports = { }
-s2s_direct_tls_ports = { }
-component_ports = { }
-http_ports = { }
-https_ports = { }
-modules_disabled = { "s2s" }
-modules_enabled = { "roster"; "saslauth"; "disco"; "ping" }
-authentication = "internal_plain"
-storage = "internal"
-c2s_require_encryption = false
-allow_unencrypted_plain_auth = true
-network_settings = { nagle = false; tcp_backlog = 1024 }
-VirtualHost "$domain"
-LUA
-  prosody --config "$dir/prosody.cfg.lua" -F >"$dir/stdout.log" 2>&1 </dev/null &
-  pids+=($!)
-  node_pids+=($!)
+  start_prosody "$work/node$n" $((p_node + n - 1)) "$domain" "$max_users" "$password"
 done
 for n in 1 2 3; do wait_port $((p_node + n - 1)); done
 
 # ---- the two proxies ----------------------------------------------------------------------
 say "xmpp-lb: STARTTLS :$p_lb_starttls, direct TLS :$p_lb_direct"
-cat > "$work/xmpp-lb.toml" <<TOML
-[[listener]]
-name = "starttls"
-bind = ["127.0.0.1:$p_lb_starttls"]
-tls = "starttls"
-cert = "certs/chain.pem"
-key = "certs/leaf.key"
-
-[[listener]]
-name = "direct"
-bind = ["127.0.0.1:$p_lb_direct"]
-tls = "direct"
-cert = "certs/chain.pem"
-key = "certs/leaf.key"
-
-[routing]
-key = "jid"
-domains = ["$domain"]
-
-[[backend]]
-name = "node1"
-address = "127.0.0.1:$p_node"
-
-[[backend]]
-name = "node2"
-address = "127.0.0.1:$((p_node + 1))"
-
-[[backend]]
-name = "node3"
-address = "127.0.0.1:$((p_node + 2))"
-
-[metrics]
-bind = "127.0.0.1:$p_lb_metrics"
-
-[limits]
-max_connections = $((IDLE + 2000))
-TOML
+write_lb_config "$work/xmpp-lb.toml" "$domain" certs "$p_lb_starttls" "$p_lb_direct" "$p_lb_metrics" \
+  $((IDLE + 2000)) "$p_node" $((p_node + 1)) $((p_node + 2))
 "$lb_bin" check --config "$work/xmpp-lb.toml" >/dev/null
 "$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
 lb_pid=$!
@@ -191,31 +88,8 @@ pids+=($lb_pid)
 
 say "HAProxy $(haproxy -v | head -1 | awk '{print $3}'): direct TLS :$p_haproxy, balance source over the nodes"
 # Two file descriptors per connection; the hard limit of the machine bounds maxconn.
-hmax=$(( IDLE + 2000 ))
-cat > "$work/haproxy.cfg" <<CFG
-global
-    maxconn $hmax
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-    mode tcp
-    maxconn $hmax
-    timeout connect 3s
-    timeout client 1h
-    timeout server 1h
-frontend xmpp_direct_tls
-    bind 127.0.0.1:$p_haproxy ssl crt $work/certs/haproxy.pem alpn xmpp-client
-    default_backend prosody
-backend prosody
-    balance source
-    hash-type consistent
-    server node1 127.0.0.1:$p_node
-    server node2 127.0.0.1:$((p_node + 1))
-    server node3 127.0.0.1:$((p_node + 2))
-CFG
-haproxy -c -q -f "$work/haproxy.cfg"
-haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 </dev/null &
-ha_pid=$!
-pids+=($ha_pid)
+start_haproxy "$work" "$p_haproxy" "$work/certs/haproxy.pem" $(( IDLE + 2000 )) \
+  "$p_node" $((p_node + 1)) $((p_node + 2))
 for p in $p_lb_starttls $p_lb_direct $p_haproxy; do wait_port $p; done
 
 # ---- measuring ----------------------------------------------------------------------------

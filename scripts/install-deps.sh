@@ -2,7 +2,8 @@
 # Install what the demo and the tests need on a Debian machine: Prosody with its community
 # modules, and ejabberd (the real XMPP servers the tests run), HAProxy (a real front balancer speaking the PROXY protocol),
 # Prometheus and promtool (the tests scrape the proxy with a real server and lint its
-# exposition), openssl (demo certificates), curl, and slixmpp (the real XMPP client).
+# exposition), tsung (an independent XMPP load tester, for benches/tsung.sh and its bounded
+# test), openssl (demo certificates), curl, and slixmpp (the real XMPP client).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ command -v prosody >/dev/null || missing+=(prosody)
 # ejabberdctl and haproxy live in /usr/sbin, which a non-root PATH may lack.
 { command -v ejabberdctl >/dev/null || [ -x /usr/sbin/ejabberdctl ]; } || missing+=(ejabberd)
 { command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ]; } || missing+=(haproxy)
+command -v tsung >/dev/null || missing+=(tsung)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 # promtool ships in the same package as the server.

@@ -64,6 +64,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         }
     }
 
+    /// Wrap a transport over which a stream named `stream_qname` restarts (TLS after
+    /// STARTTLS): a header comes next, or the old stream's close.
+    pub fn restarting(io: S, max_frame: usize, stream_qname: &[u8]) -> Self {
+        Framed {
+            io,
+            buf: BytesMut::new(),
+            scanner: Scanner::restarting(max_frame, stream_qname),
+        }
+    }
+
     /// Change the frame size bound (e.g. the header bound, then the element bound).
     pub fn set_max_frame(&mut self, n: usize) {
         self.scanner.set_max_frame(n);

@@ -45,10 +45,14 @@ pub(crate) async fn hello<C: ElementTransport>(
     client: &mut C,
     deadline: Instant,
 ) -> Result<Hello, Failure> {
-    let (_, bytes) = client
+    let (kind, bytes) = client
         .next_frame(deadline)
         .await
         .map_err(client_frame_failure)?;
+    if kind == FrameKind::StreamEnd {
+        // Over TLS after STARTTLS, the client closed its clear-text stream instead.
+        return Err(Failure::ClientClosedStream);
+    }
     let (header, domain) = check_header(config, &bytes)?;
     Ok(Hello {
         header,

@@ -80,8 +80,9 @@ pub(crate) async fn accept(
         );
     }
 
-    let prefixed = if direct {
-        Prefixed::new(tcp, Default::default())
+    // After STARTTLS: the name of the clear-text stream, which the client may close over TLS.
+    let (prefixed, restarts) = if direct {
+        (Prefixed::new(tcp, Default::default()), None)
     } else {
         let mut plain = ClientStream::new(tcp, limits.max_header_bytes);
         let hello = match capture::hello(&rt.config, &mut plain, deadline).await {
@@ -105,7 +106,11 @@ pub(crate) async fn accept(
         } else {
             read_ahead
         };
-        Prefixed::new(tcp, read_ahead)
+        let qname = match hello.header.stream_prefix.as_str() {
+            "" => "stream".to_string(),
+            prefix => format!("{prefix}:stream"),
+        };
+        (Prefixed::new(tcp, read_ahead), Some(qname))
     };
 
     let acceptor = rt
@@ -138,7 +143,10 @@ pub(crate) async fn accept(
         tls_version: session.protocol_version().and_then(|v| v.as_str()),
     };
     Ok(Accepted {
-        client: ClientStream::new(tls, limits.max_header_bytes),
+        client: match restarts {
+            Some(qname) => ClientStream::restarting(tls, limits.max_header_bytes, qname.as_bytes()),
+            None => ClientStream::new(tls, limits.max_header_bytes),
+        },
         origin,
     })
 }

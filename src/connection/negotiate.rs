@@ -406,6 +406,12 @@ impl Negotiation<'_> {
         trace: &mut Trace,
     ) -> Result<Option<Upstream>, Failure> {
         match (&mut self.phase, kind) {
+            // The client closed its stream where a restart was due: the node's stream has
+            // restarted too and has nothing open to close; the proxy answers the close.
+            (
+                Phase::Restarting { restart: None } | Phase::AwaitingFirst { restart: None },
+                FrameKind::StreamEnd,
+            ) => return Err(Failure::ClientClosedStream),
             (Phase::AwaitingFirst { restart }, FrameKind::Element) => {
                 let restart = restart.take();
                 return Ok(self.first_after_auth(up, bytes, restart, trace).await);

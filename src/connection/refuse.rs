@@ -14,7 +14,8 @@ use crate::xmpp::stream_error::{Condition, render};
 pub(crate) enum Failure {
     /// Tell the client with a stream error, then close.
     Refuse(Condition, String),
-    /// The client closed its stream (`</stream:stream>`) before routing: close ours too.
+    /// The client closed its stream (`</stream:stream>`) where the proxy speaks for the
+    /// server (before routing, or where a stream restart was due): close ours too.
     ClientClosedStream,
     /// The transport is gone or broken: close without a word.
     Quiet(&'static str),
@@ -69,8 +70,11 @@ pub(crate) async fn refuse<C: ElementTransport>(
         Failure::ClientClosedStream => b"</stream:stream>".to_vec(),
         Failure::Quiet(_) | Failure::Reject(..) => Vec::new(),
     };
+    // A close answers the stream the client closed, whose header it had: never a new stream's
+    // header, even where a restart was due and the client closed instead of restarting.
+    let closing = matches!(failure, Failure::ClientClosedStream);
     if !words.is_empty() {
-        let _unsent = if client.is_open() {
+        let _unsent = if client.is_open() || closing {
             client.send(&words).await
         } else {
             client.open(domain, &words).await

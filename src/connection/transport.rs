@@ -64,6 +64,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
         }
     }
 
+    /// A client whose stream named `stream_qname` restarts over `io` (TLS after STARTTLS):
+    /// its next bytes are a new header, or the old stream's close.
+    pub(crate) fn restarting(io: S, max_frame: usize, stream_qname: &[u8]) -> Self {
+        ClientStream {
+            framed: Framed::restarting(io, max_frame, stream_qname),
+            open: false,
+        }
+    }
+
     /// Give up framing: the socket and every byte read but not consumed (for the relay, or
     /// for the TLS handshake after `<proceed/>`).
     pub(crate) fn into_parts(self) -> (S, BytesMut) {

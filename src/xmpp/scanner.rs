@@ -11,11 +11,21 @@
 //! references other than the five predefined ones and character references.
 //! Doing this here, before anything is forwarded, means restricted XML never
 //! reaches a backend even when the proxy does not parse the element.
+//!
+//! This file is the framing state machine itself. Two pieces it leans on live beside it, each
+//! small enough to read and check on its own: the submodule `chars` holds XML's byte classes
+//! and qualified-name rules, and `reference` the sub-machine that reads entity and character
+//! references (the one construct inside text that must be read to its end to be judged).
 
 use thiserror::Error;
 
+mod chars;
+mod reference;
 #[cfg(test)]
 mod tests;
+
+use self::chars::{is_name_char, is_name_start, is_plain, is_qname, is_ws, local_part};
+use self::reference::{RefCtx, RefState, Reference};
 
 /// What a frame returned by [`Scanner::next`] contains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,13 +74,6 @@ enum Phase {
     Ended,
 }
 
-/// Where an entity reference returns to once its `;` is seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RefCtx {
-    Text,
-    Attr(u8),
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// At a frame boundary (or in leading whitespace before the header).
@@ -96,12 +99,8 @@ enum State {
     EndSpace,
     /// Character data; counts trailing `]` to catch a literal `]]>`.
     Text(u8),
-    RefStart(RefCtx),
-    RefName(RefCtx),
-    CharRefStart(RefCtx),
-    CharRefHexStart(RefCtx),
-    CharRefDec(RefCtx),
-    CharRefHex(RefCtx),
+    /// Inside an entity or character reference begun in text or an attribute value.
+    Ref(RefCtx, RefState),
     /// After `<!`, with how many bytes of `[CDATA[` matched so far.
     Bang(u8),
     CData,
@@ -122,9 +121,6 @@ const CDATA_OPEN: &[u8] = b"[CDATA[";
 /// dropped, cloned or compared recursively could overflow the stack. `Element::parse` scans
 /// every frame first, so this bound holds for every tree the proxy builds.
 pub const MAX_DEPTH: usize = 128;
-/// Leading zeros are legal in character references, but nothing sane needs
-/// more than this many digits; the bound keeps the accumulator simple.
-const MAX_CHAR_REF_DIGITS: u8 = 10;
 
 /// Resumable framer for one direction of one XMPP stream.
 #[derive(Debug, Clone)]
@@ -143,14 +139,17 @@ pub struct Scanner {
     /// The stream element's qualified name, kept so `</stream:stream>` can
     /// be matched after the header frame has left the caller's buffer.
     header_qname: Vec<u8>,
+    /// The qualified name of the stream this one restarts (empty on a new
+    /// connection). A peer that closes its stream where a restart is due
+    /// (right after SASL `<success/>`, before its new header) is ending the
+    /// connection, not sending bad XML: its `</stream:stream>` closes the old
+    /// stream, whose header has left the caller's buffer long ago.
+    restarts: Vec<u8>,
     decl_seen: bool,
     /// Set while the end tag being read closes the stream itself.
     closing_stream: bool,
-    /// Predefined entity names are at most 4 bytes; longer names are unknown.
-    ref_name: [u8; 4],
-    ref_len: usize,
-    ref_val: u32,
-    ref_digits: u8,
+    /// What the reference being read has accumulated.
+    reference: Reference,
     /// Errors are sticky: a stream that went bad stays bad.
     error: Option<ScanError>,
 }
@@ -161,51 +160,6 @@ enum Step {
     Emit(FrameKind),
     /// The frame (a whitespace run) ends before the current byte.
     EmitBefore(FrameKind),
-}
-
-fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
-/// Bytes with no meaning to the state machine inside character data,
-/// attribute values and CDATA sections (quotes excluded so attribute values
-/// end correctly).
-fn is_plain(b: u8) -> bool {
-    (b >= 0x20 || is_ws(b)) && !matches!(b, b'<' | b'>' | b'&' | b']' | b'\'' | b'"')
-}
-
-/// Non-ASCII bytes are accepted as name characters: deciding which Unicode
-/// characters are name characters needs decoding, which the full parse of an
-/// element does; framing only needs to know where names end.
-fn is_name_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b == b':' || b >= 0x80
-}
-
-fn is_name_char(b: u8) -> bool {
-    is_name_start(b) || b.is_ascii_digit() || b == b'-' || b == b'.'
-}
-
-/// XML 1.0 `Char` production, for character references.
-fn is_xml_char(c: u32) -> bool {
-    matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x1_0000..=0x10_FFFF)
-}
-
-/// A qualified name has at most one colon, with a non-empty part on each
-/// side; namespaces-in-XML makes anything else not well-formed.
-fn is_qname(name: &[u8]) -> bool {
-    let colons = name.iter().filter(|&&b| b == b':').count();
-    match colons {
-        0 => !name.is_empty(),
-        1 => name[0] != b':' && name[name.len() - 1] != b':',
-        _ => false,
-    }
-}
-
-fn local_part(name: &[u8]) -> &[u8] {
-    match name.iter().position(|&b| b == b':') {
-        Some(i) => &name[i + 1..],
-        None => name,
-    }
 }
 
 fn nwf(why: &'static str) -> Result<Step, ScanError> {
@@ -225,12 +179,10 @@ impl Scanner {
             stack: Vec::new(),
             name_start: 0,
             header_qname: Vec::new(),
+            restarts: Vec::new(),
             decl_seen: false,
             closing_stream: false,
-            ref_name: [0; 4],
-            ref_len: 0,
-            ref_val: 0,
-            ref_digits: 0,
+            reference: Reference::default(),
             error: None,
         }
     }
@@ -245,11 +197,27 @@ impl Scanner {
         s
     }
 
+    /// A scanner for a stream that restarts one named `stream_qname` on
+    /// another scanner (the clear-text stream before STARTTLS's TLS): like
+    /// [`Scanner::new`], except that the peer may close the old stream
+    /// instead of opening the new one.
+    pub fn restarting(max_frame: usize, stream_qname: &[u8]) -> Self {
+        let mut s = Scanner::new(max_frame);
+        s.restarts = stream_qname.to_vec();
+        s
+    }
+
     /// Stream restart (after STARTTLS or SASL success): the peer sends a new
-    /// header, and nothing of the old stream carries over.
+    /// header, and nothing of the old stream carries over but its name, so
+    /// that a peer closing the old stream instead is framed as a
+    /// [`FrameKind::StreamEnd`] rather than refused as malformed.
     pub fn reset(&mut self) {
-        let max = self.max_frame;
-        *self = Scanner::new(max);
+        let restarts = if self.header_qname.is_empty() {
+            std::mem::take(&mut self.restarts)
+        } else {
+            std::mem::take(&mut self.header_qname)
+        };
+        *self = Scanner::restarting(self.max_frame, &restarts);
     }
 
     /// Limits can differ before and after authentication.
@@ -391,7 +359,10 @@ impl Scanner {
                 }
             }
             S::Lt => match b {
-                b'/' if header => return nwf("end tag before the stream header"),
+                // Only the close of a stream being restarted may come first.
+                b'/' if header && (self.restarts.is_empty() || self.decl_seen) => {
+                    return nwf("end tag before the stream header");
+                }
                 b'/' => self.state = S::EndNameStart,
                 b'!' if header => {
                     return Err(ScanError::Restricted(
@@ -485,7 +456,7 @@ impl Scanner {
             S::AttrValue(q) => match b {
                 _ if b == q => self.state = S::AfterValue,
                 b'<' => return nwf("'<' in attribute value"),
-                b'&' => self.state = S::RefStart(RefCtx::Attr(q)),
+                b'&' => self.state = S::Ref(RefCtx::Attr(q), RefState::Start),
                 _ => {}
             },
             S::EmptySlash => {
@@ -520,7 +491,12 @@ impl Scanner {
                         }
                     }
                     None => {
-                        if self.header_qname.is_empty() || self.header_qname != name {
+                        let open = if header {
+                            &self.restarts
+                        } else {
+                            &self.header_qname
+                        };
+                        if open.is_empty() || open != name {
                             return nwf("end tag does not match the stream header");
                         }
                         self.closing_stream = true;
@@ -538,80 +514,12 @@ impl Scanner {
             },
             S::Text(brackets) => match b {
                 b'<' => self.state = S::Lt,
-                b'&' => self.state = S::RefStart(RefCtx::Text),
+                b'&' => self.state = S::Ref(RefCtx::Text, RefState::Start),
                 b']' => self.state = S::Text((brackets + 1).min(2)),
                 b'>' if brackets == 2 => return nwf("']]>' in character data"),
                 _ => self.state = S::Text(0),
             },
-            S::RefStart(ctx) => {
-                if b == b'#' {
-                    self.state = S::CharRefStart(ctx);
-                } else if is_name_start(b) {
-                    self.ref_name[0] = b;
-                    self.ref_len = 1;
-                    self.state = S::RefName(ctx);
-                } else {
-                    return nwf("malformed entity reference");
-                }
-            }
-            S::RefName(ctx) => {
-                if b == b';' {
-                    let known: &[&[u8]] = &[b"lt", b"gt", b"amp", b"apos", b"quot"];
-                    let name = &self.ref_name[..self.ref_len.min(4)];
-                    if self.ref_len > 4 || !known.contains(&name) {
-                        return Err(ScanError::Restricted("undeclared entity reference"));
-                    }
-                    self.end_ref(ctx);
-                } else if is_name_char(b) {
-                    if self.ref_len < 4 {
-                        self.ref_name[self.ref_len] = b;
-                    }
-                    self.ref_len = self.ref_len.saturating_add(1);
-                } else {
-                    return nwf("malformed entity reference");
-                }
-            }
-            S::CharRefStart(ctx) => {
-                if b == b'x' {
-                    self.state = S::CharRefHexStart(ctx);
-                } else if b.is_ascii_digit() {
-                    self.ref_val = u32::from(b - b'0');
-                    self.ref_digits = 1;
-                    self.state = S::CharRefDec(ctx);
-                } else {
-                    return nwf("malformed character reference");
-                }
-            }
-            S::CharRefHexStart(ctx) => match (b as char).to_digit(16) {
-                Some(d) => {
-                    self.ref_val = d;
-                    self.ref_digits = 1;
-                    self.state = S::CharRefHex(ctx);
-                }
-                None => return nwf("malformed character reference"),
-            },
-            S::CharRefDec(ctx) | S::CharRefHex(ctx) => {
-                let radix = if matches!(self.state, S::CharRefHex(_)) {
-                    16
-                } else {
-                    10
-                };
-                if b == b';' {
-                    if !is_xml_char(self.ref_val) {
-                        return nwf("character reference to an illegal character");
-                    }
-                    self.end_ref(ctx);
-                } else if let Some(d) = (b as char).to_digit(radix) {
-                    self.ref_digits += 1;
-                    if self.ref_digits > MAX_CHAR_REF_DIGITS {
-                        return nwf("character reference too long");
-                    }
-                    // Clamp just past the Unicode range so it stays invalid.
-                    self.ref_val = (self.ref_val * radix + d).min(0x11_0000);
-                } else {
-                    return nwf("malformed character reference");
-                }
-            }
+            S::Ref(ctx, at) => return self.step_reference(ctx, at, b),
             S::Bang(n) => {
                 if n == 0 && b == b'[' && self.stack.is_empty() {
                     return nwf("CDATA section outside an element");
@@ -665,12 +573,5 @@ impl Scanner {
             self.state = State::Text(0);
             Step::Continue
         }
-    }
-
-    fn end_ref(&mut self, ctx: RefCtx) {
-        self.state = match ctx {
-            RefCtx::Text => State::Text(0),
-            RefCtx::Attr(q) => State::AttrValue(q),
-        };
     }
 }

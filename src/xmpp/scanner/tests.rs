@@ -767,3 +767,93 @@ fn nesting_over_the_cap_is_refused_long_before_the_frame_limit() {
     let mut s = after_header(MAX);
     assert_eq!(s.next(wide.as_bytes()).unwrap().unwrap().len, wide.len());
 }
+
+#[test]
+fn closing_the_stream_where_a_restart_is_due_is_a_stream_end() {
+    // After SASL success a client may close its stream instead of restarting it.
+    for close in [&b"</stream:stream>"[..], b"\n </stream:stream \n>"] {
+        let mut s = after_header(MAX);
+        assert_eq!(s.next(AUTH).unwrap().unwrap().kind, FrameKind::Element);
+        s.reset();
+        assert!(s.expects_header());
+        check_prefixes(
+            || {
+                let mut s = after_header(MAX);
+                s.reset();
+                s
+            },
+            close,
+            FrameKind::StreamEnd,
+        );
+        assert_eq!(
+            s.next(close),
+            Ok(Some(Frame {
+                kind: FrameKind::StreamEnd,
+                len: close.len()
+            }))
+        );
+        assert!(s.stream_ended() && !s.expects_header());
+        assert_eq!(
+            s.next(b"\r\n").unwrap().unwrap().kind,
+            FrameKind::Whitespace
+        );
+        assert!(matches!(s.next(SLIXMPP), Err(ScanError::NotWellFormed(_))));
+    }
+    // Another prefix closes a stream opened with it; a restart after a restart still knows it.
+    let h = b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:client'>";
+    let mut s = Scanner::new(MAX);
+    assert_eq!(s.next(h).unwrap().unwrap().kind, FrameKind::Header);
+    s.reset();
+    s.reset();
+    assert_eq!(
+        s.next(b"</s:stream>").unwrap().unwrap().kind,
+        FrameKind::StreamEnd
+    );
+    // The restarted stream's own header is accepted as usual, and its close then matches it.
+    let mut s = after_header(MAX);
+    s.reset();
+    let mut data = h.to_vec();
+    data.extend_from_slice(b"</s:stream>");
+    let got = frames(s, &data).unwrap();
+    assert_eq!(got[1], (FrameKind::StreamEnd, b"</s:stream>".to_vec()));
+}
+
+#[test]
+fn a_stream_end_before_any_header_is_still_malformed() {
+    for (mut s, data) in [
+        // A new connection has no stream to close.
+        (Scanner::new(MAX), &b"</stream:stream>"[..]),
+        // The close must name the stream being restarted.
+        (restarted(), b"</s:stream>"),
+        (restarted(), b"</stream>"),
+        (restarted(), b"</a>"),
+        // An XML declaration starts a new document: nothing of the old one may follow.
+        (restarted(), b"<?xml version='1.0'?></stream:stream>"),
+    ] {
+        let got = first_error(s.clone(), data);
+        assert!(
+            matches!(got, ScanError::NotWellFormed(_)),
+            "{:?}: {got:?}",
+            String::from_utf8_lossy(data)
+        );
+        assert!(s.next(data).is_err());
+    }
+}
+
+#[test]
+fn a_scanner_restarting_a_named_stream_frames_its_close() {
+    let mut s = Scanner::restarting(MAX, b"stream:stream");
+    assert!(s.expects_header());
+    assert_eq!(
+        s.next(b"</stream:stream>").unwrap().unwrap().kind,
+        FrameKind::StreamEnd
+    );
+    let mut s = Scanner::restarting(MAX, b"stream:stream");
+    assert_eq!(s.next(SLIXMPP).unwrap().unwrap().kind, FrameKind::Header);
+}
+
+fn restarted() -> Scanner {
+    let mut s = after_header(MAX);
+    s.reset();
+    s
+}

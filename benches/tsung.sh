@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Logins measured by tsung, an independent XMPP load tester (Erlang/OTP's TLS client, Nagle on,
+# as many real clients), against one Prosody node by three paths in one tsung run, interleaved:
+#   xmpp-lb   xmpp-lb terminating direct TLS,
+#   haproxy   HAProxy terminating direct TLS (mode tcp),
+#   direct    the node itself, plain TCP (the lower bound).
+# Each login is one tsung transaction from the TCP connect (TLS handshake included) to the
+# bound resource: stream header, SASL PLAIN, stream restart, resource binding. A warm-up phase
+# first logs in and closes the stream right after SASL success, as tsung's warm-up sessions do.
+# Prints the login median and p99 per path side by side (from tsung's fullstats log) and the
+# ratios; writes them as JSON to $work/results.json.
+#
+#   bash benches/tsung.sh
+#   LOGINS=500 RATE=25 bash benches/tsung.sh    # the defaults
+#
+# Ports are free loopback ports the OS hands out. Needs tsung, prosody, haproxy, openssl and
+# python3 (Debian packages; scripts/install-deps.sh installs them). XMPP_LB_BIN runs a given
+# xmpp-lb binary instead of building the release one. Work files (configs, logs, tsung's logs)
+# go to $TSUNG_WORK, by default target/tsung-bench/, replaced on every run. Every process it
+# starts is stopped by pid on exit (tsung's Erlang port mapper included: it gets one of its own).
+# Exits non-zero if any login failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+LOGINS=${LOGINS:-500}     # measured logins, spread over the three paths
+RATE=${RATE:-25}          # new logins per second
+WARMUP=${WARMUP:-15}      # warm-up sessions (login, then close right after SASL success)
+domain=example.test
+work=${TSUNG_WORK:-$root/target/tsung-bench}
+bench=tsung.sh
+# shellcheck source=benches/lib.sh
+source "$root/benches/lib.sh"
+
+need_packages tsung prosody haproxy openssl python3
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ -n "${XMPP_LB_BIN:-}" ]; then
+  lb_bin=$XMPP_LB_BIN
+else
+  say "building xmpp-lb (release)"
+  cargo build --release --quiet --bin xmpp-lb
+  lb_bin=$root/target/release/xmpp-lb
+fi
+
+rm -rf "$work"
+mkdir -p "$work/tsung" "$work/home"
+p_node=$(free_port)
+p_lb=$(free_port)
+p_metrics=$(free_port)
+p_haproxy=$(free_port)
+p_epmd=$(free_port)
+accounts=$(( LOGINS + WARMUP ))
+
+say "test CA and certificate for $domain"
+make_certs "$work/certs" "$domain"
+
+say "one Prosody node on 127.0.0.1:$p_node, $accounts accounts"
+start_prosody "$work/node1" "$p_node" "$domain" "$accounts" "pw-user{i}"
+wait_port "$p_node"
+
+say "xmpp-lb: direct TLS :$p_lb; HAProxy: direct TLS :$p_haproxy"
+write_lb_config "$work/xmpp-lb.toml" "$domain" "$work/certs" "" "$p_lb" "$p_metrics" $(( accounts + 100 )) "$p_node"
+"$lb_bin" check --config "$work/xmpp-lb.toml" >/dev/null
+"$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
+pids+=($!)
+start_haproxy "$work" "$p_haproxy" "$work/certs/haproxy.pem" $(( accounts + 100 )) "$p_node"
+for p in $p_lb $p_haproxy $p_metrics; do wait_port "$p"; done
+
+# tsung's controller is an Erlang node: it registers with an Erlang port mapper, which would
+# otherwise start as a daemon of its own and outlive the run. This one is ours, stopped by pid.
+epmd -port "$p_epmd" -address 127.0.0.1 >"$work/epmd.log" 2>&1 </dev/null &
+pids+=($!)
+wait_port "$p_epmd"
+
+# tsung's arrivals are random (exponential gaps at RATE on average): each phase lasts half as
+# long again as its sessions need, and ends early when they have all started (maxnumber).
+warmup_s=$(( (3 * WARMUP / 2 + RATE - 1) / RATE + 1 ))
+login_s=$(( (3 * LOGINS / 2 + RATE - 1) / RATE + 1 ))
+sed -e "s|@USERS@|$accounts|g" -e "s|@ACCOUNTS@|$accounts|g" -e "s|@DOMAIN@|$domain|g" \
+    -e "s|@RATE@|$RATE|g" -e "s|@WARMUP@|$WARMUP|g" -e "s|@WARMUP_S@|$warmup_s|g" \
+    -e "s|@LOGINS@|$LOGINS|g" -e "s|@LOGIN_S@|$login_s|g" -e "s|@P_LB@|$p_lb|g" \
+    -e "s|@P_HAPROXY@|$p_haproxy|g" -e "s|@P_DIRECT@|$p_node|g" \
+    benches/tsung.xml.in > "$work/tsung.xml"
+
+say "tsung $(dpkg-query -W -f='${Version}' tsung 2>/dev/null || echo '?'): $WARMUP warm-up sessions, then $LOGINS logins at $RATE/s over the three paths"
+# -n: no web GUI (it would listen on a fixed port); HOME: tsung writes ~/.tsung. tsung is a
+# shell script that runs an Erlang VM: both go in a process group of their own, stopped as one.
+HOME=$work/home ERL_EPMD_PORT=$p_epmd setsid timeout $(( warmup_s + login_s + 120 )) \
+  tsung -n -f "$work/tsung.xml" -l "$work/tsung" start </dev/null >"$work/tsung.out" 2>&1 &
+tsung_pid=$!
+groups+=($tsung_pid)
+wait $tsung_pid || die "tsung failed: $(tail -5 "$work/tsung.out")"
+logdir=$(find "$work/tsung" -mindepth 1 -maxdepth 1 -type d | head -1)
+[ -f "$logdir/tsung-fullstats.log" ] || die "tsung wrote no fullstats log: $(tail -5 "$work/tsung.out")"
+
+stream_errors=$(python3 - "$p_metrics" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+print(int(sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+              if l.startswith("xmpp_lb_stream_errors_sent_total{"))))
+PY
+)
+
+say "results"
+echo "Machine: $(nproc) CPUs; load average at start $load_start, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+printf 'xmpp-lb %s%s; HAProxy %s; Prosody %s; tsung %s\n\n' "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
+  "$(git diff --quiet HEAD -- src 2>/dev/null || echo ' with uncommitted changes in src/')" \
+  "$(haproxy -v | awk 'NR == 1 {print $3}')" "$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?')" \
+  "$(dpkg-query -W -f='${Version}' tsung 2>/dev/null || echo '?')"
+python3 - "$logdir" "$LOGINS" "$RATE" "$stream_errors" "$work/results.json" <<'PY'
+import json, os, re, statistics, sys
+logdir, logins, rate, stream_errors, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+paths = {"xmpp-lb": "login_xmpp_lb", "haproxy": "login_haproxy", "direct": "login_direct"}
+samples = {p: [] for p in paths}
+warmups = 0
+for m in re.finditer(r"\{sample,tr_(\w+),([0-9.eE+-]+)\}", open(os.path.join(logdir, "tsung-fullstats.log")).read()):
+    for p, name in paths.items():
+        if m.group(1) == name:
+            samples[p].append(float(m.group(2)))
+    warmups += m.group(1).startswith("warmup_")
+# tsung.log's last dump holds the counters: errors, and sessions started and finished.
+errors, counts = {}, {}
+for line in open(os.path.join(logdir, "tsung.log")):
+    f = line.split()
+    if len(f) >= 4 and f[0] == "stats:" and f[1].startswith("error_"):
+        errors[f[1]] = int(f[3])
+    elif len(f) >= 4 and f[0] == "stats:" and f[1] in ("users_count", "finish_users_count"):
+        counts[f[1]] = int(f[3])
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q / 100 * len(xs) + 0.5) - 1))] if xs else float("nan")
+rows = {p: {"logins": len(xs), "median_ms": statistics.median(xs) if xs else float("nan"),
+            "p99_ms": pct(xs, 99), "max_ms": max(xs) if xs else float("nan")} for p, xs in samples.items()}
+ok = sum(r["logins"] for r in rows.values())
+# Every session tsung started (it may start one fewer than asked) ended its transaction.
+started = counts.get("users_count", 0)
+all_ok = started > 0 and warmups + ok == started == counts.get("finish_users_count") and not errors
+result = {"logins_asked": logins, "sessions_started": started, "warmups_ok": warmups,
+          "logins_ok": ok, "all_ok": all_ok, "rate_per_s": float(rate), "errors": errors,
+          "xmpp_lb_stream_errors": stream_errors, "paths": rows}
+json.dump(result, open(out, "w"), indent=1)
+print(f"{ok} logins at {rate}/s, one Prosody node, interleaved over the paths (tsung; direct TLS or plain TCP, SASL PLAIN, bind)\n")
+print("| path | logins ok | login median ms | p99 ms | max ms |")
+print("| --- | ---: | ---: | ---: | ---: |")
+for p in paths:
+    r = rows[p]
+    print(f"| {p} | {r['logins']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} |")
+def q(a, b):
+    return "-" if not (a == a and b == b) or b == 0 else f"{a / b:.2f}"
+print("\n| ratio | median | p99 |\n| --- | ---: | ---: |")
+for a, b in (("xmpp-lb", "haproxy"), ("xmpp-lb", "direct"), ("haproxy", "direct")):
+    print(f"| {a} / {b} | {q(rows[a]['median_ms'], rows[b]['median_ms'])} | {q(rows[a]['p99_ms'], rows[b]['p99_ms'])} |")
+print(f"\nsessions started {started}: {warmups} warm-ups and {ok} logins completed; tsung errors {errors or 'none'}; stream errors sent by xmpp-lb: {stream_errors}")
+sys.exit(0 if all_ok and stream_errors == 0 else 1)
+PY

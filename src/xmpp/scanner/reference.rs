@@ -1,0 +1,147 @@
+//! Entity and character references inside character data and attribute values.
+//!
+//! A sub-machine of its own because a reference is the one construct inside text that framing
+//! must read to its end rather than skip: RFC 6120 §11.1 allows only the five predefined
+//! entities and character references to legal characters, and a reference that is refused
+//! must be refused before anything is forwarded. It keeps a little state (the entity's name,
+//! the character's value) that the rest of the scanner never looks at.
+
+use super::chars::{is_name_char, is_name_start};
+use super::{ScanError, Scanner, State, Step, nwf};
+
+/// Where a reference returns to once its `;` is seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RefCtx {
+    Text,
+    /// An attribute value delimited by this quote.
+    Attr(u8),
+}
+
+/// How far into a reference the scanner is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RefState {
+    /// Just after `&`.
+    Start,
+    /// Inside an entity name.
+    Name,
+    /// Just after `&#`.
+    CharStart,
+    /// Just after `&#x`.
+    CharHexStart,
+    /// Inside a decimal character reference.
+    CharDec,
+    /// Inside a hexadecimal character reference.
+    CharHex,
+}
+
+/// What the reference being read has accumulated.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Reference {
+    /// Predefined entity names are at most 4 bytes; longer names are unknown.
+    name: [u8; 4],
+    /// The entity name's length, counted past the 4 bytes kept.
+    len: usize,
+    /// The character reference's value so far.
+    val: u32,
+    /// Digits of the character reference so far.
+    digits: u8,
+}
+
+/// Leading zeros are legal in character references, but nothing sane needs
+/// more than this many digits; the bound keeps the accumulator simple.
+const MAX_CHAR_REF_DIGITS: u8 = 10;
+
+/// The entities XML predefines; RFC 6120 allows no other.
+const PREDEFINED: &[&[u8]] = &[b"lt", b"gt", b"amp", b"apos", b"quot"];
+
+/// XML 1.0 `Char` production, for character references.
+fn is_xml_char(c: u32) -> bool {
+    matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x1_0000..=0x10_FFFF)
+}
+
+impl Scanner {
+    /// Byte `b` of a reference begun in `ctx`, now at stage `at`.
+    pub(super) fn step_reference(
+        &mut self,
+        ctx: RefCtx,
+        at: RefState,
+        b: u8,
+    ) -> Result<Step, ScanError> {
+        let r = &mut self.reference;
+        match at {
+            RefState::Start => {
+                if b == b'#' {
+                    self.state = State::Ref(ctx, RefState::CharStart);
+                } else if is_name_start(b) {
+                    r.name[0] = b;
+                    r.len = 1;
+                    self.state = State::Ref(ctx, RefState::Name);
+                } else {
+                    return nwf("malformed entity reference");
+                }
+            }
+            RefState::Name => {
+                if b == b';' {
+                    let name = &r.name[..r.len.min(4)];
+                    if r.len > 4 || !PREDEFINED.contains(&name) {
+                        return Err(ScanError::Restricted("undeclared entity reference"));
+                    }
+                    self.end_ref(ctx);
+                } else if is_name_char(b) {
+                    if r.len < 4 {
+                        r.name[r.len] = b;
+                    }
+                    r.len = r.len.saturating_add(1);
+                } else {
+                    return nwf("malformed entity reference");
+                }
+            }
+            RefState::CharStart => {
+                if b == b'x' {
+                    self.state = State::Ref(ctx, RefState::CharHexStart);
+                } else if b.is_ascii_digit() {
+                    r.val = u32::from(b - b'0');
+                    r.digits = 1;
+                    self.state = State::Ref(ctx, RefState::CharDec);
+                } else {
+                    return nwf("malformed character reference");
+                }
+            }
+            RefState::CharHexStart => match (b as char).to_digit(16) {
+                Some(d) => {
+                    r.val = d;
+                    r.digits = 1;
+                    self.state = State::Ref(ctx, RefState::CharHex);
+                }
+                None => return nwf("malformed character reference"),
+            },
+            RefState::CharDec | RefState::CharHex => {
+                let radix = if at == RefState::CharHex { 16 } else { 10 };
+                if b == b';' {
+                    if !is_xml_char(r.val) {
+                        return nwf("character reference to an illegal character");
+                    }
+                    self.end_ref(ctx);
+                } else if let Some(d) = (b as char).to_digit(radix) {
+                    r.digits += 1;
+                    if r.digits > MAX_CHAR_REF_DIGITS {
+                        return nwf("character reference too long");
+                    }
+                    // Clamp just past the Unicode range so it stays invalid.
+                    r.val = (r.val * radix + d).min(0x11_0000);
+                } else {
+                    return nwf("malformed character reference");
+                }
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// The reference ended with its `;`: back to where it began.
+    fn end_ref(&mut self, ctx: RefCtx) {
+        self.state = match ctx {
+            RefCtx::Text => State::Text(0),
+            RefCtx::Attr(q) => State::AttrValue(q),
+        };
+    }
+}
