@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::registry::StateRegistry;
-use super::{DomainRoute, Runtime};
+use super::snapshot::{DomainRoute, Runtime};
 use crate::backend::link::Link;
 use crate::backend::record::{Backend, BackendId, Backends};
 use crate::config::{BackendTls, Config, DomainConfig, parse_pin_file};

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::Runtime;
+use super::snapshot::Runtime;
 use crate::backend::admission::AdmissionConfig;
 use crate::backend::state::BackendState;
 use crate::config::{BackendConfig, Config};

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{BuildError, Runtime, StateRegistry};
+use super::build::BuildError;
+use super::registry::StateRegistry;
+use super::snapshot::Runtime;
 use crate::config::Config;
 
 /// Process-wide state: the current runtime (swapped on reload) and what outlives it.

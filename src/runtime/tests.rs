@@ -1,4 +1,7 @@
+use std::net::IpAddr;
+
 use super::*;
+use crate::config::Config;
 
 /// A runtime from `body` (listener and certificate added), or its build error.
 fn build(body: &str) -> Result<Runtime, String> {

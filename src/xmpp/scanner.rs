@@ -25,7 +25,7 @@ mod reference;
 mod tests;
 
 use self::chars::{is_name_char, is_name_start, is_plain, is_qname, is_ws, local_part};
-use self::reference::{RefCtx, RefState, Reference};
+use self::reference::{RefCtx, RefError, RefState, Reference};
 
 /// What a frame returned by [`Scanner::next`] contains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -519,7 +519,18 @@ impl Scanner {
                 b'>' if brackets == 2 => return nwf("']]>' in character data"),
                 _ => self.state = S::Text(0),
             },
-            S::Ref(ctx, at) => return self.step_reference(ctx, at, b),
+            S::Ref(ctx, at) => match self.reference.step(at, b) {
+                Ok(Some(next)) => self.state = S::Ref(ctx, next),
+                // The `;` ends it: back to where it began.
+                Ok(None) => {
+                    self.state = match ctx {
+                        RefCtx::Text => S::Text(0),
+                        RefCtx::Attr(q) => S::AttrValue(q),
+                    }
+                }
+                Err(RefError::Malformed(why)) => return nwf(why),
+                Err(RefError::Restricted(why)) => return Err(ScanError::Restricted(why)),
+            },
             S::Bang(n) => {
                 if n == 0 && b == b'[' && self.stack.is_empty() {
                     return nwf("CDATA section outside an element");

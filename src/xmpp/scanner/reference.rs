@@ -7,7 +7,6 @@
 //! the character's value) that the rest of the scanner never looks at.
 
 use super::chars::{is_name_char, is_name_start};
-use super::{ScanError, Scanner, State, Step, nwf};
 
 /// Where a reference returns to once its `;` is seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,89 +58,88 @@ fn is_xml_char(c: u32) -> bool {
     matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x1_0000..=0x10_FFFF)
 }
 
-impl Scanner {
-    /// Byte `b` of a reference begun in `ctx`, now at stage `at`.
-    pub(super) fn step_reference(
-        &mut self,
-        ctx: RefCtx,
-        at: RefState,
-        b: u8,
-    ) -> Result<Step, ScanError> {
-        let r = &mut self.reference;
-        match at {
+/// Why a reference is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RefError {
+    /// Not XML at all.
+    Malformed(&'static str),
+    /// Well-formed XML that RFC 6120 forbids (an entity other than the predefined five).
+    Restricted(&'static str),
+}
+
+impl Reference {
+    /// Byte `b` of a reference now at stage `at`: the next stage, or `None` once its `;` ends
+    /// it (the caller returns to where the reference began).
+    pub(super) fn step(&mut self, at: RefState, b: u8) -> Result<Option<RefState>, RefError> {
+        let malformed = |why| Err(RefError::Malformed(why));
+        let next = match at {
             RefState::Start => {
                 if b == b'#' {
-                    self.state = State::Ref(ctx, RefState::CharStart);
+                    RefState::CharStart
                 } else if is_name_start(b) {
-                    r.name[0] = b;
-                    r.len = 1;
-                    self.state = State::Ref(ctx, RefState::Name);
+                    self.name[0] = b;
+                    self.len = 1;
+                    RefState::Name
                 } else {
-                    return nwf("malformed entity reference");
+                    return malformed("malformed entity reference");
                 }
             }
             RefState::Name => {
                 if b == b';' {
-                    let name = &r.name[..r.len.min(4)];
-                    if r.len > 4 || !PREDEFINED.contains(&name) {
-                        return Err(ScanError::Restricted("undeclared entity reference"));
+                    let name = &self.name[..self.len.min(4)];
+                    if self.len > 4 || !PREDEFINED.contains(&name) {
+                        return Err(RefError::Restricted("undeclared entity reference"));
                     }
-                    self.end_ref(ctx);
+                    return Ok(None);
                 } else if is_name_char(b) {
-                    if r.len < 4 {
-                        r.name[r.len] = b;
+                    if self.len < 4 {
+                        self.name[self.len] = b;
                     }
-                    r.len = r.len.saturating_add(1);
+                    self.len = self.len.saturating_add(1);
+                    RefState::Name
                 } else {
-                    return nwf("malformed entity reference");
+                    return malformed("malformed entity reference");
                 }
             }
             RefState::CharStart => {
                 if b == b'x' {
-                    self.state = State::Ref(ctx, RefState::CharHexStart);
+                    RefState::CharHexStart
                 } else if b.is_ascii_digit() {
-                    r.val = u32::from(b - b'0');
-                    r.digits = 1;
-                    self.state = State::Ref(ctx, RefState::CharDec);
+                    self.val = u32::from(b - b'0');
+                    self.digits = 1;
+                    RefState::CharDec
                 } else {
-                    return nwf("malformed character reference");
+                    return malformed("malformed character reference");
                 }
             }
             RefState::CharHexStart => match (b as char).to_digit(16) {
                 Some(d) => {
-                    r.val = d;
-                    r.digits = 1;
-                    self.state = State::Ref(ctx, RefState::CharHex);
+                    self.val = d;
+                    self.digits = 1;
+                    RefState::CharHex
                 }
-                None => return nwf("malformed character reference"),
+                None => return malformed("malformed character reference"),
             },
             RefState::CharDec | RefState::CharHex => {
                 let radix = if at == RefState::CharHex { 16 } else { 10 };
                 if b == b';' {
-                    if !is_xml_char(r.val) {
-                        return nwf("character reference to an illegal character");
+                    if !is_xml_char(self.val) {
+                        return malformed("character reference to an illegal character");
                     }
-                    self.end_ref(ctx);
+                    return Ok(None);
                 } else if let Some(d) = (b as char).to_digit(radix) {
-                    r.digits += 1;
-                    if r.digits > MAX_CHAR_REF_DIGITS {
-                        return nwf("character reference too long");
+                    self.digits += 1;
+                    if self.digits > MAX_CHAR_REF_DIGITS {
+                        return malformed("character reference too long");
                     }
                     // Clamp just past the Unicode range so it stays invalid.
-                    r.val = (r.val * radix + d).min(0x11_0000);
+                    self.val = (self.val * radix + d).min(0x11_0000);
+                    at
                 } else {
-                    return nwf("malformed character reference");
+                    return malformed("malformed character reference");
                 }
             }
-        }
-        Ok(Step::Continue)
-    }
-
-    /// The reference ended with its `;`: back to where it began.
-    fn end_ref(&mut self, ctx: RefCtx) {
-        self.state = match ctx {
-            RefCtx::Text => State::Text(0),
-            RefCtx::Attr(q) => State::AttrValue(q),
         };
+        Ok(Some(next))
     }
 }
