@@ -25,19 +25,19 @@
 pub mod admin;
 pub mod backend;
 pub mod config;
-pub mod connection;
-pub mod framed;
+pub(crate) mod connection;
+pub(crate) mod framed;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
-pub mod prefixed;
+pub(crate) mod prefixed;
 pub mod proxy_protocol;
-pub mod relay;
-pub mod resumption;
+pub(crate) mod relay;
+pub(crate) mod resumption;
 pub mod route;
 pub mod runtime;
 pub mod server;
-pub mod tls;
+pub(crate) mod tls;
 pub mod xmpp;
 
 pub use config::Config;

@@ -64,13 +64,6 @@ pub enum BackendStream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl BackendStream {
-    /// Whether the link to the node is encrypted.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, BackendStream::Tls(_))
-    }
-}
-
 impl AsyncRead for BackendStream {
     fn poll_read(
         self: Pin<&mut Self>,

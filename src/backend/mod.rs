@@ -3,12 +3,12 @@
 //! (`probe`), each node's live state (`state`, `admission`), the list of one runtime's backends
 //! (`record`), and what runs over them: health checks (`health`) and drain (`drain`).
 
-pub mod admission;
-pub mod connect;
+pub(crate) mod admission;
+pub(crate) mod connect;
 pub mod drain;
-pub mod health;
-pub mod link;
-pub mod preamble;
-pub mod probe;
+pub(crate) mod health;
+pub(crate) mod link;
+pub(crate) mod preamble;
+pub(crate) mod probe;
 pub mod record;
 pub mod state;

@@ -6,7 +6,7 @@ pub mod explain;
 pub mod key;
 pub mod policy;
 pub mod pool;
-pub mod resume;
+pub(crate) mod resume;
 pub mod ring;
 
 #[cfg(test)]

@@ -11,12 +11,12 @@ use super::scanner::ScanError;
 
 pub const STREAMS_ERROR_NS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 
+/// The stream error conditions the proxy itself sends (RFC 6120 §4.9.3): only those, so a
+/// condition no code path writes cannot linger here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Condition {
-    BadFormat,
     HostUnknown,
     InvalidNamespace,
-    InvalidXml,
     NotWellFormed,
     RestrictedXml,
     PolicyViolation,
@@ -28,11 +28,6 @@ pub enum Condition {
     /// brackets (RFC 6120 §4.9.3.19).
     SeeOtherHost(String),
     UnsupportedVersion,
-    UnsupportedStanzaType,
-    InternalServerError,
-    NotAuthorized,
-    Reset,
-    UndefinedCondition,
 }
 
 impl Condition {
@@ -40,10 +35,8 @@ impl Condition {
     /// metric label.
     pub fn as_str(&self) -> &'static str {
         match self {
-            Condition::BadFormat => "bad-format",
             Condition::HostUnknown => "host-unknown",
             Condition::InvalidNamespace => "invalid-namespace",
-            Condition::InvalidXml => "invalid-xml",
             Condition::NotWellFormed => "not-well-formed",
             Condition::RestrictedXml => "restricted-xml",
             Condition::PolicyViolation => "policy-violation",
@@ -53,11 +46,6 @@ impl Condition {
             Condition::SystemShutdown => "system-shutdown",
             Condition::SeeOtherHost(_) => "see-other-host",
             Condition::UnsupportedVersion => "unsupported-version",
-            Condition::UnsupportedStanzaType => "unsupported-stanza-type",
-            Condition::InternalServerError => "internal-server-error",
-            Condition::NotAuthorized => "not-authorized",
-            Condition::Reset => "reset",
-            Condition::UndefinedCondition => "undefined-condition",
         }
     }
 }
@@ -153,7 +141,7 @@ mod tests {
 
     #[test]
     fn text_is_escaped() {
-        let out = render(&Condition::BadFormat, Some("<a href='x'>&\"</a>"));
+        let out = render(&Condition::PolicyViolation, Some("<a href='x'>&\"</a>"));
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>&lt;a href=&apos;x&apos;&gt;&amp;&quot;&lt;/a&gt;</text>"));
     }
@@ -215,8 +203,8 @@ mod tests {
             "remote-connection-failed"
         );
         assert_eq!(
-            Condition::UnsupportedStanzaType.as_str(),
-            "unsupported-stanza-type"
+            Condition::ResourceConstraint.as_str(),
+            "resource-constraint"
         );
         assert_eq!(
             Condition::from(&ScanError::TooLarge),

@@ -172,7 +172,9 @@ impl Tracker {
         self.state == State::Ended
     }
 
-    /// The bytes stopped making sense; no boundary will be reported again.
+    /// The bytes stopped making sense; no boundary will be reported again (tests compare
+    /// it with the model's verdict).
+    #[cfg(test)]
     pub fn is_lost(&self) -> bool {
         self.state == State::Lost
     }
