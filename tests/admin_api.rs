@@ -79,16 +79,7 @@ fn the_token_guards_everything_but_the_probes() {
         let (status, _) = call(p, method, path, Some("admin-token-for-the-tesT"));
         assert_eq!(status, 401, "{method} {path} with a wrong token");
     }
-    assert!(
-        !p.shared
-            .runtime
-            .load()
-            .backends()
-            .by_name("node1")
-            .unwrap()
-            .state
-            .is_draining()
-    );
+    assert!(!p.backend("node1").is_draining());
     assert_eq!(call(p, "GET", "/metrics", t).0, 200);
     assert_eq!(call(p, "POST", "/reload", t).0, 200);
     // Debug output of the runtime never shows the token.
@@ -112,32 +103,14 @@ fn the_token_guards_everything_but_the_probes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        !p.shared
-            .runtime
-            .load()
-            .backends()
-            .by_name("node1")
-            .unwrap()
-            .state
-            .is_draining()
-    );
+    assert!(!p.backend("node1").is_draining());
     let out = cli(t, "drain");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        p.shared
-            .runtime
-            .load()
-            .backends()
-            .by_name("node1")
-            .unwrap()
-            .state
-            .is_draining()
-    );
+    assert!(p.backend("node1").is_draining());
     assert!(cli(t, "undrain").status.success());
 
     // A reload re-reads the token file: the token rotates without a restart.
@@ -391,16 +364,7 @@ fn raw_http(addr: SocketAddr, head: &str) -> (u16, String) {
 #[test]
 fn posts_without_a_token_need_a_header_a_web_page_cannot_send() {
     let (p, _pki) = open_proxy(None);
-    let draining = || {
-        p.shared
-            .runtime
-            .load()
-            .backends()
-            .by_name("node1")
-            .unwrap()
-            .state
-            .is_draining()
-    };
+    let draining = || p.backend("node1").is_draining();
     let host = format!("Host: {}", p.metrics);
     // What a form on any web page can make a browser send: a "simple" cross-origin POST.
     for path in ["/backends/node1/drain", "/reload"] {

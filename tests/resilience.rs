@@ -324,40 +324,17 @@ fn a_login_storm_waits_its_turn_and_every_login_succeeds() {
     let (proxy, pki) = (&env.proxy, &env.pki);
     let addr = proxy.addr("direct", false);
     let ca = pki.ca_path();
-    let shared = proxy.shared.clone();
+    let node1 = proxy.backend("node1");
     let peak = proxy.block_on(async move {
         let watcher = {
-            let shared = shared.clone();
             tokio::spawn(async move {
                 let mut peak = 0;
                 loop {
-                    let rt = shared.runtime.load();
-                    peak = peak.max(
-                        rt.backends()
-                            .by_name("node1")
-                            .unwrap()
-                            .state
-                            .admission
-                            .negotiating(),
-                    );
+                    peak = peak.max(node1.admission.negotiating());
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     if peak > 0
-                        && rt
-                            .backends()
-                            .by_name("node1")
-                            .unwrap()
-                            .state
-                            .admission
-                            .negotiating()
-                            == 0
-                        && rt
-                            .backends()
-                            .by_name("node1")
-                            .unwrap()
-                            .state
-                            .admission
-                            .waiting()
-                            == 0
+                        && node1.admission.negotiating() == 0
+                        && node1.admission.waiting() == 0
                     {
                         return peak;
                     }

@@ -76,6 +76,16 @@ impl Proxy {
             .1
     }
 
+    /// The live state of the backend called `name` in the current runtime.
+    pub fn backend(&self, name: &str) -> std::sync::Arc<xmpp_lb::backend::state::BackendState> {
+        let rt = self.shared.runtime.load();
+        let backend = rt.backends().by_name(name);
+        backend
+            .unwrap_or_else(|| panic!("no backend {name}"))
+            .state
+            .clone()
+    }
+
     /// The backend names a JID would try, home node first (as the proxy computes it).
     pub fn preference(&self, jid: &str) -> Vec<String> {
         let rt = Runtime::build(self.config.clone(), &StateRegistry::default()).expect("runtime");
