@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::raw::RawListener;
+use super::websocket::WebSocketListener;
 use super::{ConfigError, Source, parse_addr};
 
 /// How a listener expects TLS to start.
@@ -36,6 +37,8 @@ pub struct ListenerConfig {
     /// Networks of the front balancers whose PROXY protocol header is required and believed;
     /// empty: no header is accepted (and one sent is refused).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// XMPP over WebSocket (RFC 7395) on this listener, if configured.
+    pub websocket: Option<WebSocketListener>,
 }
 
 /// A PEM certificate chain and its private key.
@@ -131,19 +134,21 @@ pub(super) fn validate_listeners(
                 nets
             }
         };
+        let websocket = super::websocket::validate_listener(src, l, i)?;
         listeners.push(ListenerConfig {
             name: l.name.get_ref().clone(),
             bind: addrs,
             tls: l.tls,
             certs,
             trusted_proxies,
+            websocket,
         });
     }
     Ok(listeners)
 }
 
 /// A network written as `ADDRESS/PREFIX`, or a single address.
-fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+pub(super) fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     if let Ok(net) = s.parse::<ipnet::IpNet>() {
         return Ok(net.trunc());
     }

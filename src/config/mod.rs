@@ -31,6 +31,7 @@ mod position;
 mod raw;
 mod resumption;
 mod routing;
+mod websocket;
 
 pub use admission::AdmissionDefaults;
 pub use backends::{BackendConfig, BackendTls, LinkConfig, LinkOverrides, ProxyProtocol};
@@ -40,6 +41,7 @@ pub use listeners::{CertPair, ListenerConfig, TlsMode};
 pub(crate) use pins::parse_pin_file;
 pub use resumption::ResumptionConfig;
 pub use routing::{DomainConfig, RoutingConfig};
+pub use websocket::{WebSocketConfig, WebSocketListener};
 
 pub use crate::route::policy::{PinEntry, RouteKey};
 
@@ -115,6 +117,8 @@ pub struct Config {
     pub admission: AdmissionDefaults,
     /// Fast reconnect: the fleet's keys for stream-management ids and TLS session tickets.
     pub resumption: ResumptionConfig,
+    /// What every WebSocket listener shares: message bound, keepalive, discovery URLs.
+    pub websocket: WebSocketConfig,
 }
 
 impl Config {
@@ -204,6 +208,7 @@ impl RawConfig {
         let (limits, probe, health) =
             limits::validate_limits(&src, &self.limits, &self.probe, &self.health)?;
         let resumption = resumption::validate_resumption(&src, &self.resumption)?;
+        let websocket = websocket::validate_websocket(&src, &self.websocket, &routing.domains)?;
         Ok(Config {
             source: path.to_path_buf(),
             listeners,
@@ -221,6 +226,7 @@ impl RawConfig {
             drain,
             admission,
             resumption,
+            websocket,
         })
     }
 }
