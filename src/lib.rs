@@ -38,6 +38,7 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod websocket;
 pub mod xmpp;
 
 pub use config::Config;

@@ -205,6 +205,23 @@ pub fn acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The ALPN protocol of HTTP/1.1, offered on listeners that serve WebSocket.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// A TLS acceptor for one listener: as [`acceptor`], and offering ALPN `http/1.1` after
+/// `xmpp-client` where the listener serves WebSocket, so that browsers (which offer `h2` and
+/// `http/1.1`) complete the handshake on the same port as XMPP clients.
+pub fn listener_acceptor(
+    listener: &crate::config::ListenerConfig,
+    resumption: &ResumptionConfig,
+) -> Result<TlsAcceptor, TlsError> {
+    let mut config = server_config(&listener.certs, resumption)?;
+    if listener.websocket.is_some() {
+        config.alpn_protocols.push(ALPN_HTTP1.to_vec());
+    }
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// A TLS connector toward the nodes: trusting the CA certificates in `ca` (a PEM file), or
 /// the Mozilla roots compiled in when `None`; offering `alpn`; verifying the node's
 /// certificate unless `verify` is false.

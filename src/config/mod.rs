@@ -41,7 +41,7 @@ pub use listeners::{CertPair, ListenerConfig, TlsMode};
 pub(crate) use pins::parse_pin_file;
 pub use resumption::ResumptionConfig;
 pub use routing::{DomainConfig, RoutingConfig};
-pub use websocket::{WebSocketConfig, WebSocketListener};
+pub use websocket::{HOST_META, HOST_META_JSON, WebSocketConfig, WebSocketListener};
 
 pub use crate::route::policy::{PinEntry, RouteKey};
 
