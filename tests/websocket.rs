@@ -313,3 +313,221 @@ fn discovery_files_name_the_endpoint_with_cors() {
         1.0
     );
 }
+
+#[test]
+fn draining_the_node_sends_close_with_see_other_uri() {
+    let env = EnvBuilder::new(1)
+        .users(USERS)
+        .config(|c| {
+            let mut wss = Table::new();
+            wss.insert("websocket".into(), "/xmpp-websocket".into());
+            c.listener("wss", "direct", wss)
+                .set("drain.mode", "redirect")
+        })
+        .start();
+    let addr = env.proxy.addr("wss", false);
+    let ca = env.ca();
+    env.proxy.block_on(async {
+        let mut ws = open(addr, DOMAIN, &ca, &Handshake::default())
+            .await
+            .expect("handshake accepted");
+        ws.log_in(DOMAIN, None, "alice", "pw-alice").await;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-lb"))
+            .args(["drain", "--admin", &env.proxy.metrics.to_string(), "node1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (texts, end) = ws.read_to_end(Duration::from_secs(10)).await;
+        assert_eq!(
+            texts.last().map(String::as_str),
+            Some("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing' see-other-uri='wss://example.test/xmpp-websocket'/>"),
+            "RFC 7395 §3.6.1: {texts:?}"
+        );
+        assert!(
+            !texts.iter().any(|t| t.contains("stream:error")),
+            "the redirect is the <close/>, not a stream error: {texts:?}"
+        );
+        assert_eq!(end, End::Code(1000));
+    });
+    assert!(
+        env.cluster
+            .wait_session(0, &format!("alice@{DOMAIN}"), false, Duration::from_secs(5)),
+        "the session ends on the drained node"
+    );
+}
+
+#[test]
+fn shutdown_sends_system_shutdown_then_close() {
+    use testkit::process::sigterm;
+    let mut env = EnvBuilder::new(1)
+        .users(USERS)
+        .config(|c| {
+            let mut wss = Table::new();
+            wss.insert("websocket".into(), "/xmpp-websocket".into());
+            c.listener("wss", "direct", wss)
+                .set("limits.shutdown_grace", "4s")
+        })
+        .start_process();
+    let addr = env.proxy.addr("wss");
+    let ca = env.ca();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut ws = open(addr, DOMAIN, &ca, &Handshake::default())
+            .await
+            .expect("handshake accepted");
+        ws.log_in(DOMAIN, None, "alice", "pw-alice").await;
+        sigterm(env.proxy.pid()).unwrap();
+        let (texts, end) = ws.read_to_end(Duration::from_secs(10)).await;
+        let n = texts.len();
+        assert!(n >= 2, "{texts:?}");
+        assert!(
+            texts[n - 2]
+                .starts_with("<stream:error xmlns:stream='http://etherx.jabber.org/streams'>")
+                && texts[n - 2].contains("<system-shutdown"),
+            "{texts:?}"
+        );
+        assert_eq!(
+            texts[n - 1],
+            "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
+        );
+        assert_eq!(end, End::Code(1000));
+    });
+    let status = env.proxy.wait_exit(Duration::from_secs(6)).expect("exited");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn behind_an_http_balancer_the_client_address_comes_from_trusted_forwarded_for_only() {
+    let logs = testkit::logs::captured_logs();
+    let env = EnvBuilder::new(1)
+        .users(USERS)
+        .config(|c| {
+            let mut web = Table::new();
+            web.insert("websocket".into(), "/xmpp-websocket".into());
+            web.insert("websocket_plain".into(), true.into());
+            web.insert(
+                "websocket_forwarded_for".into(),
+                toml::Value::Array(vec!["127.0.0.1".into()]),
+            );
+            c.listener("web", "starttls", web)
+        })
+        .start();
+    let addr = env.proxy.addr("web", false);
+    let ca = env.ca();
+    env.proxy.block_on(async {
+        let mut ws = testkit::ws::open_plain(
+            addr,
+            DOMAIN,
+            &[("x-forwarded-for", "203.0.113.9, 192.0.2.7")],
+        )
+        .await
+        .expect("handshake accepted");
+        ws.log_in(DOMAIN, None, "alice", "pw-alice").await;
+        ws.send("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>")
+            .await;
+        ws.read_to_end(Duration::from_secs(10)).await;
+        // XMPP clients still use STARTTLS on the same port.
+        let raw = Raw::starttls(addr, DOMAIN, &ca).await;
+        raw.log_in(DOMAIN, "bob", "pw-bob", "tcp").await;
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let lines = logs.lines_with(&["connection closed", "client=192.0.2.7:0", "websocket"]);
+        if let Some(l) = lines.first() {
+            break l.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access-log line names the forwarded client:\n{}",
+            logs.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(line.contains("via=127.0.0.1:"), "{line}");
+    assert!(
+        line.contains("tls=\"plain\"") || line.contains("tls=plain"),
+        "{line}"
+    );
+}
+
+#[test]
+fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let logs = testkit::logs::captured_logs();
+    let env = EnvBuilder::new(1)
+        .users(USERS)
+        .config(|c| {
+            let mut web = Table::new();
+            web.insert("websocket".into(), "/xmpp-websocket".into());
+            web.insert("websocket_plain".into(), true.into());
+            web.insert(
+                "websocket_forwarded_for".into(),
+                toml::Value::Array(vec!["10.9.9.9".into()]),
+            );
+            c.listener("web", "auto", web)
+        })
+        .start();
+    let addr = env.proxy.addr("web", false);
+    env.proxy.block_on(async {
+        let mut ws = testkit::ws::open_plain(addr, DOMAIN, &[("x-forwarded-for", "198.51.100.77")])
+            .await
+            .expect("handshake accepted");
+        ws.log_in(DOMAIN, None, "carol", "pw-carol").await;
+        ws.send("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>")
+            .await;
+        ws.read_to_end(Duration::from_secs(10)).await;
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        logs.lines_with(&["198.51.100.77"]).is_empty(),
+        "an untrusted X-Forwarded-For was believed"
+    );
+    assert!(
+        !logs
+            .lines_with(&["connection closed", "client=127.0.0.1:", "websocket"])
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_silent_client_is_pinged_and_closed_when_it_does_not_answer() {
+    let env = EnvBuilder::new(1)
+        .users(USERS)
+        .config(|c| {
+            let mut wss = Table::new();
+            wss.insert("websocket".into(), "/xmpp-websocket".into());
+            c.listener("wss", "direct", wss)
+                .set("websocket.ping_interval", "1s")
+                .set("websocket.ping_timeout", "1s")
+        })
+        .start();
+    let addr = env.proxy.addr("wss", false);
+    let ca = env.ca();
+    env.proxy.block_on(async {
+        // A client that reads answers pings (tungstenite does) and stays.
+        let mut alive = open(addr, DOMAIN, &ca, &Handshake::default())
+            .await
+            .expect("handshake accepted");
+        alive.log_in(DOMAIN, None, "alice", "pw-alice").await;
+        // One that never reads never answers.
+        let mut silent = open(addr, DOMAIN, &ca, &Handshake::default())
+            .await
+            .expect("handshake accepted");
+        silent.log_in(DOMAIN, None, "bob", "pw-bob").await;
+        let until = tokio::time::Instant::now() + Duration::from_millis(3500);
+        while tokio::time::Instant::now() < until {
+            // Reading (and so answering pings) for 3.5 s: more than interval + timeout.
+            let _ = alive.next_text(until - tokio::time::Instant::now()).await;
+        }
+        let (_, end) = silent.read_to_end(Duration::from_secs(5)).await;
+        assert_eq!(end, End::Code(1011), "no pong in time");
+        alive
+            .send("<iq xmlns='jabber:client' type='get' id='p2'><ping xmlns='urn:xmpp:ping'/></iq>")
+            .await;
+        alive.expect("id='p2'", Duration::from_secs(5)).await;
+    });
+    assert_eq!(
+        env.proxy
+            .metric_value("xmpp_lb_websocket_closes_total{reason=\"ping_timeout\"}"),
+        1.0
+    );
+}

@@ -52,10 +52,40 @@ impl Default for Handshake<'_> {
     }
 }
 
+/// Any transport a WebSocket runs over (TLS, or plain TCP behind a pretend balancer).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// An open WebSocket.
 pub struct Ws {
     /// The socket.
-    pub ws: WebSocketStream<TlsStream<TcpStream>>,
+    pub ws: WebSocketStream<Box<dyn Io>>,
+}
+
+/// Open a WebSocket over plain TCP (as a TLS-terminating balancer does), with extra request
+/// headers.
+pub async fn open_plain(
+    addr: SocketAddr,
+    domain: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, u16> {
+    let io: Box<dyn Io> = Box::new(TcpStream::connect(addr).await.expect("connect"));
+    let mut req = format!("ws://{domain}/xmpp-websocket")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", HeaderValue::from_static("xmpp"));
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    match tokio_tungstenite::client_async(req, io).await {
+        Ok((ws, _)) => Ok(Ws { ws }),
+        Err(Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("WebSocket handshake failed: {e}"),
+    }
 }
 
 /// Open a WebSocket on `addr` over TLS: the socket, or the HTTP status of the refusal.
@@ -65,7 +95,7 @@ pub async fn open(
     ca: &Path,
     hs: &Handshake<'_>,
 ) -> Result<Ws, u16> {
-    let io = tls(addr, domain, ca).await;
+    let io: Box<dyn Io> = Box::new(tls(addr, domain, ca).await);
     let mut req = format!("wss://{domain}{}", hs.path)
         .into_client_request()
         .expect("request");
