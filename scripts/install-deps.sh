@@ -2,7 +2,8 @@
 # Install what the demo and the tests need on a Debian machine: Prosody with its community
 # modules, and ejabberd (the real XMPP servers the tests run), HAProxy (a real front balancer speaking the PROXY protocol),
 # Prometheus and promtool (the tests scrape the proxy with a real server and lint its
-# exposition), openssl (demo certificates), curl, and slixmpp (the real XMPP client).
+# exposition), openssl (demo certificates), curl, slixmpp (the real XMPP client), and Node.js
+# with @xmpp/client from npm (the real WebSocket client), pinned by its lockfile.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 # promtool ships in the same package as the server.
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
+# Node.js and npm run the real web client (@xmpp/client) of the WebSocket tests.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
   sudo_if_needed apt-get update -qq
@@ -57,4 +61,12 @@ if ! "$python" -c 'import slixmpp' 2>/dev/null && ! .venv/bin/python -c 'import 
     }
     .venv/bin/pip install -q -r tests/clients/requirements.txt
   fi
+fi
+
+# The web client: @xmpp/client and ws, exactly as the lockfile says, in the project's own
+# directory (nothing global). Reinstalled when the lockfile changes.
+web=tests/clients/xmpp-js
+if [ ! -f "$web/node_modules/.package-lock.json" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
+  echo "installing the web clients (npm ci in $web)"
+  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -531,3 +531,89 @@ fn a_silent_client_is_pinged_and_closed_when_it_does_not_answer() {
         1.0
     );
 }
+
+/// The node a client saw (its disco#info admin address names the node).
+fn node_seen(out: &serde_json::Value) -> String {
+    let contact = out["node_contact"].as_str().unwrap_or_default();
+    contact
+        .trim_start_matches("xmpp:")
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn xmpp_js_logs_in_over_wss_and_lands_where_route_says() {
+    let env = env(3);
+    let addr = env.proxy.addr("wss", false);
+    let service = format!("wss://{DOMAIN}:{}/xmpp-websocket", addr.port());
+    let ca = env.ca();
+    let ca = ca.to_str().unwrap();
+    for (user, password) in USERS {
+        for (from, mech, origin) in [
+            (false, "SCRAM-SHA-1", None),
+            (true, "SCRAM-SHA-1", Some(ORIGIN)),
+            (false, "PLAIN", Some(ORIGIN)),
+        ] {
+            let mut args = vec![
+                "--service",
+                &service,
+                "--connect",
+                "127.0.0.1",
+                "--ca",
+                ca,
+                "--user",
+                user,
+                "--password",
+                password,
+                "--mech",
+                mech,
+            ];
+            if from {
+                args.push("--from");
+            }
+            if let Some(o) = origin {
+                args.extend(["--origin", o]);
+            }
+            let out = testkit::ws::run_xmpp_js(&args);
+            assert_eq!(out["ok"], true, "{user} (from: {from}, {mech}): {out}");
+            assert_eq!(out["mech"], mech, "{out}");
+            let jid = format!("{user}@{DOMAIN}");
+            assert!(
+                out["jid"].as_str().unwrap().starts_with(&format!("{jid}/")),
+                "{out}"
+            );
+            assert_eq!(
+                node_seen(&out),
+                env.proxy.route_cli(&jid),
+                "{user} (from: {from}, {mech})"
+            );
+        }
+    }
+    // A page from another origin is refused before anything reaches a node.
+    let routed_before = routed(&env);
+    let out = testkit::ws::run_xmpp_js(&[
+        "--service",
+        &service,
+        "--connect",
+        "127.0.0.1",
+        "--ca",
+        ca,
+        "--user",
+        "alice",
+        "--password",
+        "pw-alice",
+        "--origin",
+        "https://evil.test",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(routed(&env), routed_before);
+    assert!(
+        env.proxy.metric_value(
+            "xmpp_lb_http_requests_total{listener=\"wss\",result=\"forbidden_origin\"}"
+        ) >= 1.0
+    );
+}

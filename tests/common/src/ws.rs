@@ -247,3 +247,35 @@ pub async fn http_request(
         .unwrap_or(0);
     (status, text)
 }
+
+/// The directory of the Node.js web clients (`npm ci` there installs them).
+pub fn node_clients_dir() -> std::path::PathBuf {
+    crate::repo_root().join("tests/clients/xmpp-js")
+}
+
+/// Run `@xmpp/client` (tests/clients/xmpp-js/login.mjs) with `args`; its JSON result. Panics
+/// with a hint if the Node packages are not installed (scripts/install-deps.sh does it).
+pub fn run_xmpp_js(args: &[&str]) -> serde_json::Value {
+    let dir = node_clients_dir();
+    assert!(
+        dir.join("node_modules/@xmpp/client").is_dir(),
+        "@xmpp/client is not installed: run scripts/install-deps.sh (npm ci in {})",
+        dir.display()
+    );
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(dir.join("login.mjs")).args(args).current_dir(&dir);
+    let out = crate::process::run_with_timeout(cmd, Duration::from_secs(30)).expect("run node");
+    let last = out
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let mut v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(
+        |_| serde_json::json!({"ok": false, "error": "no JSON result", "stdout": out.stdout}),
+    );
+    if v["ok"] != serde_json::Value::Bool(true) {
+        v["stderr"] = out.stderr.into();
+    }
+    v
+}
