@@ -243,7 +243,7 @@ impl Metrics {
         );
         let http_requests_total = counter(
             "xmpp_lb_http_requests_total",
-            "HTTP requests on WebSocket listeners, by result (websocket, host_meta, host_meta_json, cors_preflight, or a refusal: not_found, unknown_host, method_not_allowed, upgrade_required, bad_version, bad_request, forbidden_origin, no_subprotocol).",
+            "HTTP requests on WebSocket listeners, by result (websocket, host_meta, host_meta_json, cors_preflight, or a refusal: not_found, unknown_host, method_not_allowed, upgrade_required, bad_version, bad_request, forbidden_origin, no_subprotocol, bad_http).",
             &["listener", "result"],
         );
         let websocket_closes_total = counter(

@@ -189,6 +189,7 @@ fn bad_handshakes_get_their_http_status_and_never_reach_a_node() {
         ("upgrade_required", 1.0),
         ("method_not_allowed", 1.0),
         ("bad_version", 1.0),
+        ("bad_http", 1.0),
         ("websocket", 1.0),
     ] {
         assert_eq!(
@@ -614,6 +615,87 @@ fn xmpp_js_logs_in_over_wss_and_lands_where_route_says() {
     assert!(
         env.proxy.metric_value(
             "xmpp_lb_http_requests_total{listener=\"wss\",result=\"forbidden_origin\"}"
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn a_session_resumes_across_transports_both_ways() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("sm.key");
+    std::fs::write(
+        &key,
+        "fleet-shared stream management secret for the ws test\n",
+    )
+    .unwrap();
+    let key = key.display().to_string();
+    let env = EnvBuilder::new(3)
+        .prosody(testkit::prosody::ProsodyOpts::fast_reconnect())
+        .users(USERS)
+        .config(move |c| {
+            let mut wss = Table::new();
+            wss.insert("websocket".into(), "/xmpp-websocket".into());
+            c.listener("wss", "direct", wss)
+                .set("resumption.sm_key_files", testkit::config::strings(&[&key]))
+        })
+        .start();
+    let wss = env.proxy.addr("wss", false);
+    let direct = env.proxy.addr("direct", false);
+    let ca = env.ca();
+    let limit = Duration::from_secs(10);
+    env.proxy.block_on(async {
+        // WebSocket first, then TCP.
+        let mut ws = open(wss, DOMAIN, &ca, &Handshake::default())
+            .await
+            .expect("handshake accepted");
+        ws.log_in(DOMAIN, None, "alice", "pw-alice").await;
+        ws.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+            .await;
+        let enabled = ws.expect("<enabled", limit).await;
+        let previd = testkit::raw::attr(&enabled, "<enabled", "id");
+        assert!(
+            previd.contains('.') || previd.len() > 20,
+            "the id is wrapped: {previd}"
+        );
+        drop(ws); // gone without <close/>: the node keeps the session for resumption
+        let mut raw = Raw::direct_tls(direct, DOMAIN, &ca).await;
+        let got = raw
+            .resume_sm(DOMAIN, None, ("alice", "pw-alice"), &previd, 0)
+            .await;
+        assert!(
+            got.contains("<resumed"),
+            "WebSocket session resumed over TCP: {got}"
+        );
+
+        // TCP first, then WebSocket.
+        let mut raw = Raw::direct_tls(direct, DOMAIN, &ca)
+            .await
+            .log_in(DOMAIN, "bob", "pw-bob", "tcp")
+            .await;
+        let previd = raw.enable_sm().await;
+        raw.vanish();
+        let mut ws = open(wss, DOMAIN, &ca, &Handshake::default())
+            .await
+            .expect("handshake accepted");
+        ws.send(&open_element(DOMAIN, None)).await;
+        ws.expect("mechanisms", limit).await;
+        ws.send(&testkit::raw::plain_auth("bob", "pw-bob")).await;
+        ws.expect("<success", limit).await;
+        ws.send(&open_element(DOMAIN, None)).await;
+        ws.expect("urn:xmpp:sm:3", limit).await;
+        ws.send(&format!(
+            "<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/>"
+        ))
+        .await;
+        let got = ws.expect("resume", limit).await;
+        assert!(
+            got.contains("<resumed"),
+            "TCP session resumed over WebSocket: {got}"
+        );
+    });
+    assert!(
+        env.proxy.metric_value(
+            "xmpp_lb_resumes_total{backend=\"node1\",kind=\"legacy\",result=\"resumed\"}"
         ) >= 1.0
     );
 }

@@ -109,6 +109,15 @@ where
         .with_upgrades();
     match tokio::time::timeout_at(deadline, conn).await {
         Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_parse() || e.is_parse_too_large() => {
+            // hyper answered 400 (or 431) itself: count and log it like the other refusals.
+            ctx.metrics
+                .http_requests_total
+                .with_label_values(&[ctx.listener, "bad_http"])
+                .inc();
+            tracing::info!(listener = ctx.listener, peer = %ctx.peer, error = %e, result = "bad_http", "HTTP request refused");
+            return None;
+        }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "HTTP connection ended");
             return None;
