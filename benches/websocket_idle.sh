@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export WS_IDLE_N=${WS_IDLE_N:-2000}
 cargo build --release --bins
-cargo test --release --test websocket_memory -- --nocapture 2>&1 | grep -E '^\|| ratio|test result'
+cargo test --release --test websocket_memory -- --nocapture 2>&1 | grep -E '^\||^ratio|test result'

@@ -3,7 +3,8 @@
 # modules, and ejabberd (the real XMPP servers the tests run), HAProxy (a real front balancer speaking the PROXY protocol),
 # Prometheus and promtool (the tests scrape the proxy with a real server and lint its
 # exposition), openssl (demo certificates), curl, slixmpp (the real XMPP client), and Node.js
-# with @xmpp/client from npm (the real WebSocket client), pinned by its lockfile.
+# with @xmpp/client and Converse.js from npm (the real WebSocket clients, pinned by a
+# lockfile), and Chromium (Converse.js runs in it, headless).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,10 @@ command -v curl >/dev/null || missing+=(curl)
 # Node.js and npm run the real web client (@xmpp/client) of the WebSocket tests.
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+# Headless Chromium runs Converse.js in the browser test (driven by puppeteer-core from npm,
+# which downloads no browser of its own).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
   sudo_if_needed apt-get update -qq
@@ -63,8 +68,8 @@ if ! "$python" -c 'import slixmpp' 2>/dev/null && ! .venv/bin/python -c 'import 
   fi
 fi
 
-# The web client: @xmpp/client and ws, exactly as the lockfile says, in the project's own
-# directory (nothing global). Reinstalled when the lockfile changes.
+# The web clients: @xmpp/client, ws, converse.js and puppeteer-core, exactly as the lockfile
+# says, in the project's own directory (nothing global). Reinstalled when the lockfile changes.
 web=tests/clients/xmpp-js
 if [ ! -f "$web/node_modules/.package-lock.json" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
   echo "installing the web clients (npm ci in $web)"

@@ -7,9 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
+use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,6 +19,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::config::{Config, HOST_META, HOST_META_JSON, WebSocketListener};
 use crate::metrics::Metrics;
+use crate::prefixed::Prefixed;
 
 /// The WebSocket subprotocol of XMPP (RFC 7395 §3.1).
 pub const SUBPROTOCOL: &str = "xmpp";
@@ -41,9 +43,10 @@ pub struct HttpCtx<'a> {
 }
 
 /// A handshake accepted: the upgraded connection and what the request said.
-pub struct Upgrade {
-    /// The connection, after the `101` response.
-    pub io: TokioIo<Upgraded>,
+pub struct Upgrade<S> {
+    /// The connection, after the `101` response, with what the client sent behind its
+    /// request (usually nothing).
+    pub io: Prefixed<S>,
     /// The WebSocket URL the client reached (`wss://HOST/PATH`).
     pub endpoint: String,
     /// The client's address from `X-Forwarded-For`, when the peer is trusted to say it.
@@ -70,7 +73,7 @@ struct Pending {
 
 /// Serve HTTP on `io` until a WebSocket handshake succeeds (`Some`), or the client is done
 /// or `deadline` passes (`None`).
-pub async fn serve<S>(io: S, ctx: &HttpCtx<'_>, deadline: Instant) -> Option<Upgrade>
+pub async fn serve<S>(io: S, ctx: &HttpCtx<'_>, deadline: Instant) -> Option<Upgrade<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -128,14 +131,24 @@ where
         }
     }
     let pending = slot.lock().ok()?.take()?;
-    match tokio::time::timeout_at(deadline, pending.on).await {
-        Ok(Ok(io)) => Some(Upgrade {
-            io: TokioIo::new(io),
-            endpoint: pending.endpoint,
-            forwarded: pending.forwarded,
-        }),
-        _ => None,
-    }
+    let upgraded = match tokio::time::timeout_at(deadline, pending.on).await {
+        Ok(Ok(upgraded)) => upgraded,
+        _ => return None,
+    };
+    // Take the connection back from hyper: no boxed stream, and hyper's read buffer (8 KiB,
+    // kept alive by an empty slice of it otherwise) is dropped now; the connection may live
+    // for days.
+    let parts = upgraded.downcast::<TokioIo<S>>().ok()?;
+    let ahead = if parts.read_buf.is_empty() {
+        BytesMut::new()
+    } else {
+        BytesMut::from(&parts.read_buf[..])
+    };
+    Some(Upgrade {
+        io: Prefixed::new(parts.io.into_inner(), ahead),
+        endpoint: pending.endpoint,
+        forwarded: pending.forwarded,
+    })
 }
 
 /// The answer to one request.
