@@ -71,6 +71,12 @@ fi
 # The web clients: @xmpp/client, ws, converse.js and puppeteer-core, exactly as the lockfile
 # says, in the project's own directory (nothing global). Reinstalled when the lockfile changes.
 web=tests/clients/xmpp-js
+# @xmpp/client needs Node.js 20.10 or later (the machines have it; Debian 12's own nodejs
+# package is 18): say so plainly rather than fail inside a test.
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 10) ? 0 : 1)'; then
+  echo "Node.js $(node --version) is too old for the web client tests: 20.10 or later is needed" >&2
+  exit 1
+fi
 if [ ! -f "$web/node_modules/.package-lock.json" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
   echo "installing the web clients (npm ci in $web)"
   (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
