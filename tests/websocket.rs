@@ -699,3 +699,39 @@ fn a_session_resumes_across_transports_both_ways() {
         ) >= 1.0
     );
 }
+
+#[test]
+fn websocket_can_be_turned_on_and_off_by_a_reload() {
+    let env = EnvBuilder::new(1).users(USERS).start();
+    let addr = env.proxy.addr("direct", false);
+    let ca = env.ca();
+    let plain_get =
+        format!("GET /xmpp-websocket HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n");
+    env.proxy.block_on(async {
+        // Off: the direct-TLS port offers no ALPN http/1.1, so a browser's handshake fails.
+        let (status, text) = testkit::ws::http_request(addr, DOMAIN, &ca, &plain_get).await;
+        assert_eq!(status, 0, "no HTTP answer while websocket is off: {text}");
+        assert!(text.contains("TLS handshake failed"), "{text}");
+        let on = env
+            .config
+            .clone()
+            .listener_set("direct", "websocket", "/xmpp-websocket");
+        std::fs::write(&env.proxy.config_path, on.render()).unwrap();
+        env.proxy.shared.reload().await.expect("reload accepted");
+        let mut ws = open(addr, DOMAIN, &ca, &Handshake::default())
+            .await
+            .expect("handshake accepted after the reload");
+        ws.log_in(DOMAIN, None, "alice", "pw-alice").await;
+        // Off again: the established WebSocket stays, new ones are not served.
+        std::fs::write(&env.proxy.config_path, env.config.render()).unwrap();
+        env.proxy.shared.reload().await.expect("reload accepted");
+        ws.send("<iq xmlns='jabber:client' type='get' id='r1'><ping xmlns='urn:xmpp:ping'/></iq>")
+            .await;
+        ws.expect("id='r1'", Duration::from_secs(10)).await;
+        let (status, text) = testkit::ws::http_request(addr, DOMAIN, &ca, &plain_get).await;
+        assert_eq!(
+            status, 0,
+            "no HTTP answer once websocket is off again: {text}"
+        );
+    });
+}

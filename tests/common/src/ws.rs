@@ -24,12 +24,21 @@ pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 
 /// TLS to `addr` for `domain`, offering ALPN `http/1.1` as browsers do.
 pub async fn tls(addr: SocketAddr, domain: &str, ca: &Path) -> TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
+    try_tls(addr, domain, ca).await.expect("TLS handshake")
+}
+
+/// Like [`tls`]; the handshake's error if it fails (a listener that does not serve
+/// WebSocket offers no `http/1.1`).
+pub async fn try_tls(
+    addr: SocketAddr,
+    domain: &str,
+    ca: &Path,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(domain.to_string()).expect("server name");
     connector_alpn(ca, &[b"h2", b"http/1.1"])
         .connect(name, tcp)
         .await
-        .expect("TLS handshake")
 }
 
 /// What a handshake should carry.
@@ -228,14 +237,18 @@ pub fn code(c: CloseCode) -> u16 {
 }
 
 /// Send `request` (a whole HTTP/1.1 request) over TLS offering `http/1.1`, read the answer
-/// to its end (the proxy closes after `Connection: close`); returns the status and the text.
+/// to its end (the proxy closes after `Connection: close`); returns the status and the text
+/// (status 0 and the error when TLS fails, or no HTTP answer came).
 pub async fn http_request(
     addr: SocketAddr,
     domain: &str,
     ca: &Path,
     request: &str,
 ) -> (u16, String) {
-    let mut io = tls(addr, domain, ca).await;
+    let mut io = match try_tls(addr, domain, ca).await {
+        Ok(io) => io,
+        Err(e) => return (0, format!("TLS handshake failed: {e}")),
+    };
     io.write_all(request.as_bytes()).await.expect("write");
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut out)).await;
