@@ -244,6 +244,32 @@ fn bad_messages_close_the_websocket_with_their_code_and_never_reach_a_node() {
             let (texts, end) = ws.read_to_end(Duration::from_secs(10)).await;
             assert_eq!(end, End::Code(code), "{what}: {texts:?}");
         }
+        // Garbage at the frame level: an unmasked frame (clients must mask) is a protocol error.
+        let mut ws = open(addr, DOMAIN, &ca, &Handshake::default())
+            .await
+            .expect("handshake accepted");
+        {
+            use tokio::io::AsyncWriteExt;
+            let raw = ws.ws.get_mut();
+            raw.write_all(b"\x81\x05hello").await.unwrap();
+            raw.flush().await.unwrap();
+        }
+        let (_, end) = ws.read_to_end(Duration::from_secs(10)).await;
+        assert_eq!(end, End::Code(1002), "an unmasked frame");
+        // A text frame that is not UTF-8 (masked with a zero key, so the bytes are as written).
+        let mut ws = open(addr, DOMAIN, &ca, &Handshake::default())
+            .await
+            .expect("handshake accepted");
+        {
+            use tokio::io::AsyncWriteExt;
+            let raw = ws.ws.get_mut();
+            raw.write_all(b"\x81\x82\x00\x00\x00\x00\xff\xfe")
+                .await
+                .unwrap();
+            raw.flush().await.unwrap();
+        }
+        let (_, end) = ws.read_to_end(Duration::from_secs(10)).await;
+        assert_eq!(end, End::Code(1007), "a text message that is not UTF-8");
         // A client that never sends <open/>: the pre-routing deadline, as for TCP clients,
         // with the stream error framed as RFC 7395 says.
         let mut ws = open(addr, DOMAIN, &ca, &Handshake::default())
@@ -271,6 +297,8 @@ fn bad_messages_close_the_websocket_with_their_code_and_never_reach_a_node() {
         ("binary", 2.0),
         ("not_one_element", 4.0),
         ("too_large", 1.0),
+        ("protocol_error", 1.0),
+        ("invalid_utf8", 1.0),
     ] {
         assert_eq!(
             env.proxy.metric_value(&format!(
