@@ -126,6 +126,12 @@ fn one_tls_port_serves_xmpp_clients_and_web_clients() {
         let raw = Raw::direct_tls_via(addr, DOMAIN, &connector).await;
         let raw = raw.log_in(DOMAIN, "bob", "pw-bob", "tcp").await;
         drop(raw);
+        // No ALPN, an HTTP request first: HTTP.
+        let get = format!(
+            "GET /.well-known/host-meta.json HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n"
+        );
+        let (status, text) = testkit::ws::http_request_alpn(addr, DOMAIN, &ca, &[], &get).await;
+        assert_eq!(status, 200, "{text}");
         // ALPN http/1.1: a WebSocket.
         let mut ws = open(addr, DOMAIN, &ca, &Handshake::default())
             .await

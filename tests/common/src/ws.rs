@@ -245,7 +245,23 @@ pub async fn http_request(
     ca: &Path,
     request: &str,
 ) -> (u16, String) {
-    let mut io = match try_tls(addr, domain, ca).await {
+    http_request_alpn(addr, domain, ca, &[b"h2", b"http/1.1"], request).await
+}
+
+/// Like [`http_request`], offering the ALPN protocols `alpn` (none if empty).
+pub async fn http_request_alpn(
+    addr: SocketAddr,
+    domain: &str,
+    ca: &Path,
+    alpn: &[&[u8]],
+    request: &str,
+) -> (u16, String) {
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from(domain.to_string()).expect("server name");
+        connector_alpn(ca, alpn).connect(name, tcp).await
+    };
+    let mut io = match connect.await {
         Ok(io) => io,
         Err(e) => return (0, format!("TLS handshake failed: {e}")),
     };
