@@ -18,6 +18,11 @@ use crate::proxy_protocol::Origin;
 use crate::websocket::http::{self, HttpCtx};
 use crate::websocket::io::{WsIo, WsSettings};
 
+/// A client on a WebSocket as the negotiation sees it: the element transport of a byte-stream
+/// client over [`WsIo`], which turns each message into stream bytes (`<open/>` into a stream
+/// header) and cuts what is sent to it into one message per element.
+pub(super) type WsClient<S> = ClientStream<WsIo<S>>;
+
 /// Serve HTTP on `io` and, once a WebSocket is open, XMPP over it.
 pub(super) async fn web<S>(
     arrival: &Arrival<'_>,
@@ -71,6 +76,6 @@ where
         },
     );
     trace.transport = "websocket";
-    let client = ClientStream::new(io, config.limits.max_header_bytes);
+    let client: WsClient<_> = ClientStream::new(io, config.limits.max_header_bytes);
     super::serve(arrival, origin, client, counted, trace).await
 }

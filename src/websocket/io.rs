@@ -333,3 +333,121 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
         Pin::new(this.ws.get_mut()).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+
+    /// A proxy-side `WsIo` and a client WebSocket joined by an in-memory pipe.
+    async fn pair() -> (
+        WsIo<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server =
+            WebSocketStream::from_raw_socket(a, Role::Server, Some(super::super::tuning(4096)))
+                .await;
+        let client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        let closes = IntCounterVec::new(prometheus::Opts::new("c", "c"), &["reason"]).unwrap();
+        let io = WsIo::new(
+            server,
+            WsSettings {
+                endpoint: "wss://example.test/ws".into(),
+                ping_interval: Duration::from_secs(30),
+                ping_timeout: Duration::from_secs(30),
+                closes,
+            },
+        );
+        (io, client)
+    }
+
+    #[tokio::test]
+    async fn client_messages_arrive_whole_and_in_order() {
+        let (mut io, mut client) = pair().await;
+        let sent = [
+            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='example.test' version='1.0'/>",
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+            "<message xmlns='jabber:client'><body>1</body></message>",
+            "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+        ];
+        for m in sent {
+            client.send(Message::Text(m.into())).await.unwrap();
+        }
+        client.close(None).await.unwrap();
+        let mut got = Vec::new();
+        // Small reads: a message is handed out across several of them.
+        let mut buf = [0u8; 7];
+        loop {
+            let n = io.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let expected: Vec<u8> = sent
+            .iter()
+            .flat_map(|m| framing::inbound(m).unwrap().into_bytes())
+            .collect();
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn node_bytes_written_one_at_a_time_make_one_message_per_element() {
+        let (mut io, mut client) = pair().await;
+        let stream = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='i' version='1.0'><message><body>a</body></message> <iq type='result' id='1'/></stream:stream>";
+        for b in stream.chunks(1) {
+            io.write_all(b).await.unwrap();
+        }
+        io.flush().await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = client.next().await {
+            match m {
+                Message::Text(t) => got.push(t.to_string()),
+                Message::Close(f) => {
+                    assert_eq!(f.map(|f| u16::from(f.code)), Some(1000));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' id='i' version='1.0'/>",
+                "<message xmlns='jabber:client'><body>a</body></message>",
+                "<iq xmlns='jabber:client' type='result' id='1'/>",
+                "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn two_elements_in_one_message_fail_the_read_and_close_with_1007() {
+        let (mut io, mut client) = pair().await;
+        client.send(Message::Text("<a/><b/>".into())).await.unwrap();
+        let mut buf = [0u8; 64];
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            io.settings
+                .closes
+                .with_label_values(&["not_one_element"])
+                .get(),
+            1
+        );
+        match client.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1007),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+        // Nothing more is read after a violation.
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+    }
+}
