@@ -3,7 +3,9 @@
 # modules, and ejabberd (the real XMPP servers the tests run), HAProxy (a real front balancer speaking the PROXY protocol),
 # Prometheus and promtool (the tests scrape the proxy with a real server and lint its
 # exposition), tsung (an independent XMPP load tester, for benches/tsung.sh and its bounded
-# test), openssl (demo certificates), curl, and slixmpp (the real XMPP client).
+# test), openssl (demo certificates), curl, slixmpp (the real XMPP client), and Node.js
+# with @xmpp/client and Converse.js from npm (the real WebSocket clients, pinned by a
+# lockfile), and Chromium (Converse.js runs in it, headless).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,13 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 # promtool ships in the same package as the server.
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
+# Node.js and npm run the real web client (@xmpp/client) of the WebSocket tests.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+# Headless Chromium runs Converse.js in the browser test (driven by puppeteer-core from npm,
+# which downloads no browser of its own).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
   sudo_if_needed apt-get update -qq
@@ -59,4 +68,18 @@ if ! "$python" -c 'import slixmpp' 2>/dev/null && ! .venv/bin/python -c 'import 
     }
     .venv/bin/pip install -q -r tests/clients/requirements.txt
   fi
+fi
+
+# The web clients: @xmpp/client, ws, converse.js and puppeteer-core, exactly as the lockfile
+# says, in the project's own directory (nothing global). Reinstalled when the lockfile changes.
+web=tests/clients/xmpp-js
+# @xmpp/client needs Node.js 20.10 or later (the machines have it; Debian 12's own nodejs
+# package is 18): say so plainly rather than fail inside a test.
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 10) ? 0 : 1)'; then
+  echo "Node.js $(node --version) is too old for the web client tests: 20.10 or later is needed" >&2
+  exit 1
+fi
+if [ ! -f "$web/node_modules/.package-lock.json" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
+  echo "installing the web clients (npm ci in $web)"
+  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -55,6 +55,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         }
     }
 
+    /// Wrap a transport whose first bytes were already read (kept in `buf`).
+    pub fn with_buffer(io: S, buf: BytesMut, max_frame: usize) -> Self {
+        Framed {
+            io,
+            buf,
+            scanner: Scanner::new(max_frame),
+        }
+    }
+
     /// Wrap a transport over which a stream named `stream_qname` restarts (TLS after
     /// STARTTLS): a header comes next, or the old stream's close.
     pub fn restarting(io: S, max_frame: usize, stream_qname: &[u8]) -> Self {

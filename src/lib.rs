@@ -5,7 +5,10 @@
 //!    which first reads a front balancer's PROXY header where the listener expects one
 //!    ([`proxy_protocol`]).
 //! 2. Direct TLS (XEP-0368) is accepted at once; STARTTLS reads the clear-text header first
-//!    and upgrades ([`tls`] picks the certificate by SNI).
+//!    and upgrades ([`tls`] picks the certificate by SNI). On a WebSocket listener, HTTP
+//!    (ALPN `http/1.1`, or a request line) goes to [`websocket`]: discovery files, the
+//!    handshake, then the WebSocket seen as a byte stream ([`xmpp::framing`] translates
+//!    `<open/>`, `<close/>` and one element per message), which steps 3 to 7 serve alike.
 //! 3. The post-TLS stream header is read by the incremental [`xmpp::scanner`] through
 //!    [`framed::Framed`] and parsed by [`xmpp::header`].
 //! 4. The routing key is learned: the header's `from`, else the username in the first SASL
@@ -38,6 +41,7 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub(crate) mod tls;
+pub(crate) mod websocket;
 pub mod xmpp;
 
 pub use config::Config;

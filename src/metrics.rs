@@ -96,6 +96,14 @@ pub struct Metrics {
     pub drain_redirects_total: IntCounterVec,
     /// PROXY protocol headers from front balancers, by listener and what became of them.
     pub proxy_headers_total: IntCounterVec,
+    /// HTTP requests on WebSocket listeners, by listener and result (refusals by reason).
+    pub http_requests_total: IntCounterVec,
+    /// WebSocket connections the proxy closed for something the client did, by reason.
+    pub websocket_closes_total: IntCounterVec,
+    /// XMPP streams started (past the front: TLS, or the WebSocket handshake), by transport.
+    pub streams_total: IntCounterVec,
+    /// XMPP streams open now, by transport (`tcp`, `websocket`).
+    pub streams_open: IntGaugeVec,
     /// Stream-management ids wrapped on their way to a client (resumable sessions), by backend.
     pub sm_ids_wrapped_total: IntCounterVec,
     /// Stream-management ids clients sent back to resume, by what checking them showed.
@@ -233,6 +241,21 @@ impl Metrics {
             "PROXY protocol headers on listeners that accept them, by result (accepted, local, missing, invalid, incomplete, untrusted).",
             &["listener", "result"],
         );
+        let http_requests_total = counter(
+            "xmpp_lb_http_requests_total",
+            "HTTP requests on WebSocket listeners, by result (websocket, host_meta, host_meta_json, cors_preflight, or a refusal: not_found, unknown_host, method_not_allowed, upgrade_required, bad_version, bad_request, forbidden_origin, no_subprotocol, bad_http).",
+            &["listener", "result"],
+        );
+        let websocket_closes_total = counter(
+            "xmpp_lb_websocket_closes_total",
+            "WebSocket connections closed by the proxy for what the client did, by reason (binary, not_one_element, invalid_utf8, too_large, protocol_error, ping_timeout).",
+            &["reason"],
+        );
+        let streams_total = counter(
+            "xmpp_lb_streams_total",
+            "XMPP streams started past the front end (TLS up, or WebSocket handshake done), by listener and transport (tcp, websocket).",
+            &["listener", "transport"],
+        );
         let sm_ids_wrapped_total = counter(
             "xmpp_lb_sm_ids_wrapped_total",
             "Stream-management ids wrapped with their node and a MAC on the way to a client (sessions made resumable through any proxy of the fleet).",
@@ -261,6 +284,11 @@ impl Metrics {
             "xmpp_lb_backend_connections_open",
             "Client connections relayed to each backend now.",
             &["backend"],
+        );
+        let streams_open = gauge(
+            "xmpp_lb_streams_open",
+            "XMPP streams open now, from the end of the front end (TLS, WebSocket handshake) to close, by transport (tcp, websocket).",
+            &["transport"],
         );
         let backend_healthy = gauge(
             "xmpp_lb_backend_healthy",
@@ -325,6 +353,10 @@ impl Metrics {
             config_reloads_total,
             drain_redirects_total,
             proxy_headers_total,
+            http_requests_total,
+            websocket_closes_total,
+            streams_total,
+            streams_open,
             sm_ids_wrapped_total,
             resume_ids_total,
             resumes_total,

@@ -196,12 +196,30 @@ pub fn server_config(
     Ok(config)
 }
 
-/// A TLS acceptor for one listener (see [`server_config`]).
-pub fn acceptor(
+/// A TLS acceptor for certificates alone (tests of resumption and certificate loading).
+#[cfg(test)]
+pub(crate) fn acceptor(
     pairs: &[CertPair],
     resumption: &ResumptionConfig,
 ) -> Result<TlsAcceptor, TlsError> {
     let config = server_config(pairs, resumption)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The ALPN protocol of HTTP/1.1, offered on listeners that serve WebSocket.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// A TLS acceptor for one listener (see [`server_config`]), offering ALPN `http/1.1` after
+/// `xmpp-client` where the listener serves WebSocket, so that browsers (which offer `h2` and
+/// `http/1.1`) complete the handshake on the same port as XMPP clients.
+pub fn listener_acceptor(
+    listener: &crate::config::ListenerConfig,
+    resumption: &ResumptionConfig,
+) -> Result<TlsAcceptor, TlsError> {
+    let mut config = server_config(&listener.certs, resumption)?;
+    if listener.websocket.is_some() {
+        config.alpn_protocols.push(ALPN_HTTP1.to_vec());
+    }
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

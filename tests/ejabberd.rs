@@ -6,7 +6,8 @@
 //! 1. the node reports each client's real address and port (not the proxy's), with PROXY
 //!    protocol v1 and v2, from IPv4 and IPv6 clients;
 //! 2. a client behind a front balancer (a PROXY header to the proxy) reaches the node with
-//!    the address the balancer gave;
+//!    the address the balancer gave, and so does a WebSocket client whose address an HTTP
+//!    balancer gave in `X-Forwarded-For`;
 //! 3. users homed on different nodes message each other through the proxy;
 //! 4. the SASL mechanisms shown before routing are the ones the node offers on that link;
 //!    after the nodes' mechanisms change (`reload_config`), a login that finds the stale
@@ -64,6 +65,16 @@ cert = "{cert}"
 key = "{key}"
 accept_proxy_protocol = true
 trusted_proxies = ["127.0.0.0/8", "::1"]
+
+[[listener]]
+name = "web"
+bind = ["127.0.0.1:0"]
+tls = "starttls"
+cert = "{cert}"
+key = "{key}"
+websocket = "/xmpp-websocket"
+websocket_plain = true
+websocket_forwarded_for = ["127.0.0.0/8"]
 
 [routing]
 domains = ["{DOMAIN}"]
@@ -207,6 +218,21 @@ fn ejabberd_cluster_behind_the_proxy_protocol() {
         ),
         1.0
     );
+
+    // 2b. A web client behind an HTTP balancer: the address its X-Forwarded-For names goes
+    //     on to the node in the PROXY header, as for TCP clients.
+    let web = v2.addr("web", false);
+    let ws = v2.block_on(async {
+        let mut ws = testkit::ws::open_plain(web, DOMAIN, &[("x-forwarded-for", "198.51.100.4")])
+            .await
+            .expect("handshake accepted");
+        ws.log_in(DOMAIN, None, &alice, &format!("pw-{alice}"))
+            .await;
+        ws
+    });
+    let session = ej.wait_session(0, &format!("{alice}@{DOMAIN}/ws"));
+    assert_eq!(session.ip, "198.51.100.4", "the WebSocket client's address");
+    drop(ws);
 
     // 3. Users on different nodes of the cluster talk through the proxy.
     let (mut a, _) = login(&v2, &pki, "direct", "127.0.0.2", b"", &alice, "chat");

@@ -2,10 +2,13 @@
 //! what a reader takes in at once.
 //!
 //! A cycle between modules means neither can be read (or changed) without the other, which is
-//! how the connection path once became one 1,650-line file. The graph is built from the
-//! `crate::`, `super::` and `self::` paths each module's non-test code names (use trees
-//! expanded), each resolved to the deepest module it reaches; visibility (`pub(super)`) is not
-//! a dependency. Test modules are left out: they may look anywhere.
+//! how the connection path once became one 1,650-line file. The graph is built from the paths
+//! each module's non-test code names — `crate::`, `super::`, `self::`, and a child module's
+//! name in its parent (use trees expanded) — each resolved to the deepest module it reaches.
+//! A parent that uses its children while they use items defined in it (`super::Error`) is a
+//! cycle too: shared items belong in a leaf module both import. Declaring a child (`mod x;`)
+//! and visibility (`pub(super)`) are not dependencies. Test modules are left out: they may
+//! look anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -65,9 +68,10 @@ fn code_of(text: &str) -> String {
     };
     let comments = Regex::new(r"//[^\n]*").unwrap();
     let visibility = Regex::new(r"pub\s*\([^)]*\)").unwrap();
-    visibility
-        .replace_all(&comments.replace_all(text, ""), "pub")
-        .into_owned()
+    let declarations = Regex::new(r"\bmod\s+\w+\s*;").unwrap();
+    let code = comments.replace_all(text, "");
+    let code = visibility.replace_all(&code, "pub");
+    declarations.replace_all(&code, "").into_owned()
 }
 
 /// The lines of `text` before its test module.
@@ -77,10 +81,13 @@ fn non_test_lines(text: &str) -> usize {
         .count()
 }
 
-/// Every path rooted at `crate`, `super` or `self` in `code`, as segments, use trees
-/// expanded (`crate::a::{b, c::d}` gives `crate::a::b` and `crate::a::c::d`).
+/// Every path in `code` that may name a module of the crate, as segments: rooted at `crate`,
+/// `super` or `self`, or at a lower-case name followed by `::` (a child module, or anything
+/// else; [`graph`] keeps the children). Use trees are expanded (`crate::a::{b, c::d}` gives
+/// `crate::a::b` and `crate::a::c::d`).
 fn paths(code: &str) -> Vec<Vec<String>> {
-    let root = Regex::new(r"\b(crate|super|self)((?:::[A-Za-z_0-9]+)*)(::\{)?").unwrap();
+    let root =
+        Regex::new(r"\b(crate|super|self|[a-z_][a-z_0-9]*)((?:::[A-Za-z_0-9]+)*)(::\{)?").unwrap();
     let split = |s: &str| -> Vec<String> {
         s.split("::")
             .filter(|x| !x.is_empty())
@@ -88,7 +95,18 @@ fn paths(code: &str) -> Vec<Vec<String>> {
             .collect()
     };
     let mut out = Vec::new();
+    // The end of the last use tree expanded: paths inside it are already counted.
+    let mut tree_end = 0;
     for m in root.captures_iter(code) {
+        let start = m.get(0).unwrap().start();
+        if start < tree_end {
+            continue;
+        }
+        let keyword = matches!(&m[1], "crate" | "super" | "self");
+        // The middle of a path (`a::b`), or a plain name (a variable, a crate of its own).
+        if code[..start].ends_with(':') || (!keyword && m[2].is_empty() && m.get(3).is_none()) {
+            continue;
+        }
         let mut base = vec![m[1].to_string()];
         base.extend(split(&m[2]));
         let Some(brace) = m.get(3) else {
@@ -106,6 +124,7 @@ fn paths(code: &str) -> Vec<Vec<String>> {
             }
             end += 1;
         }
+        tree_end = end;
         let inner = &code[start..end.saturating_sub(1)];
         let (mut level, mut from) = (0, 0);
         let mut items = Vec::new();
@@ -159,7 +178,7 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
                 "self" if module.owns_dir => here.iter().chain(rest).cloned().collect(),
                 // `self` in a file module is the module itself.
                 "self" => here.clone(),
-                _ => {
+                "super" => {
                     let mut parent = here[..here.len() - 1].to_vec();
                     let mut rest = rest;
                     while rest.first().is_some_and(|s| s == "super") {
@@ -167,6 +186,15 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
                         rest = &rest[1..];
                     }
                     parent.into_iter().chain(rest.iter().cloned()).collect()
+                }
+                // A child of this module named by itself; any other name is not ours.
+                child => {
+                    let path: Vec<String> =
+                        here.iter().cloned().chain([child.to_string()]).collect();
+                    if !module.owns_dir || !mods.contains_key(&path.join("::")) {
+                        continue;
+                    }
+                    path.into_iter().chain(rest.iter().cloned()).collect()
                 }
             };
             if let Some(target) = resolve(&absolute)
@@ -282,7 +310,9 @@ fn the_checker_finds_a_cycle_and_expands_use_trees() {
     g.insert("c".to_string(), BTreeSet::from(["a".to_string()]));
     g.insert("d".to_string(), BTreeSet::from(["a".to_string()]));
     assert_eq!(cycles(&g), vec![vec!["a", "b", "c"]]);
-    let found = paths("use crate::x::{y, z::{w, v}, u as t};\nlet a = super::super::q::r;");
+    let found = paths(
+        "use crate::x::{y, z::{w, v}, u as t};\nlet a = super::super::q::r;\nuse raw::Raw; raw.f();",
+    );
     let found: Vec<String> = found.iter().map(|p| p.join("::")).collect();
     assert_eq!(
         found,
@@ -290,9 +320,11 @@ fn the_checker_finds_a_cycle_and_expands_use_trees() {
             "crate::x::y",
             "crate::x::z",
             "crate::x::u",
-            "super::super::q::r"
+            "super::super::q::r",
+            "raw::Raw"
         ]
     );
+    assert!(!code_of("mod raw;\npub mod x;").contains("raw"));
     assert!(!code_of("pub(super) fn f() {}").contains("super"));
 }
 

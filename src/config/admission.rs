@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::backends::BackendConfig;
 use super::raw::{RawAdmission, RawBackend};
-use super::{ConfigError, Source, check_host_port};
+use super::source::{ConfigError, Source, check_host_port};
 
 /// Admission defaults for every backend.
 #[derive(Clone, Debug)]

@@ -5,37 +5,11 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
 use toml::Spanned;
 
 use super::raw::RawBackend;
-use super::{ConfigError, Source, parse_addr};
-
-/// Whether, and in which version, a PROXY protocol header opens each connection to a node.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum ProxyProtocol {
-    /// No header: the node sees the proxy's address as the client's.
-    #[default]
-    Off,
-    /// The text header (`PROXY TCP4 ...`): every implementation reads it.
-    V1,
-    /// The binary header, which can also carry the client's ALPN, SNI and TLS facts (TLVs).
-    V2,
-}
-
-/// How the proxy speaks TLS to a node.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendTls {
-    /// Plain TCP on a trusted link.
-    #[default]
-    None,
-    /// RFC 6120 STARTTLS, negotiated by the proxy itself before it replays the client's header.
-    Starttls,
-    /// XEP-0368 direct TLS (ALPN `xmpp-client`) from the first byte.
-    Direct,
-}
+use super::source::{ConfigError, Source, parse_addr};
+use super::values::{BackendTls, ProxyProtocol};
 
 /// How the proxy reaches a node, as written for one `[[backend]]` or one `[[domain]]` (the
 /// pool): every field unset means "inherit" (the backend's own value beats its pool's).

@@ -1,19 +1,8 @@
 //! `[drain]`: what draining a node does to the clients already connected to it.
 
-use serde::Deserialize;
-
 use super::raw::RawDrain;
-use super::{ConfigError, Source, check_host_port};
-
-/// What draining does to the clients already connected to the node.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DrainMode {
-    /// Ask them to reconnect (`<see-other-host/>` pointing back at the proxy), a few per second.
-    Redirect,
-    /// Leave them until they log out by themselves.
-    Wait,
-}
+use super::source::{ConfigError, Source, check_host_port};
+use super::values::DrainMode;
 
 /// Draining settings.
 #[derive(Clone, Debug)]

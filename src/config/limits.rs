@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::raw::{RawHealth, RawLimits, RawProbe};
-use super::{ConfigError, Source};
+use super::source::{ConfigError, Source};
 
 /// The largest `limits.max_header_bytes` accepted. A stream header is one start tag of a few
 /// hundred bytes; the proxy keeps its namespaces for as long as the stream lives.

@@ -5,22 +5,10 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
-
 use super::raw::RawListener;
-use super::{ConfigError, Source, parse_addr};
-
-/// How a listener expects TLS to start.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsMode {
-    /// RFC 6120 STARTTLS: a clear-text stream header first, then TLS (port 5222 style).
-    Starttls,
-    /// XEP-0368 direct TLS: the TLS handshake is the first thing on the wire (port 5223 style).
-    Direct,
-    /// Both on one port: a first byte of 0x16 (a TLS handshake record) means direct TLS.
-    Auto,
-}
+use super::source::{ConfigError, Source, parse_addr, parse_net};
+use super::values::TlsMode;
+use super::websocket::WebSocketListener;
 
 /// One client-facing listener.
 #[derive(Clone, Debug)]
@@ -36,6 +24,8 @@ pub struct ListenerConfig {
     /// Networks of the front balancers whose PROXY protocol header is required and believed;
     /// empty: no header is accepted (and one sent is refused).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// XMPP over WebSocket (RFC 7395) on this listener, if configured.
+    pub websocket: Option<WebSocketListener>,
 }
 
 /// A PEM certificate chain and its private key.
@@ -131,25 +121,15 @@ pub(super) fn validate_listeners(
                 nets
             }
         };
+        let websocket = super::websocket::validate_listener(src, l, i)?;
         listeners.push(ListenerConfig {
             name: l.name.get_ref().clone(),
             bind: addrs,
             tls: l.tls,
             certs,
             trusted_proxies,
+            websocket,
         });
     }
     Ok(listeners)
-}
-
-/// A network written as `ADDRESS/PREFIX`, or a single address.
-fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
-    if let Ok(net) = s.parse::<ipnet::IpNet>() {
-        return Ok(net.trunc());
-    }
-    s.parse::<std::net::IpAddr>()
-        .map(ipnet::IpNet::from)
-        .map_err(|_| {
-            format!("{s:?} is not a network (\"10.0.0.0/8\", \"2001:db8::/32\") or an address")
-        })
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::raw::RawMetrics;
-use super::{ConfigError, Source, parse_addr};
+use super::source::{ConfigError, Source, parse_addr};
 
 /// The checked `[metrics]` table (its fields are kept flat in [`super::Config`]).
 pub(super) struct MetricsConfig {

@@ -14,11 +14,7 @@
 //! every error names.
 
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
-use toml::Spanned;
 
 mod admission;
 mod backends;
@@ -31,50 +27,26 @@ mod position;
 mod raw;
 mod resumption;
 mod routing;
+mod source;
+mod values;
+mod websocket;
 
 pub use admission::AdmissionDefaults;
-pub use backends::{BackendConfig, BackendTls, LinkConfig, LinkOverrides, ProxyProtocol};
-pub use drain::{DrainConfig, DrainMode};
+pub use backends::{BackendConfig, LinkConfig, LinkOverrides};
+pub use drain::DrainConfig;
 pub use limits::{HealthConfig, Limits, ProbeConfig};
-pub use listeners::{CertPair, ListenerConfig, TlsMode};
+pub use listeners::{CertPair, ListenerConfig};
 pub(crate) use pins::parse_pin_file;
 pub use resumption::ResumptionConfig;
 pub use routing::{DomainConfig, RoutingConfig};
+pub use source::ConfigError;
+use source::Source;
+pub use values::{BackendTls, DrainMode, LogFormat, ProxyProtocol, TlsMode};
+pub use websocket::{HOST_META, HOST_META_JSON, WebSocketConfig, WebSocketListener};
 
 pub use crate::route::policy::{PinEntry, RouteKey};
 
 use raw::RawConfig;
-
-/// A configuration error, rendered as `FILE:LINE:COLUMN: key: message`.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read at all.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
-    /// The file was read but is wrong at a known place.
-    #[error("{file}:{line}:{column}: {key}: {message}")]
-    Invalid {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        key: String,
-        message: String,
-    },
-}
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines, for a terminal or journald.
-    #[default]
-    Text,
-    /// One JSON object per line in the Logstash/ECS style (`@timestamp`, `log.level`,
-    /// `message`, then the event's fields), for Elasticsearch, Loki or any document store.
-    Json,
-}
 
 /// A checked configuration: every address parsed, every file present, paths absolute.
 #[derive(Clone, Debug)]
@@ -115,6 +87,8 @@ pub struct Config {
     pub admission: AdmissionDefaults,
     /// Fast reconnect: the fleet's keys for stream-management ids and TLS session tickets.
     pub resumption: ResumptionConfig,
+    /// What every WebSocket listener shares: message bound, keepalive, discovery URLs.
+    pub websocket: WebSocketConfig,
 }
 
 impl Config {
@@ -139,50 +113,6 @@ impl Config {
     }
 }
 
-/// The text being checked and the file it came from: turns a span of the text into an error
-/// at FILE:LINE:COLUMN, and resolves the paths the text names.
-struct Source<'a> {
-    /// The configuration file: named in errors, and relative paths start from its directory.
-    path: &'a Path,
-    /// Its text, where spans point.
-    text: &'a str,
-}
-
-impl Source<'_> {
-    /// The error `message` about `key`, at the start of `span`.
-    fn err(&self, span: &Range<usize>, key: &str, message: String) -> ConfigError {
-        let (line, column) = position::line_col(self.text, span.start);
-        ConfigError::Invalid {
-            file: self.path.to_path_buf(),
-            line,
-            column,
-            key: key.to_string(),
-            message,
-        }
-    }
-
-    /// A configured file path, resolved against the configuration's directory; the file must
-    /// exist.
-    fn resolve(&self, p: &Spanned<PathBuf>, key: &str) -> Result<PathBuf, ConfigError> {
-        let full = if p.get_ref().is_absolute() {
-            p.get_ref().clone()
-        } else {
-            self.path
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join(p.get_ref())
-        };
-        if !full.is_file() {
-            return Err(self.err(
-                &p.span(),
-                key,
-                format!("file not found: {}", full.display()),
-            ));
-        }
-        Ok(full)
-    }
-}
-
 impl RawConfig {
     /// Check every section, always in the same order, and build the checked [`Config`]. The
     /// first error found is returned.
@@ -204,6 +134,7 @@ impl RawConfig {
         let (limits, probe, health) =
             limits::validate_limits(&src, &self.limits, &self.probe, &self.health)?;
         let resumption = resumption::validate_resumption(&src, &self.resumption)?;
+        let websocket = websocket::validate_websocket(&src, &self.websocket, &routing.domains)?;
         Ok(Config {
             source: path.to_path_buf(),
             listeners,
@@ -221,28 +152,9 @@ impl RawConfig {
             drain,
             admission,
             resumption,
+            websocket,
         })
     }
-}
-
-/// A socket address written as `IP:PORT` (IPv6 in brackets); names are not resolved,
-/// so that the same file means the same thing on every proxy of a fleet.
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>().map_err(|_| {
-        format!("{s:?} is not an IP:PORT address (IPv6 in brackets, e.g. \"[::1]:5222\")")
-    })
-}
-
-/// `host:port` as a client would connect to it (a name or an IP; IPv6 in brackets).
-fn check_host_port(s: &str) -> Result<String, String> {
-    let bad = || format!("{s:?} is not host:port (IPv6 in brackets)");
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>().map_err(|_| bad())?;
-    let bracketed = host.starts_with('[') && host.ends_with(']');
-    if host.is_empty() || (host.contains(':') && !bracketed) {
-        return Err(bad());
-    }
-    Ok(s.to_string())
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::PinEntry;
 use super::position::{key_path, line_col};
+use crate::route::policy::PinEntry;
 use crate::route::policy::PinPattern;
 
 /// A pin file error, at a line of the file, under a key like `pin[3].backend`.

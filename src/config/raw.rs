@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{BackendTls, DrainMode, LogFormat, PinEntry, ProxyProtocol, RouteKey, TlsMode};
+use super::values::{BackendTls, DrainMode, LogFormat, ProxyProtocol, TlsMode};
+use crate::route::policy::{PinEntry, RouteKey};
 
 /// The file as written (before checks).
 #[derive(Debug, Deserialize)]
@@ -37,6 +38,8 @@ pub(super) struct RawConfig {
     pub(super) log_format: LogFormat,
     #[serde(default)]
     pub(super) log_jids: bool,
+    #[serde(default)]
+    pub(super) websocket: RawWebSocket,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +56,24 @@ pub(super) struct RawListener {
     pub(super) accept_proxy_protocol: Spanned<bool>,
     #[serde(default)]
     pub(super) trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) websocket: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) websocket_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) websocket_plain: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) websocket_forwarded_for: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[websocket]`: what every WebSocket listener shares.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawWebSocket {
+    pub(super) max_message_bytes: Option<Spanned<usize>>,
+    pub(super) ping_interval: Option<Spanned<String>>,
+    pub(super) ping_timeout: Option<Spanned<String>>,
+    pub(super) urls: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::RawResumption;
-use super::{ConfigError, Source};
+use super::source::{ConfigError, Source};
 use crate::keys::FleetKey;
 
 /// Fast reconnect across a fleet of proxies (see docs/fast-reconnect.md).

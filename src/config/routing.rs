@@ -12,7 +12,8 @@ use toml::Spanned;
 
 use super::backends::{BackendConfig, LinkOverrides, RawLink};
 use super::raw::{RawDomain, RawRouting};
-use super::{ConfigError, PinEntry, RouteKey, Source};
+use super::source::{ConfigError, Source};
+use crate::route::policy::{PinEntry, RouteKey};
 use crate::route::policy::{check_ipv4_prefix, check_ipv6_prefix, check_keys, compile_tenant};
 
 /// Routing settings.

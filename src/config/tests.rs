@@ -1447,3 +1447,93 @@ fn the_published_example_secrets_are_refused() {
         "{BASE}[resumption]\nsm_key_files = [\"own.key\"]\n"
     ));
 }
+
+#[test]
+fn websocket_keys_are_checked_where_they_are_written() {
+    assert_error(
+        &edit(
+            r#"tls = "starttls""#,
+            "tls = \"starttls\"\nwebsocket = \"xmpp\"",
+        ),
+        "bad.toml:5:13: listener[0].websocket: \"xmpp\" is not a request path (e.g. \"/xmpp-websocket\")",
+    );
+    assert_error(
+        &edit(
+            r#"tls = "starttls""#,
+            "tls = \"starttls\"\nwebsocket = \"/.well-known/host-meta\"",
+        ),
+        "bad.toml:5:13: listener[0].websocket: /.well-known/host-meta is where the discovery files are served",
+    );
+    assert_error(
+        &edit(
+            r#"tls = "starttls""#,
+            "tls = \"starttls\"\nwebsocket_origins = [\"https://a.test\"]",
+        ),
+        "bad.toml:5:21: listener[0].websocket_origins: set websocket = \"/xmpp-websocket\" on this listener first",
+    );
+    assert_error(
+        &edit(
+            r#"tls = "starttls""#,
+            "tls = \"starttls\"\nwebsocket = \"/ws\"\nwebsocket_origins = [\"https://a.test/page\"]",
+        ),
+        "bad.toml:6:22: listener[0].websocket_origins: \"https://a.test/page\" is not an origin (e.g. \"https://chat.example.test\")",
+    );
+    assert_error(
+        &edit(
+            r#"tls = "starttls""#,
+            "tls = \"direct\"\nwebsocket = \"/ws\"\nwebsocket_plain = true",
+        ),
+        "bad.toml:6:19: listener[0].websocket_plain: a tls = \"direct\" listener starts with TLS; use tls = \"starttls\" or \"auto\"",
+    );
+    assert_error(
+        &edit(
+            r#"tls = "starttls""#,
+            "tls = \"auto\"\nwebsocket = \"/ws\"\nwebsocket_forwarded_for = [\"10.0.0.0/8\"]",
+        ),
+        "bad.toml:6:27: listener[0].websocket_forwarded_for: X-Forwarded-For comes from a TLS-terminating balancer: set websocket_plain = true",
+    );
+    assert_error(
+        &format!("{BASE}\n[websocket]\nurls = {{ \"other.test\" = \"wss://x.test/ws\" }}\n"),
+        "bad.toml:21:25: websocket.urls.other.test: \"other.test\" is not a served domain",
+    );
+    assert_error(
+        &format!("{BASE}\n[websocket]\nurls = {{ \"example.test\" = \"https://x.test/ws\" }}\n"),
+        "bad.toml:21:27: websocket.urls.example.test: \"https://x.test/ws\" is not a WebSocket URL (wss://HOST/PATH)",
+    );
+    assert_error(
+        &format!("{BASE}\n[websocket]\nmax_message_bytes = 10\n"),
+        "bad.toml:21:21: websocket.max_message_bytes: must be between 4096 and 16777216",
+    );
+    assert_error(
+        &format!("{BASE}\n[websocket]\nping_timeout = \"0s\"\n"),
+        "bad.toml:21:16: websocket.ping_timeout: must be between 1s and 1h",
+    );
+}
+
+#[test]
+fn websocket_is_off_by_default_and_read_when_set() {
+    let f = Fixture::new();
+    let c = f.ok(BASE);
+    assert!(c.listeners[0].websocket.is_none());
+    assert_eq!(c.websocket, WebSocketConfig::default());
+    let c = f.ok(&format!(
+        "{}\n[websocket]\nping_interval = \"10s\"\nurls = {{ \"Example.TEST\" = \"wss://chat.example.test/ws\" }}\n",
+        edit(
+            r#"tls = "starttls""#,
+            "tls = \"auto\"\nwebsocket = \"/ws\"\nwebsocket_origins = [\"HTTPS://Chat.Example.test\"]\nwebsocket_plain = true\nwebsocket_forwarded_for = [\"10.1.2.3\"]",
+        )
+    ));
+    let ws = c.listeners[0].websocket.as_ref().unwrap();
+    assert_eq!(ws.path, "/ws");
+    assert_eq!(ws.origins, ["https://chat.example.test"]);
+    assert!(ws.plain);
+    assert_eq!(
+        ws.forwarded_for,
+        ["10.1.2.3/32".parse::<ipnet::IpNet>().unwrap()]
+    );
+    assert_eq!(c.websocket.ping_interval, Duration::from_secs(10));
+    assert_eq!(
+        c.websocket.urls.get("example.test").map(String::as_str),
+        Some("wss://chat.example.test/ws")
+    );
+}

@@ -24,10 +24,21 @@ use crate::xmpp::stream_error::Condition;
 const FEATURES_STARTTLS: &str = "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
 const PROCEED: &[u8] = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
 
-/// A client whose TLS is up.
+/// What the client speaks once the front is done.
+pub(crate) enum Front {
+    /// XMPP over TLS.
+    Xmpp(ClientStream<ClientTls>),
+    /// HTTP over TLS (ALPN `http/1.1`, or a request without ALPN), with the bytes read to
+    /// tell it from XMPP, on a listener that serves WebSocket.
+    HttpTls(Prefixed<ClientTls>),
+    /// HTTP without TLS, on a listener with `websocket_plain` (behind an HTTP balancer).
+    HttpPlain(TcpStream),
+}
+
+/// A client past the front: TLS up, or HTTP on a WebSocket listener.
 pub(crate) struct Accepted {
-    /// The client's stream over TLS.
-    pub(crate) client: ClientStream<ClientTls>,
+    /// The client's connection.
+    pub(crate) client: Front,
     /// What the PROXY protocol header to a node says about the client (its address, the
     /// address it reached, TLS facts).
     pub(crate) origin: Origin,
@@ -60,12 +71,26 @@ pub(crate) async fn accept(
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
-    let direct = match listener.tls {
-        TlsMode::Direct => true,
-        TlsMode::Starttls => false,
-        TlsMode::Auto => sniff_tls(&tcp, deadline).await?,
+    let websocket = rt
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == listener.name)
+        .and_then(|l| l.websocket.as_ref());
+    let plain_http = websocket.is_some_and(|w| w.plain);
+    let first = match listener.tls {
+        TlsMode::Direct => TLS_RECORD,
+        TlsMode::Starttls if !plain_http => b'<',
+        TlsMode::Starttls | TlsMode::Auto => sniff_first(&tcp, deadline).await?,
     };
-    trace.tls = if direct { "direct" } else { "starttls" };
+    // An HTTP request line starts with its method in capitals; an XML stream never does.
+    let http = plain_http && first.is_ascii_uppercase();
+    let direct = first == TLS_RECORD && listener.tls != TlsMode::Starttls;
+    trace.tls = match (direct, http) {
+        (true, _) => "direct",
+        (false, true) => "plain",
+        (false, false) => "starttls",
+    };
     let metrics = &shared.metrics;
     metrics
         .connections_total
@@ -80,6 +105,18 @@ pub(crate) async fn accept(
         );
     }
 
+    if http {
+        return Ok(Accepted {
+            client: Front::HttpPlain(tcp),
+            origin: Origin {
+                source: peer,
+                destination: local,
+                alpn: None,
+                sni: None,
+                tls_version: None,
+            },
+        });
+    }
     // After STARTTLS: the name of the clear-text stream, which the client may close over TLS.
     let (prefixed, restarts) = if direct {
         (Prefixed::new(tcp, Default::default()), None)
@@ -142,13 +179,54 @@ pub(crate) async fn accept(
         sni: session.server_name().map(str::to_string),
         tls_version: session.protocol_version().and_then(|v| v.as_str()),
     };
-    Ok(Accepted {
-        client: match restarts {
-            Some(qname) => ClientStream::restarting(tls, limits.max_header_bytes, qname.as_bytes()),
-            None => ClientStream::new(tls, limits.max_header_bytes),
-        },
-        origin,
-    })
+    let client = match restarts {
+        Some(qname) => Front::Xmpp(ClientStream::restarting(
+            tls,
+            limits.max_header_bytes,
+            qname.as_bytes(),
+        )),
+        None if websocket.is_none() => Front::Xmpp(ClientStream::new(tls, limits.max_header_bytes)),
+        // Only direct TLS gets here: a STARTTLS client has already spoken XMPP.
+        None => xmpp_or_http(tls, limits.max_header_bytes, deadline).await?,
+    };
+    Ok(Accepted { client, origin })
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_RECORD: u8 = 0x16;
+
+/// On a WebSocket listener: ALPN `http/1.1` is HTTP, `xmpp-client` is XMPP, and without
+/// ALPN the first bytes decide (a request line starts with a method in capitals).
+async fn xmpp_or_http(
+    mut tls: ClientTls,
+    max_header: usize,
+    deadline: Instant,
+) -> Result<Front, Failure> {
+    match tls.get_ref().1.alpn_protocol() {
+        Some(crate::tls::ALPN_HTTP1) => {
+            return Ok(Front::HttpTls(Prefixed::new(tls, Default::default())));
+        }
+        Some(_) => return Ok(Front::Xmpp(ClientStream::new(tls, max_header))),
+        None => {}
+    }
+    let mut first = bytes::BytesMut::with_capacity(512);
+    match tokio::time::timeout_at(
+        deadline,
+        tokio::io::AsyncReadExt::read_buf(&mut tls, &mut first),
+    )
+    .await
+    {
+        Err(_) => return Err(Failure::Quiet("silent client")),
+        Ok(Err(_)) | Ok(Ok(0)) => return Err(Failure::Quiet("client closed before sending")),
+        Ok(Ok(_)) => {}
+    }
+    if first[0].is_ascii_uppercase() {
+        Ok(Front::HttpTls(Prefixed::new(tls, first)))
+    } else {
+        Ok(Front::Xmpp(ClientStream::with_buffer(
+            tls, first, max_header,
+        )))
+    }
 }
 
 /// The `kind` label of `xmpp_lb_tls_handshakes_total`: `resumed`, or `full` (a
@@ -243,13 +321,14 @@ fn ack_now(tcp: &TcpStream) {
     let _ = tcp;
 }
 
-/// `tls = "auto"`: a TLS handshake record starts with 0x16; an XML stream never does.
-async fn sniff_tls(tcp: &TcpStream, deadline: Instant) -> Result<bool, Failure> {
+/// `tls = "auto"` (and a listener with `websocket_plain`): the first byte, left unread. A TLS
+/// handshake record starts with 0x16; an XML stream never does.
+async fn sniff_first(tcp: &TcpStream, deadline: Instant) -> Result<u8, Failure> {
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
         Err(_) => Err(Failure::Quiet("silent client")),
         Ok(Err(_)) | Ok(Ok(0)) => Err(Failure::Quiet("client closed before sending")),
-        Ok(Ok(_)) => Ok(first[0] == 0x16),
+        Ok(Ok(_)) => Ok(first[0]),
     }
 }
 

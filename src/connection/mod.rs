@@ -9,6 +9,10 @@
 //!    until authentication ends, in one explicit phase at a time.
 //! 4. [`handover`]: the two streams go to the byte relay until either side closes.
 //!
+//! On a listener that serves WebSocket, [`websocket`] takes over after the front when the
+//! client speaks HTTP: discovery files, the WebSocket handshake, then the same phases 2 to 4
+//! over the WebSocket seen as an XMPP byte stream.
+//!
 //! Every refusal is written by [`refuse`]; the one access-log line is written from the
 //! record [`trace`] keeps. The negotiation talks to the client through an element transport
 //! ([`transport`]), so another front end is another transport, not another negotiation.
@@ -22,11 +26,13 @@ mod refuse;
 mod trace;
 mod transport;
 mod upstream;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -35,8 +41,9 @@ pub use self::context::ListenerCtx;
 use self::context::{Arrival, At};
 use self::refuse::{Failure, refuse};
 use self::trace::{Counted, GaugeGuard, NegotiatingGuard, Trace};
-use self::transport::ElementTransport;
+use self::transport::{ClientStream, ElementTransport};
 use crate::config::TlsMode;
+use crate::proxy_protocol::Origin;
 use crate::runtime::Shared;
 
 /// Numbers connections in this process, for the span every log line of one connection
@@ -91,17 +98,49 @@ pub async fn handle(
     .await
 }
 
-/// The phases in order: front (to TLS), the client's header, negotiation, relay.
+/// The phases in order: front (to TLS, or HTTP and WebSocket), then the XMPP stream.
 async fn drive(
     arrival: &Arrival<'_>,
     tcp: TcpStream,
     counted: &mut Counted,
     trace: &mut Trace,
 ) -> Result<(), Failure> {
+    let prerouting_deadline = arrival.started + arrival.rt.config.limits.prerouting_timeout;
+    let front::Accepted { client, origin } =
+        front::accept(arrival, tcp, prerouting_deadline, counted, trace).await?;
+    match client {
+        front::Front::Xmpp(client) => {
+            trace.transport = "tcp";
+            serve(arrival, origin, client, counted, trace).await
+        }
+        front::Front::HttpTls(io) => match websocket::web(arrival, io, origin, trace).await? {
+            Some((client, origin)) => serve(arrival, origin, client, counted, trace).await,
+            None => Ok(()),
+        },
+        front::Front::HttpPlain(io) => match websocket::web(arrival, io, origin, trace).await? {
+            Some((client, origin)) => serve(arrival, origin, client, counted, trace).await,
+            None => Ok(()),
+        },
+    }
+}
+
+/// One XMPP stream, whatever carries it (`trace.transport`): the client's header,
+/// negotiation, relay.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    arrival: &Arrival<'_>,
+    origin: Origin,
+    mut client: ClientStream<S>,
+    counted: &mut Counted,
+    trace: &mut Trace,
+) -> Result<(), Failure> {
     let (shared, rt, started) = (arrival.shared, arrival.rt, arrival.started);
     let prerouting_deadline = started + rt.config.limits.prerouting_timeout;
-    let front::Accepted { mut client, origin } =
-        front::accept(arrival, tcp, prerouting_deadline, counted, trace).await?;
+    let metrics = &shared.metrics;
+    metrics
+        .streams_total
+        .with_label_values(&[&arrival.listener.name, trace.transport])
+        .inc();
+    let _stream_open = GaugeGuard::inc(metrics.streams_open.with_label_values(&[trace.transport]));
     let at = At {
         shared,
         rt,
@@ -110,7 +149,6 @@ async fn drive(
         started,
         origin,
     };
-    let metrics = &shared.metrics;
     let hello = match capture::hello(&rt.config, &mut client, prerouting_deadline).await {
         Ok(hello) => hello,
         Err(failure) => {

@@ -19,8 +19,11 @@ use crate::runtime::Shared;
 /// The access-log record of one connection.
 #[derive(Default)]
 pub(crate) struct Trace {
-    /// "starttls" or "direct", once known.
+    /// "starttls" or "direct", once known ("plain" for HTTP without TLS).
     pub(crate) tls: &'static str,
+    /// How the client speaks XMPP: "tcp" or "websocket", or "http" for a connection that
+    /// only made HTTP requests (discovery, refused handshakes). Empty until known.
+    pub(crate) transport: &'static str,
     /// The client's address as a front balancer's PROXY header gave it (else the socket's).
     pub(crate) client: Option<SocketAddr>,
     /// The front balancer the connection came through, if it sent a PROXY header.
@@ -54,6 +57,7 @@ impl Trace {
     ) {
         let (reason, side) = match (result, &self.relay) {
             (Ok(()), Some(stats)) => (stats.reason.reason(), stats.reason.side()),
+            (Ok(()), None) if self.transport == "http" => ("http", "client"),
             (Ok(()), None) => ("closed_in_negotiation", "backend"),
             (Err(failure), _) => failure.labels(),
         };
@@ -71,6 +75,7 @@ impl Trace {
             via = %self.via.map_or_else(|| "-".to_string(), |v| v.to_string()),
             listener = %listener,
             tls = self.tls,
+            transport = if self.transport.is_empty() { "-" } else { self.transport },
             domain = self.domain.as_deref().unwrap_or("-"),
             key_source = self.source.map_or("-", |s| s.as_str()),
             backend = self.backend.as_deref().unwrap_or("-"),

@@ -73,6 +73,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
         }
     }
 
+    /// A client whose first bytes were already read (`buf`), e.g. to tell XMPP from HTTP.
+    pub(crate) fn with_buffer(io: S, buf: BytesMut, max_frame: usize) -> Self {
+        ClientStream {
+            framed: Framed::with_buffer(io, buf, max_frame),
+            open: false,
+        }
+    }
+
     /// Give up framing: the socket and every byte read but not consumed (for the relay, or
     /// for the TLS handshake after `<proceed/>`).
     pub(crate) fn into_parts(self) -> (S, BytesMut) {

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::Watch;
+use super::watch::Watch;
 use crate::xmpp::tracker::{Event, Tracker};
 
 /// Size of the per-thread scratch buffer: one TLS record's worth of plaintext.

@@ -29,16 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use direction::{Copied, Direction, Phase};
 
 mod direction;
+mod watch;
 
-/// Top-level elements one direction of the relay holds back until they are complete, to
-/// rewrite them (XEP-0198 ids, which must be changed in flight). Everything else streams
-/// through untouched, so a watch costs nothing but the name check at each top-level start.
-pub(crate) trait Watch: Send {
-    /// Whether to hold the top-level element whose qualified name (as written) is `name`.
-    fn wants(&self, name: &[u8]) -> bool;
-    /// A complete held element; returns the bytes to send in its place.
-    fn rewrite(&mut self, element: Vec<u8>) -> Vec<u8>;
-}
+pub(crate) use watch::Watch;
 
 /// The watches of the two directions (either may be absent).
 #[derive(Default)]

@@ -58,7 +58,7 @@ impl Runtime {
         let mut acceptors = HashMap::new();
         for l in &config.listeners {
             let acceptor =
-                crate::tls::acceptor(&l.certs, &config.resumption).map_err(|source| {
+                crate::tls::listener_acceptor(l, &config.resumption).map_err(|source| {
                     BuildError::Tls {
                         listener: l.name.clone(),
                         source,

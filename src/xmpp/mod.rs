@@ -3,6 +3,7 @@
 
 pub mod element;
 pub mod features;
+pub mod framing;
 pub mod header;
 pub mod sasl;
 pub mod scanner;

@@ -421,6 +421,33 @@ async def cmd_hold(args):
     return None if why != "disconnected" else 3
 
 
+async def cmd_reply(args):
+    """Log in, print the login result, wait for one chat message and answer it with
+    'reply: BODY'; then print what was received."""
+    s = Session(args, args.jid, args.password, "a")
+    deadline = time.monotonic() + args.timeout
+    loop = asyncio.get_running_loop()
+    received = loop.create_future()
+
+    def on_message(msg):
+        if msg["type"] in ("chat", "normal") and msg["body"] and not received.done():
+            received.set_result({"body": msg["body"], "from": str(msg["from"])})
+    s.xmpp.add_event_handler("message", on_message)
+    await s.login(args.timeout)
+    contact = await s.node_contact(max(0.5, deadline - time.monotonic()))
+    res = {"ok": True, "waiting": True, "node": node_name(contact)}
+    res.update(s.base_result())
+    emit(res)
+    try:
+        got = await asyncio.wait_for(asyncio.shield(received), args.wait)
+    except asyncio.TimeoutError:
+        raise Failure("reply", "no chat message within %ss" % args.wait)
+    s.xmpp.send_message(mto=got["from"], mbody="reply: " + got["body"], mtype="chat")
+    await asyncio.sleep(0.5)
+    await s.close()
+    return {"ok": True, "received": got["body"], "from": got["from"], "node": node_name(contact)}
+
+
 async def cmd_resume(args):
     """Log in with XEP-0198 resumption, lose the connection (no stream close), and come back
     through --resume-port: slixmpp resumes the stream if the server still knows it."""
@@ -499,6 +526,11 @@ def parse_args(argv):
     p.add_argument("--resume-port", type=int, required=True, help="where to reconnect")
     p.add_argument("--away", type=float, default=0.3, help="seconds between losing the connection and reconnecting")
     add_conn_args(p)
+    p = sub.add_parser("reply")
+    p.add_argument("--jid", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the message")
+    add_conn_args(p)
     p = sub.add_parser("hold")
     p.add_argument("--jid", required=True)
     p.add_argument("--password", required=True)
@@ -508,7 +540,8 @@ def parse_args(argv):
 
 
 async def run(args):
-    cmds = {"login": cmd_login, "chat": cmd_chat, "hold": cmd_hold, "resume": cmd_resume}
+    cmds = {"login": cmd_login, "chat": cmd_chat, "hold": cmd_hold, "resume": cmd_resume,
+            "reply": cmd_reply}
     return await cmds[args.cmd](args)
 
 
@@ -517,7 +550,8 @@ def main(argv):
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.CRITICAL,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     # Hard backstop: whatever happens, never outlive the budget.
-    budget = args.timeout + (args.seconds if args.cmd == "hold" else 0.0) + 5.0
+    budget = args.timeout + (args.seconds if args.cmd == "hold" else 0.0) \
+        + (args.wait if args.cmd == "reply" else 0.0) + 5.0
 
     def on_alarm(_sig, _frm):
         emit({"ok": False, "kind": "timeout", "error": "hard timeout after %.1fs" % budget})

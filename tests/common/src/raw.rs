@@ -41,10 +41,25 @@ pub fn connector_tls13(ca: &Path) -> TlsConnector {
     connector_with_versions(ca, &[&rustls::version::TLS13])
 }
 
+/// A TLS connector trusting only the test CA, offering the ALPN protocols `alpn` (none if
+/// empty), as a browser (`h2`, `http/1.1`) or a client without ALPN would.
+pub fn connector_alpn(ca: &Path, alpn: &[&[u8]]) -> TlsConnector {
+    let mut config = (*connector_config(ca, rustls::DEFAULT_VERSIONS)).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
 fn connector_with_versions(
     ca: &Path,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> TlsConnector {
+    TlsConnector::from(connector_config(ca, versions))
+}
+
+fn connector_config(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = RootCertStore::empty();
@@ -58,7 +73,7 @@ fn connector_with_versions(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"xmpp-client".to_vec()];
-    TlsConnector::from(Arc::new(config))
+    Arc::new(config)
 }
 
 /// A client stream header (no XML declaration), with an optional `from`.
