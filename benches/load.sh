@@ -14,7 +14,8 @@
 #
 # Everything runs on loopback on fixed high ports (BASE_PORT..BASE_PORT+500). Installs HAProxy
 # (Debian package) if missing; needs prosody, openssl and python3. Work files go to
-# target/load-bench/ (replaced on every run). Every process it starts is stopped by pid on exit.
+# target/load-bench-BASE_PORT/ (replaced on every run, so runs on other ports can go on side by
+# side). Every process it starts is stopped by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -33,7 +34,7 @@ BASE_PORT=${BASE_PORT:-27000}
 domain=example.test
 password=password
 
-work=$root/target/load-bench
+work=$root/target/load-bench-$BASE_PORT
 bench=load.sh
 # shellcheck source=benches/lib.sh
 source "$root/benches/lib.sh"
