@@ -11,7 +11,7 @@
 
 use bytes::BytesMut;
 
-use super::element::{Element, NsContext};
+use super::element::{Element, NsContext, escape};
 use super::features::NS_SASL;
 use super::header::{CLIENT_NS, STREAM_NS, StreamHeader};
 use super::scanner::{FrameKind, ScanError, Scanner};
@@ -325,22 +325,6 @@ fn prefix(qname: &str) -> Option<&str> {
 /// `name` of `p:name`.
 fn local_name(qname: &str) -> &str {
     qname.split_once(':').map_or(qname, |(_, l)| l)
-}
-
-/// An attribute value, escaped for single quotes.
-fn escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
