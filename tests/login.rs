@@ -3,7 +3,7 @@
 //! lands on the node `xmpp-lb route` names, which the server itself confirms.
 
 use serde_json::Value;
-use testkit::client::run_client;
+use testkit::client::{node_seen, run_client};
 use testkit::env::{DOMAIN, Env, EnvBuilder};
 /// With backends node1..node3 these spread over all three nodes (golden ring placement):
 /// alice → node1, bob → node2, carol → node3; juliet and romeo both → node2.
@@ -53,17 +53,6 @@ fn login(env: &Env, user: &str, listener: &str, tls: &str, ipv6: bool, extra: &[
         "login of {user} via {listener}/{tls} failed: {out}"
     );
     out
-}
-
-/// The node a client saw (its disco#info contact address names the node).
-fn node_seen(out: &Value) -> String {
-    let contact = out["node_contact"].as_str().unwrap_or_default();
-    contact
-        .trim_start_matches("xmpp:")
-        .split('@')
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 #[test]

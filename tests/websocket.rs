@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use testkit::client::node_seen;
 use testkit::env::{DOMAIN, Env, EnvBuilder};
 use testkit::raw::Raw;
 use testkit::ws::{End, Handshake, Message, open, open_element};
@@ -565,17 +566,6 @@ fn a_silent_client_is_pinged_and_closed_when_it_does_not_answer() {
             .metric_value("xmpp_lb_websocket_closes_total{reason=\"ping_timeout\"}"),
         1.0
     );
-}
-
-/// The node a client saw (its disco#info admin address names the node).
-fn node_seen(out: &serde_json::Value) -> String {
-    let contact = out["node_contact"].as_str().unwrap_or_default();
-    contact
-        .trim_start_matches("xmpp:")
-        .split('@')
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 #[test]

@@ -286,6 +286,18 @@ fn run_owned(args: Vec<String>) -> Value {
     run_client(&refs)
 }
 
+/// The node a client saw, from the `node_contact` of its result (each test node's
+/// disco#info contact address is `xmpp:NODE@DOMAIN`); empty if it saw none.
+pub fn node_seen(out: &Value) -> String {
+    let contact = out["node_contact"].as_str().unwrap_or_default();
+    contact
+        .trim_start_matches("xmpp:")
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Log in, bind, send presence, disco#info the domain, disconnect.
 /// Result: {"ok", "jid", "mech", "node_contact", "node", "elapsed_ms", "tls", ...}.
 pub fn login(conn: &Conn, jid: &str, password: &str) -> Value {
