@@ -40,6 +40,7 @@ pub(crate) mod resumption;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod sources;
 pub(crate) mod tls;
 pub(crate) mod websocket;
 pub mod xmpp;

@@ -115,6 +115,22 @@ pub struct Metrics {
     pub backend_ring_share: GaugeVec,
     /// Always 1, labelled with the version, so dashboards can show what runs where.
     pub build_info: IntGaugeVec,
+    /// Connections refused by a per-source limit, by limit.
+    pub source_refusals_total: IntCounterVec,
+    /// Sources (client networks) the per-source table holds now.
+    pub sources_tracked: IntGaugeVec,
+    /// Login attempts held back because their source or account failed too often.
+    pub login_delays_total: IntCounterVec,
+    /// Bans started for failed logins, by scope (source, jid).
+    pub login_bans_total: IntCounterVec,
+    /// Login attempts refused because their source or account is banned, by scope.
+    pub login_refusals_total: IntCounterVec,
+    /// `accept` failures, by listener and error (emfile, enfile, other).
+    pub accept_errors_total: IntCounterVec,
+    /// New connections refused while over a budget, by budget (memory, descriptors).
+    pub overload_refusals_total: IntCounterVec,
+    /// 1 while over the budget, else 0.
+    pub overloaded: IntGaugeVec,
     /// Log lines dropped because the log output could not keep up (logging never blocks).
     pub log_lines_dropped_total: IntCounter,
     /// How many dropped lines the counter above already holds (concurrent scrapes must not
@@ -271,6 +287,36 @@ impl Metrics {
             "Stream resumptions answered by a backend, by style (legacy, inline) and result (resumed, failed).",
             &["backend", "kind", "result"],
         );
+        let source_refusals_total = counter(
+            "xmpp_lb_source_refusals_total",
+            "Connections refused by a per-source limit, by limit (connections, unauthenticated, connection_rate, tls_handshake_rate, banned).",
+            &["limit"],
+        );
+        let login_delays_total = counter(
+            "xmpp_lb_login_delays_total",
+            "Login attempts held back because their source or account failed too many logins.",
+            &[],
+        );
+        let login_bans_total = counter(
+            "xmpp_lb_login_bans_total",
+            "Bans started for failed logins, by scope (source, jid).",
+            &["scope"],
+        );
+        let login_refusals_total = counter(
+            "xmpp_lb_login_refusals_total",
+            "Login attempts refused with <policy-violation/> because their source or account is banned.",
+            &[],
+        );
+        let accept_errors_total = counter(
+            "xmpp_lb_accept_errors_total",
+            "accept() failures on a listener, by error (emfile, enfile, other); the listener backs off and retries.",
+            &["listener", "error"],
+        );
+        let overload_refusals_total = counter(
+            "xmpp_lb_overload_refusals_total",
+            "New connections closed at once because the process was over a budget (memory, descriptors).",
+            &["budget"],
+        );
         let mut gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             register(registry_ref, defs, Kind::Gauge, g)
@@ -300,6 +346,26 @@ impl Metrics {
             "1 while the backend is draining, else 0.",
             &["backend"],
         );
+        let sources_tracked = gauge(
+            "xmpp_lb_sources_tracked",
+            "Client networks the per-source table holds now (bounded).",
+            &[],
+        );
+        let overloaded = gauge(
+            "xmpp_lb_overloaded",
+            "1 while the process is over the budget (memory, descriptors) and refuses new connections, else 0.",
+            &["budget"],
+        );
+        for budget in ["memory", "descriptors"] {
+            overload_refusals_total.with_label_values(&[budget]);
+            overloaded.with_label_values(&[budget]);
+        }
+        for scope in ["source", "jid"] {
+            login_bans_total.with_label_values(&[scope]);
+        }
+        login_delays_total.with_label_values::<&str>(&[]);
+        login_refusals_total.with_label_values::<&str>(&[]);
+        sources_tracked.with_label_values::<&str>(&[]);
         let build_info = gauge(
             "xmpp_lb_build_info",
             "Always 1; the version label says which build is running.",
@@ -362,6 +428,14 @@ impl Metrics {
             resumes_total,
             backend_ring_share,
             build_info,
+            source_refusals_total,
+            sources_tracked,
+            login_delays_total,
+            login_bans_total,
+            login_refusals_total,
+            accept_errors_total,
+            overload_refusals_total,
+            overloaded,
             log_lines_dropped_total,
             log_lines_dropped_synced: std::sync::atomic::AtomicU64::new(0),
             registry,

@@ -40,6 +40,9 @@ pub struct Limits {
     pub max_negotiation_element_bytes: usize,
     /// Connections held at once; past it new ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// How long a relayed peer may leave bytes for it unread (it stopped reading, or its
+    /// network is gone) before its connection is closed.
+    pub write_timeout: Duration,
 }
 
 /// Feature probing settings.
@@ -62,6 +65,10 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failures (checks or real connects) that make a node unhealthy.
     pub fall: u32,
+    /// Whether the sessions relayed to a node are closed when it becomes unhealthy, so that
+    /// no client waits on a node that stopped answering (its clients reconnect elsewhere, or
+    /// resume on it when it is back).
+    pub close_sessions_on_down: bool,
 }
 
 /// Check the size bounds; timeouts, counts and the probe and health settings need none (a
@@ -116,6 +123,7 @@ pub(super) fn validate_limits(
         max_prerouting_element_bytes: *l.max_prerouting_element_bytes.get_ref(),
         max_negotiation_element_bytes: *l.max_negotiation_element_bytes.get_ref(),
         max_connections: l.max_connections.max(1),
+        write_timeout: l.write_timeout.max(Duration::from_secs(1)),
     };
     let probe = ProbeConfig {
         interval: probe.interval,
@@ -126,6 +134,7 @@ pub(super) fn validate_limits(
         timeout: health.timeout,
         rise: health.rise.max(1),
         fall: health.fall.max(1),
+        close_sessions_on_down: health.close_sessions_on_down,
     };
     Ok((limits, probe, health))
 }

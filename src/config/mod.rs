@@ -27,6 +27,7 @@ mod position;
 mod raw;
 mod resumption;
 mod routing;
+mod sources;
 mod source;
 mod values;
 mod websocket;
@@ -39,6 +40,7 @@ pub use listeners::{CertPair, ListenerConfig};
 pub(crate) use pins::parse_pin_file;
 pub use resumption::ResumptionConfig;
 pub use routing::{DomainConfig, RoutingConfig};
+pub use sources::{LoginLimits, OverloadConfig, SourceLimits};
 pub use source::ConfigError;
 use source::Source;
 pub use values::{BackendTls, DrainMode, LogFormat, ProxyProtocol, TlsMode};
@@ -89,6 +91,10 @@ pub struct Config {
     pub resumption: ResumptionConfig,
     /// What every WebSocket listener shares: message bound, keepalive, discovery URLs.
     pub websocket: WebSocketConfig,
+    /// What one client address or network may open and how failed logins are throttled.
+    pub sources: SourceLimits,
+    /// The process-wide budget past which new unauthenticated connections are refused.
+    pub overload: OverloadConfig,
 }
 
 impl Config {
@@ -135,6 +141,8 @@ impl RawConfig {
             limits::validate_limits(&src, &self.limits, &self.probe, &self.health)?;
         let resumption = resumption::validate_resumption(&src, &self.resumption)?;
         let websocket = websocket::validate_websocket(&src, &self.websocket, &routing.domains)?;
+        let sources = sources::validate_sources(&src, &self.sources)?;
+        let overload = sources::validate_overload(&src, &self.overload)?;
         Ok(Config {
             source: path.to_path_buf(),
             listeners,
@@ -153,6 +161,8 @@ impl RawConfig {
             admission,
             resumption,
             websocket,
+            sources,
+            overload,
         })
     }
 }

@@ -40,6 +40,10 @@ pub(super) struct RawConfig {
     pub(super) log_jids: bool,
     #[serde(default)]
     pub(super) websocket: RawWebSocket,
+    #[serde(default)]
+    pub(super) sources: RawSources,
+    #[serde(default)]
+    pub(super) overload: RawOverload,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +130,7 @@ pub(super) struct RawHealth {
     pub(super) timeout: Duration,
     pub(super) rise: u32,
     pub(super) fall: u32,
+    pub(super) close_sessions_on_down: bool,
 }
 
 impl Default for RawHealth {
@@ -135,6 +140,7 @@ impl Default for RawHealth {
             timeout: Duration::from_secs(2),
             rise: 2,
             fall: 2,
+            close_sessions_on_down: true,
         }
     }
 }
@@ -257,6 +263,8 @@ pub(super) struct RawLimits {
     pub(super) max_prerouting_element_bytes: Spanned<usize>,
     pub(super) max_negotiation_element_bytes: Spanned<usize>,
     pub(super) max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub(super) write_timeout: Duration,
 }
 
 impl Default for RawLimits {
@@ -272,6 +280,7 @@ impl Default for RawLimits {
             max_prerouting_element_bytes: Spanned::new(0..0, 16384),
             max_negotiation_element_bytes: Spanned::new(0..0, 65536),
             max_connections: 200_000,
+            write_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -292,4 +301,82 @@ impl Default for RawProbe {
             timeout: Duration::from_secs(3),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawSources {
+    pub(super) ipv4_prefix: Spanned<u8>,
+    pub(super) ipv6_prefix: Spanned<u8>,
+    pub(super) max_connections: u32,
+    pub(super) max_unauthenticated: u32,
+    pub(super) connections_per_second: Spanned<f64>,
+    pub(super) connections_burst: u32,
+    pub(super) tls_handshakes_per_second: Spanned<f64>,
+    pub(super) tls_handshakes_burst: u32,
+    pub(super) allow: Vec<Spanned<String>>,
+    pub(super) max_idle_sources: usize,
+    pub(super) logins: RawLogins,
+}
+
+impl Default for RawSources {
+    fn default() -> Self {
+        RawSources {
+            ipv4_prefix: Spanned::new(0..0, 24),
+            ipv6_prefix: Spanned::new(0..0, 64),
+            max_connections: 1000,
+            max_unauthenticated: 200,
+            connections_per_second: Spanned::new(0..0, 50.0),
+            connections_burst: 200,
+            tls_handshakes_per_second: Spanned::new(0..0, 50.0),
+            tls_handshakes_burst: 200,
+            allow: vec![
+                Spanned::new(0..0, "127.0.0.0/8".into()),
+                Spanned::new(0..0, "::1".into()),
+            ],
+            max_idle_sources: 65_536,
+            logins: RawLogins::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLogins {
+    #[serde(with = "humantime_serde")]
+    pub(super) window: Duration,
+    pub(super) delay_after: u32,
+    #[serde(with = "humantime_serde")]
+    pub(super) delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(super) max_delay: Duration,
+    pub(super) ban_after: u32,
+    pub(super) jid_delay_after: u32,
+    pub(super) jid_ban_after: u32,
+    #[serde(with = "humantime_serde")]
+    pub(super) ban_time: Duration,
+    pub(super) max_jids: usize,
+}
+
+impl Default for RawLogins {
+    fn default() -> Self {
+        RawLogins {
+            window: Duration::from_secs(600),
+            delay_after: 5,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(5),
+            ban_after: 20,
+            jid_delay_after: 5,
+            jid_ban_after: 0,
+            ban_time: Duration::from_secs(900),
+            max_jids: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawOverload {
+    pub(super) max_memory: Option<Spanned<String>>,
+    pub(super) max_descriptors: Option<usize>,
 }

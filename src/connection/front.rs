@@ -105,6 +105,16 @@ pub(crate) async fn accept(
         );
     }
 
+    // Per-source limits, before anything costly (the TLS handshake above all).
+    match shared
+        .sources
+        .admit(&rt.config.sources, peer.ip(), !http, Instant::now())
+    {
+        Ok(ticket) => counted.source = ticket,
+        Err(limit) => {
+            return Err(refuse_limited(arrival, tcp, peer, limit, !direct && !http, deadline).await);
+        }
+    }
     if http {
         return Ok(Accepted {
             client: Front::HttpPlain(tcp),
@@ -165,6 +175,12 @@ pub(crate) async fn accept(
     };
     ack_now(tls.get_ref().0.get_ref());
     let session = tls.get_ref().1;
+    if let Some(ticket) = &counted.source {
+        ticket.handshook(
+            &rt.config.sources,
+            session.handshake_kind() != Some(rustls::HandshakeKind::Resumed),
+        );
+    }
     metrics
         .tls_handshakes_total
         .with_label_values(&[&listener.name, handshake_label(session.handshake_kind())])
@@ -190,6 +206,40 @@ pub(crate) async fn accept(
         None => xmpp_or_http(tls, limits.max_header_bytes, deadline).await?,
     };
     Ok(Accepted { client, origin })
+}
+
+/// How long a refused STARTTLS client gets to send its stream header, so that it can be
+/// told why: short, because the refused connection is not counted against its source.
+const REFUSAL_HEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Refuse a connection over a per-source limit as cheaply as possible: count it, log it
+/// (rate-limited), and close. A client that speaks XMPP in clear first (`stream`: STARTTLS)
+/// is told why with `<policy-violation/>` once its header is in; TLS and HTTP clients are
+/// closed before their handshake, which is the cost a rate limit is there to avoid.
+async fn refuse_limited(
+    arrival: &Arrival<'_>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    limit: crate::sources::Limit,
+    stream: bool,
+    deadline: Instant,
+) -> Failure {
+    let (shared, rt) = (arrival.shared, arrival.rt);
+    let metrics = &shared.metrics;
+    metrics
+        .source_refusals_total
+        .with_label_values(&[limit.as_str()])
+        .inc();
+    shared.sources.report(limit, peer.ip(), &rt.config.sources);
+    if stream {
+        let mut plain = ClientStream::new(tcp, rt.config.limits.max_header_bytes);
+        let wait = deadline.min(Instant::now() + REFUSAL_HEADER_WAIT);
+        if let Ok(hello) = capture::hello(&rt.config, &mut plain, wait).await {
+            let words = Failure::Refuse(Condition::PolicyViolation, limit.text().into());
+            refuse(&mut plain, &hello.domain, &words, metrics).await;
+        }
+    }
+    Failure::Limited(limit.as_str())
 }
 
 /// The first byte of a TLS handshake record.

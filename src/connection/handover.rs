@@ -86,6 +86,9 @@ pub(crate) async fn relay_to_end<S: AsyncRead + AsyncWrite + Unpin>(
         .state
         .register_relay(source == KeySource::Pin);
     counted.negotiating = None;
+    if let Some(ticket) = counted.source.as_mut() {
+        ticket.authenticated();
+    }
     let redirect_to = rt
         .config
         .drain

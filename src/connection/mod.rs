@@ -21,6 +21,7 @@ mod capture;
 mod context;
 mod front;
 mod handover;
+mod logins;
 mod negotiate;
 mod refuse;
 mod trace;
@@ -72,6 +73,7 @@ pub async fn handle(
         let mut counted = Counted {
             negotiating: Some(NegotiatingGuard::new(&shared)),
             open: GaugeGuard::inc(m.connections_open.with_label_values(&[&listener.name, tls])),
+            source: None,
         };
         let mut trace = Trace::default();
         // One snapshot for the whole connection: a reload never changes rules mid-login.

@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use super::capture::{self, Hello, SaslStart};
 use super::context::At;
 use super::handover::Routed;
+use super::logins;
 use super::refuse::{
     Failure, backend_frame_failure, backend_lost, client_frame_failure, client_xml_failure,
 };
@@ -163,6 +164,9 @@ impl Negotiation<'_> {
         if captured.jid.is_some() {
             trace.jid = captured.jid.clone();
             self.jid = captured.jid.clone();
+        }
+        if captured.sasl {
+            logins::gate(self.at, self.jid.as_deref()).await?;
         }
         // A SASL2 login that resumes inline goes to the node holding the session.
         let (first, resume_node) = match Element::parse(&captured.first, &hello.header.ns) {
@@ -363,6 +367,7 @@ impl Negotiation<'_> {
                 .sasl_total
                 .with_label_values(&[mech, "success"])
                 .inc();
+            logins::outcome(self.at, self.jid.as_deref(), true);
             // Both streams restart after legacy SASL success (RFC 6120 §6.4.6).
             self.phase = Phase::Restarting { restart: None };
             client.restart();
@@ -372,6 +377,7 @@ impl Negotiation<'_> {
                 .sasl_total
                 .with_label_values(&[mech, "success"])
                 .inc();
+            logins::outcome(self.at, self.jid.as_deref(), true);
             // Bind 2's session id goes out wrapped; an inline resume is answered here.
             let node = self.at.rt.backends.name(up.id);
             out = resumption::rewrite_sasl2_success(
@@ -387,6 +393,7 @@ impl Negotiation<'_> {
             if let Phase::Authenticating { in_flight } = &mut self.phase {
                 *in_flight = false;
             }
+            logins::outcome(self.at, self.jid.as_deref(), false);
             metrics
                 .sasl_total
                 .with_label_values(&[mech, "failure"])
@@ -462,6 +469,7 @@ impl Negotiation<'_> {
             trace.jid = key.clone();
             self.jid = key.clone();
         }
+        logins::gate(self.at, self.jid.as_deref()).await?;
         let here = rt.backends.name(up.id);
         let stays = resume_node.as_deref() == Some(here);
         let decision = match resume_node {

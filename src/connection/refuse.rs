@@ -22,6 +22,9 @@ pub(crate) enum Failure {
     /// The proxy refuses the connection before any XMPP (a PROXY protocol header that is
     /// missing, invalid or not allowed): close without a word, counted under `reason`.
     Reject(&'static str, String),
+    /// Refused by a per-source limit (named): counted, and logged rate-limited by the
+    /// per-source table rather than once per connection.
+    Limited(&'static str),
 }
 
 impl Failure {
@@ -32,6 +35,7 @@ impl Failure {
             Failure::ClientClosedStream => ("closed_in_negotiation", "client"),
             Failure::Quiet(_) => ("client_gone", "client"),
             Failure::Reject(reason, _) => (reason, "proxy"),
+            Failure::Limited(_) => ("source_limit", "proxy"),
         }
     }
 
@@ -39,7 +43,7 @@ impl Failure {
     pub(crate) fn detail(&self) -> &str {
         match self {
             Failure::Refuse(_, text) | Failure::Reject(_, text) => text,
-            Failure::Quiet(why) => why,
+            Failure::Quiet(why) | Failure::Limited(why) => why,
             Failure::ClientClosedStream => "",
         }
     }
@@ -68,7 +72,7 @@ pub(crate) async fn refuse<C: ElementTransport>(
             render(condition, Some(text))
         }
         Failure::ClientClosedStream => b"</stream:stream>".to_vec(),
-        Failure::Quiet(_) | Failure::Reject(..) => Vec::new(),
+        Failure::Quiet(_) | Failure::Reject(..) | Failure::Limited(_) => Vec::new(),
     };
     // A close answers the stream the client closed, whose header it had: never a new stream's
     // header, even where a restart was due and the client closed instead of restarting.

@@ -68,6 +68,11 @@ impl Trace {
         let (up, down) = self
             .relay
             .map_or((0, 0), |s| (s.client_to_backend, s.backend_to_client));
+        // A connection refused by a per-source limit is counted, not logged: a flood of them
+        // is what the limit is for, and the per-source table logs them rate-limited.
+        if matches!(result, Err(Failure::Limited(_))) {
+            return;
+        }
         let detail = result.as_ref().err().map_or("", Failure::detail);
         tracing::info!(
             target: "xmpp_lb::access",
@@ -98,6 +103,9 @@ pub(crate) struct Counted {
     pub(crate) negotiating: Option<NegotiatingGuard>,
     /// In `xmpp_lb_connections_open` under its listener and TLS style.
     pub(crate) open: GaugeGuard,
+    /// In its source's counts (none for an allow-listed source), until it ends; counted as
+    /// not logged in until the relay starts.
+    pub(crate) source: Option<crate::sources::SourceTicket>,
 }
 
 /// Counts a connection as negotiating until dropped.

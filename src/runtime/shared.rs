@@ -27,6 +27,8 @@ pub struct Shared {
     reload_lock: tokio::sync::Mutex<()>,
     /// Connections accepted and not yet relaying (shutdown lets them finish first).
     pub negotiating: AtomicUsize,
+    /// Per-source accounting: connection limits, rates, failed logins and bans.
+    pub sources: Arc<crate::sources::Sources>,
     /// True while every listener is bound and accepting (not yet started, or shutting down:
     /// false), for `/readyz`.
     pub accepting: AtomicBool,
@@ -55,7 +57,16 @@ impl Shared {
         let registry = StateRegistry::default();
         let runtime = Runtime::build(config, &registry)?;
         runtime.apply_admission();
+        for limit in crate::sources::Limit::ALL {
+            metrics
+                .source_refusals_total
+                .with_label_values(&[limit.as_str()]);
+        }
+        let sources = Arc::new(crate::sources::Sources::new(
+            metrics.sources_tracked.with_label_values::<&str>(&[]),
+        ));
         let shared = Shared {
+            sources,
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
             registry,
             features: crate::backend::probe::FeatureCache::new(),
