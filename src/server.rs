@@ -19,6 +19,11 @@ use crate::connection::{ListenerCtx, handle};
 use crate::metrics::Metrics;
 use crate::runtime::Shared;
 
+/// The first wait after `accept` fails; it doubles at each failure in a row.
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+/// The longest wait between two `accept` attempts that fail.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -123,44 +128,16 @@ impl Server {
         };
         let permits = Arc::new(Semaphore::new(max_connections));
         let connections = tokio_util::task::TaskTracker::new();
+        tasks.spawn(sample_overload(shared.clone(), shutdown.clone()));
         for (listener, ctx) in listeners {
-            let shared = shared.clone();
-            let shutdown = shutdown.clone();
-            let permits = permits.clone();
-            let connections = connections.clone();
-            tasks.spawn(async move {
-                if let Ok(addr) = listener.local_addr() {
-                    tracing::info!(listener = %ctx.name, %addr, tls = ?ctx.tls, "listening");
-                }
-                loop {
-                    let permit = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        p = permits.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => break,
-                        },
-                    };
-                    let accepted = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        a = listener.accept() => a,
-                    };
-                    match accepted {
-                        Ok((tcp, peer)) => {
-                            let shared = shared.clone();
-                            let ctx = ctx.clone();
-                            connections.spawn(async move {
-                                handle(shared, ctx, tcp, peer).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(e) => {
-                            // EMFILE and friends: back off briefly rather than spin.
-                            tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            });
+            tasks.spawn(accept_loop(
+                listener,
+                ctx,
+                shared.clone(),
+                permits.clone(),
+                connections.clone(),
+                shutdown.clone(),
+            ));
         }
         // Every socket was bound by `bind` and each has its accept loop now: ready.
         shared
@@ -261,4 +238,124 @@ async fn reload_on_sighup(shared: Arc<Shared>, shutdown: CancellationToken) {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     Server::bind(config).await?.run(shutdown).await;
     Ok(())
+}
+
+/// Accept on one listener until `shutdown`: one task per connection, at most
+/// `max_connections` at once (past it new ones wait in the kernel's backlog), and none while
+/// the process is over its memory or descriptor budget (new connections are closed at once).
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ListenerCtx>,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    connections: tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listener = %ctx.name, %addr, tls = ?ctx.tls, "listening");
+    }
+    let metrics = &shared.metrics;
+    // Failures in a row, and the wait before the next attempt.
+    let mut failing: u64 = 0;
+    let mut backoff = ACCEPT_BACKOFF_FIRST;
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors (or another transient failure): the pending connection
+                // stays in the backlog, so retrying at once would spin. Wait, longer each
+                // time, and try again; nothing else is needed to recover.
+                let kind = accept_error_kind(&e);
+                metrics
+                    .accept_errors_total
+                    .with_label_values(&[&ctx.name, kind])
+                    .inc();
+                if failing == 0 {
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed; backing off until it works again");
+                }
+                failing += 1;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        if failing > 0 {
+            tracing::info!(listener = %ctx.name, failures = failing, "accept works again");
+            failing = 0;
+            backoff = ACCEPT_BACKOFF_FIRST;
+        }
+        shared.overload.accepted();
+        let over = shared.overload.over(&shared.runtime.load().config.overload);
+        if let Some(budget) = over {
+            metrics
+                .overload_refusals_total
+                .with_label_values(&[budget.as_str()])
+                .inc();
+            drop(tcp);
+            continue;
+        }
+        let shared = shared.clone();
+        let ctx = ctx.clone();
+        connections.spawn(async move {
+            handle(shared, ctx, tcp, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The `error` label of `xmpp_lb_accept_errors_total`.
+fn accept_error_kind(e: &std::io::Error) -> &'static str {
+    // Linux errno values: EMFILE (the process's limit), ENFILE (the system's).
+    match e.raw_os_error() {
+        Some(24) => "emfile",
+        Some(23) => "enfile",
+        _ => "other",
+    }
+}
+
+/// Measure memory and descriptors a few times a second; say when the process goes over its
+/// budget and when it is back under (one line each, not one per refused connection).
+async fn sample_overload(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut was: Option<crate::overload::Budget> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(crate::overload::SAMPLE_EVERY) => {}
+        }
+        shared.overload.sample();
+        let config = &shared.runtime.load().config.overload;
+        let now = shared.overload.over(config);
+        for budget in [crate::overload::Budget::Memory, crate::overload::Budget::Descriptors] {
+            shared
+                .metrics
+                .overloaded
+                .with_label_values(&[budget.as_str()])
+                .set(i64::from(now == Some(budget)));
+        }
+        match (was, now) {
+            (None, Some(budget)) => tracing::warn!(
+                budget = budget.as_str(),
+                "over the overload budget: new connections are closed at once until it passes"
+            ),
+            (Some(budget), None) => {
+                tracing::info!(budget = budget.as_str(), "back under the overload budget")
+            }
+            _ => {}
+        }
+        was = now;
+    }
 }

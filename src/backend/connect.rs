@@ -91,6 +91,7 @@ pub async fn open(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(%address, error = %e, "set_nodelay failed");
         }
+        crate::socket::keepalive(&tcp);
         send_proxy_header(&mut tcp, link, origin).await?;
         match link.config.tls {
             BackendTls::None => Ok(BackendStream::Plain(tcp)),

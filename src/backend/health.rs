@@ -6,12 +6,27 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::state::Transition;
+use crate::backend::state::{BackendState, Command, Transition};
+use crate::config::HealthConfig;
 use crate::metrics::Metrics;
 use crate::runtime::Shared;
 
-/// Log and count a health transition of `backend`.
-pub fn note_transition(metrics: &Metrics, backend: &str, t: Transition) {
+/// Log and count a health transition of `backend`; a node going down has the sessions
+/// relayed to it closed if `health.close_sessions_on_down` (a node that stopped answering
+/// still holds their TCP connections open: nothing else would end them).
+pub fn note_transition(
+    metrics: &Metrics,
+    backend: &str,
+    state: &BackendState,
+    health: &HealthConfig,
+    t: Transition,
+) {
+    if t == Transition::Down && health.close_sessions_on_down {
+        let closed = state.interrupt_all(Command::NodeDown);
+        if closed > 0 {
+            tracing::warn!(backend, sessions = closed, "backend down: closing the sessions relayed to it");
+        }
+    }
     let (state, up) = match t {
         Transition::Up => ("up", 1),
         Transition::Down => ("down", 0),
@@ -51,7 +66,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                     .await
                     .is_ok();
                 if let Some(t) = state.record(ok, health.rise, health.fall) {
-                    note_transition(&shared.metrics, &name, t);
+                    note_transition(&shared.metrics, &name, &state, health, t);
                 }
             }
         });

@@ -40,6 +40,9 @@ pub enum Command {
     Drain,
     /// The proxy is stopping: `<system-shutdown/>`, session left resumable.
     Shutdown,
+    /// Its node failed its health checks: send the client back to the proxy
+    /// (`<see-other-host/>`), leave the session on the node resumable.
+    NodeDown,
 }
 
 /// A health transition caused by one check result.
@@ -167,6 +170,16 @@ impl BackendState {
             }
         }
         asked
+    }
+
+    /// Ask every relayed connection, pinned or not, to act on `command`; returns how many
+    /// were asked.
+    pub fn interrupt_all(&self, command: Command) -> usize {
+        let all: Vec<oneshot::Sender<Command>> = {
+            let mut relays = self.relays.lock().expect("relays lock");
+            relays.drain().map(|(_, (tx, _))| tx).collect()
+        };
+        all.into_iter().filter_map(|tx| tx.send(command).ok()).count()
     }
 
     /// Relayed connections registered now.

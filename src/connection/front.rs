@@ -71,6 +71,7 @@ pub(crate) async fn accept(
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
+    crate::socket::keepalive(&tcp);
     let websocket = rt
         .config
         .listeners

@@ -116,6 +116,16 @@ pub(crate) async fn relay_to_end<S: AsyncRead + AsyncWrite + Unpin>(
                 to_backend: Some(Bytes::from_static(b"</stream:stream>")),
                 reason: "drain",
             },
+            Command::NodeDown => Interrupt {
+                to_client: render(
+                    &Condition::SeeOtherHost(redirect_to),
+                    Some("this server node stopped answering; please reconnect"),
+                )
+                .into(),
+                // Not ended: if the node comes back, the client resumes its session there.
+                to_backend: None,
+                reason: "node_down",
+            },
             Command::Shutdown => Interrupt {
                 to_client: render(&Condition::SystemShutdown, Some("the proxy is restarting"))
                     .into(),
@@ -143,8 +153,11 @@ pub(crate) async fn relay_to_end<S: AsyncRead + AsyncWrite + Unpin>(
         &mut backend_io,
         &client_ahead,
         &backend_ahead,
-        rt.config.limits.half_close_timeout,
-        BOUNDARY_TIMEOUT,
+        relay::Bounds {
+            half_close: rt.config.limits.half_close_timeout,
+            boundary: BOUNDARY_TIMEOUT,
+            write: rt.config.limits.write_timeout,
+        },
         |n| up.inc_by(n),
         |n| down.inc_by(n),
         relay::Watches {

@@ -106,7 +106,7 @@ impl Upstream {
                 Err(e) => {
                     tracing::warn!(backend = %name, error = %e, "backend connect failed; trying the next node");
                     if let Some(t) = backend.state.record(false, health.rise, health.fall) {
-                        note_transition(&shared.metrics, name, t);
+                        note_transition(&shared.metrics, name, &backend.state, health, t);
                     }
                 }
             }

@@ -208,6 +208,11 @@ impl<'a> Direction<'a> {
         matches!(self.phase, Phase::Done)
     }
 
+    /// Relaying, with bytes read that the writer has not taken yet.
+    pub(super) fn waiting_on_writer(&self) -> bool {
+        matches!(self.phase, Phase::Open) && (self.pending.is_some() || !self.ahead.is_empty())
+    }
+
     /// The reader of this direction reached its end (what it read may still be on its way).
     pub(super) fn input_ended(&self) -> bool {
         self.read_done || self.is_done()

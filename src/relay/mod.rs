@@ -20,7 +20,7 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,6 +53,8 @@ pub(crate) enum CloseReason {
     HalfCloseTimeout,
     /// The proxy asked the relay to end ([`Interrupt::reason`]), whatever happened after.
     Interrupted(&'static str),
+    /// The named side left bytes for it unread for longer than the write timeout.
+    WriteTimeout(Side),
 }
 
 /// A side of the relay.
@@ -83,13 +85,50 @@ impl CloseReason {
             CloseReason::Error(_) => "io_error",
             CloseReason::HalfCloseTimeout => "half_close_timeout",
             CloseReason::Interrupted(reason) => reason,
+            CloseReason::WriteTimeout(_) => "write_timeout",
         }
     }
     /// The side that ended the connection, as a metric label.
     pub(crate) fn side(self) -> &'static str {
         match self {
-            CloseReason::Closed(s) | CloseReason::Error(s) => s.as_str(),
+            CloseReason::Closed(s) | CloseReason::Error(s) | CloseReason::WriteTimeout(s) => {
+                s.as_str()
+            }
             CloseReason::HalfCloseTimeout | CloseReason::Interrupted(_) => "proxy",
+        }
+    }
+}
+
+/// The relay's time bounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// After one side's input ends, how long the other may go on.
+    pub half_close: Duration,
+    /// Once interrupted, how long winding down may take.
+    pub boundary: Duration,
+    /// How long a side may leave bytes for it unread before the relay ends: a client that
+    /// stops reading (or vanished without a reset) must not hold its node's output, nor its
+    /// connection, forever.
+    pub write: Duration,
+}
+
+/// A direction's writer stall: the bytes written when the wait began, and its end.
+type Stall = Option<(u64, Pin<Box<tokio::time::Sleep>>)>;
+
+/// Whether `dir`'s writer has taken nothing of what is waiting for it for `limit`. Starts
+/// (or restarts, after progress) the wait as needed; an idle direction holds no timer.
+fn stalled(dir: &Direction<'_>, stall: &mut Stall, limit: Duration, cx: &mut Context<'_>) -> bool {
+    if !dir.waiting_on_writer() {
+        *stall = None;
+        return false;
+    }
+    match stall {
+        Some((seen, sleep)) if *seen == dir.bytes => sleep.as_mut().poll(cx).is_ready(),
+        _ => {
+            let mut sleep = Box::pin(tokio::time::sleep(limit));
+            let over = sleep.as_mut().poll(cx).is_ready();
+            *stall = Some((dir.bytes, sleep));
+            over
         }
     }
 }
@@ -147,8 +186,7 @@ pub(crate) async fn relay<'a, C, B, I>(
     backend: &mut B,
     client_ahead: &'a [u8],
     backend_ahead: &'a [u8],
-    half_close_timeout: Duration,
-    boundary_timeout: Duration,
+    bounds: Bounds,
     mut on_up: impl FnMut(u64),
     mut on_down: impl FnMut(u64),
     watches: Watches<'a>,
@@ -166,6 +204,7 @@ where
     let mut first_closed: Option<Side> = None;
     let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let (mut up_stall, mut down_stall): (Stall, Stall) = (None, None);
     // Once interrupted, whatever goes wrong is part of winding down: the interrupt is the cause.
     let ended = |interrupted: Option<&'static str>, other: CloseReason| match interrupted {
         Some(reason) => CloseReason::Interrupted(reason),
@@ -180,7 +219,7 @@ where
                 interrupted = Some(order.reason);
                 down.interrupt(Some(order.to_client));
                 up.interrupt(order.to_backend);
-                deadline = Some(Box::pin(tokio::time::sleep(boundary_timeout)));
+                deadline = Some(Box::pin(tokio::time::sleep(bounds.boundary)));
             }
 
             // Backend → client.
@@ -264,6 +303,14 @@ where
                 Phase::Done => {}
             }
 
+            if interrupted.is_none() {
+                if stalled(&down, &mut down_stall, bounds.write, cx) {
+                    return Poll::Ready(CloseReason::WriteTimeout(Side::Client));
+                }
+                if stalled(&up, &mut up_stall, bounds.write, cx) {
+                    return Poll::Ready(CloseReason::WriteTimeout(Side::Backend));
+                }
+            }
             if up.is_done() && down.is_done() {
                 let Some(reason) = interrupted else {
                     return Poll::Ready(CloseReason::Closed(first_closed.unwrap_or(Side::Client)));
@@ -283,7 +330,7 @@ where
                 // delivered: a peer that never reads would otherwise keep both directions
                 // (and the connection) alive forever.
                 let sleep =
-                    linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(half_close_timeout)));
+                    linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(bounds.half_close)));
                 if sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(CloseReason::HalfCloseTimeout);
                 }

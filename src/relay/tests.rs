@@ -53,8 +53,7 @@ fn start(
             &mut backend_proxy,
             client_ahead,
             backend_ahead,
-            Duration::from_secs(5),
-            boundary_timeout,
+            Bounds { half_close: Duration::from_secs(5), boundary: boundary_timeout, write: Duration::from_secs(30) },
             |_| {},
             |_| {},
             Watches::default(),
@@ -108,8 +107,7 @@ async fn relays_every_byte_in_order_both_ways_and_half_closes() {
             &mut backend_proxy,
             &[],
             &[],
-            Duration::from_secs(5),
-            Duration::from_secs(5),
+            Bounds { half_close: Duration::from_secs(5), boundary: Duration::from_secs(5), write: Duration::from_secs(30) },
             |_| {},
             |_| {},
             Watches::default(),
@@ -156,8 +154,7 @@ async fn half_close_that_lingers_is_cut() {
         &mut backend_proxy,
         &[],
         &[],
-        Duration::from_millis(50),
-        Duration::from_secs(5),
+        Bounds { half_close: Duration::from_millis(50), boundary: Duration::from_secs(5), write: Duration::from_secs(30) },
         |_| {},
         |_| {},
         Watches::default(),
@@ -210,8 +207,7 @@ async fn half_close_towards_a_peer_that_never_reads_is_cut_too() {
         &mut backend,
         &[],
         &[],
-        Duration::from_millis(50),
-        Duration::from_secs(5),
+        Bounds { half_close: Duration::from_millis(50), boundary: Duration::from_secs(5), write: Duration::from_secs(30) },
         |_| {},
         |_| {},
         Watches::default(),
@@ -429,8 +425,7 @@ async fn ahead_bytes_go_first_in_order_and_are_tracked() {
             &mut backend_proxy,
             client_ahead,
             backend_ahead,
-            Duration::from_secs(5),
-            Duration::from_secs(5),
+            Bounds { half_close: Duration::from_secs(5), boundary: Duration::from_secs(5), write: Duration::from_secs(30) },
             move |n| {
                 up_count.fetch_add(n << 32, std::sync::atomic::Ordering::Relaxed);
             },
@@ -638,8 +633,7 @@ async fn watches_rewrite_in_a_live_relay_and_count_the_new_bytes() {
             &mut backend_proxy,
             b"<enab",
             b"",
-            Duration::from_secs(5),
-            Duration::from_secs(5),
+            Bounds { half_close: Duration::from_secs(5), boundary: Duration::from_secs(5), write: Duration::from_secs(30) },
             |_| {},
             |_| {},
             Watches {
@@ -672,4 +666,95 @@ async fn watches_rewrite_in_a_live_relay_and_count_the_new_bytes() {
     assert_eq!((up, down), (1, 2));
     assert_eq!(stats.client_to_backend, 22);
     assert_eq!(stats.backend_to_client, MARKED.len() as u64);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_write_timeout_not_before() {
+    let (_client, mut client_proxy) = duplex(64);
+    let (mut backend_proxy, mut backend) = duplex(64);
+    let started = tokio::time::Instant::now();
+    let relay = tokio::spawn(async move {
+        relay(
+            &mut client_proxy,
+            &mut backend_proxy,
+            &[],
+            &[],
+            Bounds {
+                half_close: Duration::from_secs(5),
+                boundary: Duration::from_secs(5),
+                write: Duration::from_millis(300),
+            },
+            |_| {},
+            |_| {},
+            Watches::default(),
+            std::future::pending(),
+        )
+        .await
+    });
+    // The node keeps talking; the client never reads. The node's writes block once the
+    // pipes are full (bounded buffering), and the relay gives up on the client.
+    let writer = tokio::spawn(async move {
+        let chunk = [b' '; 32];
+        let mut written = 0usize;
+        while backend.write_all(&chunk).await.is_ok() {
+            written += chunk.len();
+        }
+        written
+    });
+    let stats = relay.await.unwrap();
+    assert_eq!(stats.reason, CloseReason::WriteTimeout(Side::Client));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // What the relay held for the client is at most one read, not everything the node sent.
+    assert!(stats.backend_to_client <= 64, "{}", stats.backend_to_client);
+    let written = writer.await.unwrap();
+    assert!(written < 64 * 1024, "{written}");
+}
+
+#[tokio::test]
+async fn a_slow_reader_that_keeps_taking_bytes_is_not_cut() {
+    let (mut client, mut client_proxy) = duplex(64);
+    let (mut backend_proxy, mut backend) = duplex(64);
+    let relay = tokio::spawn(async move {
+        relay(
+            &mut client_proxy,
+            &mut backend_proxy,
+            &[],
+            &[],
+            Bounds {
+                half_close: Duration::from_secs(5),
+                boundary: Duration::from_secs(5),
+                write: Duration::from_millis(200),
+            },
+            |_| {},
+            |_| {},
+            Watches::default(),
+            std::future::pending(),
+        )
+        .await
+    });
+    let payload: Vec<u8> = (0..4096u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        backend.write_all(&sent).await.unwrap();
+        backend.shutdown().await.unwrap();
+        backend
+    });
+    // Reads 16 bytes every 5 ms: the whole takes over a second, each stall far below 200 ms.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        match client.read(&mut buf).await.unwrap() {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(got, payload);
+    let backend = writer.await.unwrap();
+    drop(client);
+    drop(backend);
+    let stats = relay.await.unwrap();
+    assert_ne!(stats.reason, CloseReason::WriteTimeout(Side::Client));
 }

@@ -27,6 +27,8 @@ pub struct Shared {
     reload_lock: tokio::sync::Mutex<()>,
     /// Connections accepted and not yet relaying (shutdown lets them finish first).
     pub negotiating: AtomicUsize,
+    /// Memory and descriptors in use, against the overload budget.
+    pub overload: crate::overload::Overload,
     /// Per-source accounting: connection limits, rates, failed logins and bans.
     pub sources: Arc<crate::sources::Sources>,
     /// True while every listener is bound and accepting (not yet started, or shutting down:
@@ -66,6 +68,7 @@ impl Shared {
             metrics.sources_tracked.with_label_values::<&str>(&[]),
         ));
         let shared = Shared {
+            overload: crate::overload::Overload::new(),
             sources,
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
             registry,
