@@ -121,6 +121,8 @@ struct State {
 struct Waiter {
     /// Identifies it in the queue (for removal on cancellation).
     id: u64,
+    /// A resumption: queued ahead of every full login (see [`Admission::admit_resume`]).
+    resume: bool,
     /// A slot and a token were taken for it and it left the queue; written under the lock.
     granted: AtomicBool,
     /// Wakes it: when granted, or when it becomes a head that waits only for a token.
@@ -430,6 +432,19 @@ impl Admission {
     /// Cancellation-safe: dropping the future leaves the queue, and a slot or token already
     /// taken for this caller is given back.
     pub async fn admit(&self) -> Result<Permit, Refused> {
+        self.admit_as(false).await
+    }
+
+    /// Like [`Admission::admit`], for a login that resumes a session (a SASL2 inline resume,
+    /// a FAST token): it waits behind other resumptions only, ahead of every full login, and
+    /// the queue bound counts resumptions apart. In a storm after an outage most clients
+    /// come back to resume; each resume is cheap for the node and gives a user their session
+    /// back, where a full login costs hashing, roster and presence.
+    pub async fn admit_resume(&self) -> Result<Permit, Refused> {
+        self.admit_as(true).await
+    }
+
+    async fn admit_as(&self, resume: bool) -> Result<Permit, Refused> {
         let inner = &*self.inner;
         if inner.unlimited.load(Ordering::SeqCst) {
             // Clients admitted this way while a reload adds limits count against them as
@@ -446,16 +461,25 @@ impl Admission {
                 inner.negotiating.fetch_add(1, Ordering::SeqCst);
                 return Ok(self.permit());
             }
-            if st.queue.len() >= st.queue_cap {
+            // Resumptions queue ahead of full logins: after the last resumption waiting.
+            let resumes = st.queue.iter().take_while(|w| w.resume).count();
+            let ahead = if resume { resumes } else { st.queue.len() };
+            let queued = if resume {
+                resumes
+            } else {
+                st.queue.len() - resumes
+            };
+            if queued >= st.queue_cap {
                 return Err(Refused::QueueFull);
             }
             let waiter = Arc::new(Waiter {
                 id: st.next_id,
+                resume,
                 granted: AtomicBool::new(false),
                 notify: Notify::new(),
             });
             st.next_id += 1;
-            st.queue.push_back(waiter.clone());
+            st.queue.insert(ahead, waiter.clone());
             inner.waiting.store(st.queue.len(), Ordering::SeqCst);
             // An unrepresentable deadline (a timeout of centuries) means: no timeout.
             (waiter, now.checked_add(st.queue_timeout))

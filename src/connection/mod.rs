@@ -17,6 +17,7 @@
 //! record [`trace`] keeps. The negotiation talks to the client through an element transport
 //! ([`transport`]), so another front end is another transport, not another negotiation.
 
+mod attempt;
 mod capture;
 mod context;
 mod front;

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
+use super::attempt::Attempt;
 use super::capture::{self, Hello, SaslStart};
 use super::context::At;
 use super::handover::Routed;
@@ -53,19 +54,6 @@ enum Phase {
     /// Authentication is over. `first`: a client element held back for the relay (whose
     /// watch rewrites a `<resume/>`).
     Done { first: Option<Bytes> },
-}
-
-/// What the latest SASL attempt carries beyond its bytes.
-#[derive(Default)]
-struct Attempt {
-    /// Its mechanism (metric label).
-    mechanism: String,
-    /// Its SASL2 inline resume, if it asked for one.
-    inline: Option<resumption::Inline>,
-    /// A legacy PLAIN `<auth/>` as the node got it, kept until the client's first element
-    /// after authentication: if that is a `<resume/>` whose session lives on another node,
-    /// the same login is replayed there (PLAIN, unlike SCRAM, can be). Zeroized when dropped.
-    replay: Option<Zeroizing<Vec<u8>>>,
 }
 
 /// One connection's negotiation, after its header was checked.
@@ -182,6 +170,7 @@ impl Negotiation<'_> {
             &self.header,
             &decision,
             Some(&shown.mechanisms),
+            self.attempt.resumes(),
         )
         .await?;
         self.adopt(&up, trace);
@@ -495,16 +484,22 @@ impl Negotiation<'_> {
                 }
                 self.reroutes += 1;
                 up.release();
-                let mut moved =
-                    Upstream::open_behind(self.at, &self.domain, &self.header, &decision, None)
-                        .await?;
+                let mut moved = Upstream::open_behind(
+                    self.at,
+                    &self.domain,
+                    &self.header,
+                    &decision,
+                    None,
+                    self.attempt.resumes(),
+                )
+                .await?;
                 self.adopt(&moved, trace);
                 moved.send(bytes).await?;
                 tracing::debug!(from = %here, to = %rt.backends.name(moved.id), "SASL retry re-routed");
                 Ok(Some(moved))
             }
             _ => {
-                up.admit_login(self.at).await?;
+                up.admit_login(self.at, self.attempt.resumes()).await?;
                 Ok(None)
             }
         }
@@ -565,9 +560,11 @@ impl Negotiation<'_> {
         auth: &[u8],
         restart: Bytes,
     ) -> Option<Upstream> {
-        let mut up = Upstream::open_behind(self.at, &self.domain, &self.header, decision, None)
-            .await
-            .ok()?;
+        // A `<resume/>` follows this login: it queues as a resumption.
+        let mut up =
+            Upstream::open_behind(self.at, &self.domain, &self.header, decision, None, true)
+                .await
+                .ok()?;
         if up.id != target {
             return None;
         }

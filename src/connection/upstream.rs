@@ -38,8 +38,9 @@ pub(crate) struct Upstream {
 /// When [`Upstream::open`] takes the node's admission slot.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admit {
-    /// Before connecting: the client's SASL element is in hand.
-    Now,
+    /// Before connecting: the client's SASL element is in hand. `resume`: it resumes a
+    /// session, and queues ahead of full logins.
+    Now { resume: bool },
     /// When the client sends its first SASL element (the stream was routed by its header):
     /// see [`Upstream::admit_login`].
     AtFirstSasl,
@@ -72,7 +73,7 @@ impl Upstream {
                 continue;
             };
             let permit = match admit {
-                Admit::Now => Some(admit_on(at, id).await?),
+                Admit::Now { resume } => Some(admit_on(at, id, resume).await?),
                 Admit::AtFirstSasl => None,
             };
             let connected = connect(
@@ -127,8 +128,9 @@ impl Upstream {
         header: &[u8],
         decision: &Decision,
         shown: Option<&[String]>,
+        resume: bool,
     ) -> Result<Upstream, Failure> {
-        let mut up = Upstream::open(at, domain, decision, Admit::Now).await?;
+        let mut up = Upstream::open(at, domain, decision, Admit::Now { resume }).await?;
         let (shared, rt) = (at.shared, at.rt);
         up.send(header).await?;
         let deadline = at.started + rt.config.limits.negotiation_timeout;
@@ -173,9 +175,9 @@ impl Upstream {
 
     /// A login starts on this node: take its admission slot if the stream was routed before
     /// any login (by its header) and holds none yet.
-    pub(crate) async fn admit_login(&mut self, at: &At<'_>) -> Result<(), Failure> {
+    pub(crate) async fn admit_login(&mut self, at: &At<'_>, resume: bool) -> Result<(), Failure> {
         if self.permit.is_none() {
-            self.permit = Some(admit_on(at, self.id).await?);
+            self.permit = Some(admit_on(at, self.id, resume).await?);
         }
         Ok(())
     }
@@ -196,11 +198,17 @@ impl Upstream {
 }
 
 /// The admission slot of node `id` for one login (it waits in the node's queue under a login
-/// storm); a refusal becomes the client's stream error.
-async fn admit_on(at: &At<'_>, id: BackendId) -> Result<Permit, Failure> {
+/// storm; a resumption waits ahead of full logins); a refusal becomes the client's stream
+/// error.
+async fn admit_on(at: &At<'_>, id: BackendId, resume: bool) -> Result<Permit, Failure> {
     let (shared, rt) = (at.shared, at.rt);
     let backend = &rt.backends[id];
-    match backend.state.admission.admit().await {
+    let admitted = if resume {
+        backend.state.admission.admit_resume().await
+    } else {
+        backend.state.admission.admit().await
+    };
+    match admitted {
         Ok(p) => Ok(p),
         Err(refused) => {
             shared

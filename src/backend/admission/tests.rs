@@ -230,6 +230,52 @@ async fn dropped_after_grant_gives_back_slot_and_token() {
 }
 
 #[tokio::test]
+async fn resumptions_go_ahead_of_full_logins_and_keep_their_own_order() {
+    let adm = Admission::new(cfg(Some(1), None, 3, ms(60_000)));
+    let mut permit = Some(admitted(pin!(adm.admit())));
+    // Arrival order: full, full, resume, full, resume.
+    let kinds = [false, false, true, false, true];
+    let adm = &adm;
+    let mut waiters: Vec<_> = kinds
+        .iter()
+        .map(|&resume| {
+            Box::pin(async move {
+                if resume {
+                    adm.admit_resume().await
+                } else {
+                    adm.admit().await
+                }
+            })
+        })
+        .collect();
+    for w in &mut waiters {
+        assert!(poll_once(w.as_mut()).is_pending());
+    }
+    // Three full logins fill their queue; a fourth is refused, a resumption still queues.
+    assert!(matches!(
+        poll_once(pin!(adm.admit())),
+        Poll::Ready(Err(Refused::QueueFull))
+    ));
+    let mut order = Vec::new();
+    while order.len() < kinds.len() {
+        permit = None;
+        for (i, w) in waiters.iter_mut().enumerate() {
+            if order.contains(&i) {
+                continue;
+            }
+            if let Poll::Ready(r) = poll_once(w.as_mut()) {
+                assert!(permit.is_none(), "two admitted at once");
+                permit = Some(r.unwrap());
+                order.push(i);
+            }
+        }
+    }
+    assert_eq!(order, vec![2, 4, 0, 1, 3]);
+    drop(permit);
+    assert_eq!((adm.negotiating(), adm.waiting()), (0, 0));
+}
+
+#[tokio::test]
 async fn waiters_are_admitted_in_arrival_order() {
     let adm = Admission::new(slots(1));
     let mut permit = Some(admitted(pin!(adm.admit())));
