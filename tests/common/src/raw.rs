@@ -124,6 +124,52 @@ impl Raw {
         Raw::over(socket.connect(addr).await.expect("connect proxy"))
     }
 
+    /// Direct TLS from a chosen source address through `connector`; the handshake's error
+    /// if the proxy closes the connection instead (a per-source limit).
+    pub async fn direct_tls_from(
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+        domain: &str,
+        connector: &TlsConnector,
+    ) -> std::io::Result<Raw> {
+        let mut raw = Raw::tcp_from(addr, source).await;
+        let io = std::mem::replace(&mut raw.io, Box::new(tokio::io::duplex(1).0));
+        let name = ServerName::try_from(domain.to_string()).unwrap();
+        let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, io))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        raw.tls_kind = tls.get_ref().1.handshake_kind();
+        raw.io = Box::new(tls);
+        Ok(raw)
+    }
+
+    /// On a connection whose TLS is up: stream header and one SASL PLAIN attempt as
+    /// `user@domain`; returns what came back (`<success`, `<failure`, or a stream error) and
+    /// how long the answer took after the attempt was sent.
+    pub async fn try_plain(
+        &mut self,
+        domain: &str,
+        user: &str,
+        password: &str,
+    ) -> (String, Duration) {
+        self.send(&header(domain, None)).await;
+        self.expect("</stream:features>").await;
+        self.clear();
+        let sent = Instant::now();
+        self.send(&plain_auth(user, password)).await;
+        let deadline = sent + Duration::from_secs(15);
+        while !["<success", "<failure", "</stream:stream>"]
+            .iter()
+            .any(|n| self.received.contains(n))
+            && !self.closed
+        {
+            if !self.read_some(deadline).await {
+                panic!("no answer to a login attempt; got {:?}", self.received);
+            }
+        }
+        (self.received.clone(), sent.elapsed())
+    }
+
     /// Direct TLS (XEP-0368) with SNI = `domain`.
     pub async fn direct_tls(addr: SocketAddr, domain: &str, ca: &Path) -> Raw {
         Raw::direct_tls_via(addr, domain, &connector(ca)).await
