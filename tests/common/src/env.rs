@@ -121,6 +121,11 @@ impl EnvBuilder {
         self.build(ProxyProcess::start)
     }
 
+    /// Like [`EnvBuilder::start_process`], the proxy limited to `open_files` descriptors.
+    pub fn start_process_limited(self, open_files: u64) -> Env<ProxyProcess> {
+        self.build(|c| ProxyProcess::start_limited(c, open_files))
+    }
+
     fn build<P>(self, start: impl FnOnce(&TestConfig) -> P) -> Env<P> {
         let pki = TestPki::new(&[&self.domain]);
         let cluster =

@@ -21,6 +21,24 @@ unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
     fn prctl(option: i32, ...) -> i32;
     fn getppid() -> i32;
+    fn setrlimit(resource: i32, rlim: *const [u64; 2]) -> i32;
+}
+
+const RLIMIT_NOFILE: i32 = 7;
+
+/// Make `cmd`'s child run with at most `n` open files (soft and hard limit), set between fork
+/// and exec, so the test process keeps its own limit.
+pub fn limit_open_files(cmd: &mut Command, n: u64) {
+    // SAFETY: setrlimit is async-signal-safe; the array outlives the call.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = [n, n];
+            if setrlimit(RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Send `sig` to exactly this pid (no process groups, no names).

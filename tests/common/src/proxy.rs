@@ -175,6 +175,15 @@ impl ProxyProcess {
     /// Start `xmpp-lb run` on `config` (after giving every `:0` bind a free port) and wait
     /// until every listener accepts connections.
     pub fn start(config: &TestConfig) -> ProxyProcess {
+        ProxyProcess::start_with(config, None)
+    }
+
+    /// Like [`ProxyProcess::start`], the process limited to `open_files` descriptors.
+    pub fn start_limited(config: &TestConfig, open_files: u64) -> ProxyProcess {
+        ProxyProcess::start_with(config, Some(open_files))
+    }
+
+    fn start_with(config: &TestConfig, open_files: Option<u64>) -> ProxyProcess {
         let mut config = config.clone();
         let (listeners, metrics) = config.assign_free_ports();
         let dir = tempfile::tempdir().unwrap();
@@ -186,6 +195,9 @@ impl ProxyProcess {
             .arg(&config_path)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
+        if let Some(n) = open_files {
+            process::limit_open_files(&mut cmd, n);
+        }
         let child = process::spawn_child(cmd).expect("spawn xmpp-lb");
         let mut p = ProxyProcess {
             child,

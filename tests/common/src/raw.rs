@@ -143,6 +143,29 @@ impl Raw {
         Ok(raw)
     }
 
+    /// Direct TLS over a socket whose receive buffer is `recv_buffer` bytes: a client that
+    /// stops reading fills it (and the proxy's side) quickly.
+    pub async fn direct_tls_small_window(
+        addr: SocketAddr,
+        domain: &str,
+        connector: &TlsConnector,
+        recv_buffer: u32,
+    ) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(recv_buffer).expect("SO_RCVBUF");
+        let tcp = socket.connect(addr).await.expect("connect proxy");
+        let local = tcp.local_addr().ok();
+        let name = ServerName::try_from(domain.to_string()).unwrap();
+        let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        Raw {
+            tls_kind: tls.get_ref().1.handshake_kind(),
+            io: Box::new(tls),
+            received: String::new(),
+            closed: false,
+            local,
+        }
+    }
+
     /// On a connection whose TLS is up: stream header and one SASL PLAIN attempt as
     /// `user@domain`; returns what came back (`<success`, `<failure`, or a stream error) and
     /// how long the answer took after the attempt was sent.
