@@ -101,8 +101,8 @@ impl Overload {
         {
             return Some(Budget::Memory);
         }
-        let estimate = self.descriptors.load(Ordering::Relaxed)
-            + 2 * self.accepted.load(Ordering::Relaxed);
+        let estimate =
+            self.descriptors.load(Ordering::Relaxed) + 2 * self.accepted.load(Ordering::Relaxed);
         match self.descriptor_budget(config) {
             Some(max) if estimate > max => Some(Budget::Descriptors),
             _ => None,

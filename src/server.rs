@@ -339,7 +339,10 @@ async fn sample_overload(shared: Arc<Shared>, shutdown: CancellationToken) {
         shared.overload.sample();
         let config = &shared.runtime.load().config.overload;
         let now = shared.overload.over(config);
-        for budget in [crate::overload::Budget::Memory, crate::overload::Budget::Descriptors] {
+        for budget in [
+            crate::overload::Budget::Memory,
+            crate::overload::Budget::Descriptors,
+        ] {
             shared
                 .metrics
                 .overloaded

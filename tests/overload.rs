@@ -69,11 +69,15 @@ fn over_the_memory_budget_new_connections_are_shed_and_logged_in_users_stay() {
     // Back under budget (the budget removed): logins work again, with a real client.
     std::fs::write(&env.proxy.config_path, &config).unwrap();
     signal_pid(env.proxy.pid(), SIGHUP).unwrap();
-    wait_for("the overload gauge to clear", Duration::from_secs(10), || {
-        env.proxy
-            .metric("xmpp_lb_overloaded{budget=\"memory\"}")
-            .is_some_and(|v| v == 0.0)
-    });
+    wait_for(
+        "the overload gauge to clear",
+        Duration::from_secs(10),
+        || {
+            env.proxy
+                .metric("xmpp_lb_overloaded{budget=\"memory\"}")
+                .is_some_and(|v| v == 0.0)
+        },
+    );
     let (user, password) = &people[1];
     let port = direct.port().to_string();
     let out = run_client(&[
@@ -120,7 +124,11 @@ fn out_of_descriptors_accept_backs_off_without_spinning_and_recovers() {
         let open = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
         let deadline = Instant::now() + Duration::from_secs(10);
         while open() < 63 {
-            assert!(Instant::now() < deadline, "the proxy never ran out: {} open", open());
+            assert!(
+                Instant::now() < deadline,
+                "the proxy never ran out: {} open",
+                open()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let before = cpu_ticks(pid);
@@ -183,7 +191,9 @@ fn over_the_descriptor_budget_new_connections_are_shed_before_the_limit_is_reach
     let (user, password) = &people[0];
     let mut inside = rt.block_on(Raw::login(direct, DOMAIN, &ca, user, password));
     // Room for a few more descriptors than are open now.
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     std::fs::write(
         &env.proxy.config_path,
         format!("{config}\n[overload]\nmax_descriptors = {}\n", open + 8),
@@ -202,7 +212,11 @@ fn over_the_descriptor_budget_new_connections_are_shed_before_the_limit_is_reach
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut closed = 0;
         for raw in &mut held {
-            if raw.read_some(Instant::now() + Duration::from_millis(20)).await && raw.closed {
+            if raw
+                .read_some(Instant::now() + Duration::from_millis(20))
+                .await
+                && raw.closed
+            {
                 closed += 1;
             }
         }

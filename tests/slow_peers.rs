@@ -18,7 +18,10 @@ const SIGCONT: i32 = 18;
 /// `since` the proxy closed the connection.
 async fn dribble(raw: &mut Raw, bytes: &[u8], gap: Duration, since: Instant) -> Duration {
     for b in bytes.iter().cycle().take(10_000) {
-        if !raw.try_send(std::str::from_utf8(std::slice::from_ref(b)).unwrap()).await {
+        if !raw
+            .try_send(std::str::from_utf8(std::slice::from_ref(b)).unwrap())
+            .await
+        {
             return since.elapsed();
         }
         if raw.read_some(Instant::now() + gap).await && raw.closed {
@@ -44,7 +47,8 @@ fn a_client_dribbling_at_any_phase_is_cut_at_that_phase_bound() {
     let gap = Duration::from_millis(150);
     let within = |took: Duration, bound: Duration, what: &str| {
         assert!(
-            took >= bound - Duration::from_millis(100) && took < bound + Duration::from_millis(1500),
+            took >= bound - Duration::from_millis(100)
+                && took < bound + Duration::from_millis(1500),
             "{what}: cut after {took:?}, bound {bound:?}"
         );
     };
@@ -93,7 +97,11 @@ fn a_client_dribbling_at_any_phase_is_cut_at_that_phase_bound() {
             sasl_dribble
         );
         within(tcp, Duration::from_secs(3), "silent before the header");
-        within(tls_silent, Duration::from_secs(1), "silent before the TLS handshake");
+        within(
+            tls_silent,
+            Duration::from_secs(1),
+            "silent before the TLS handshake",
+        );
         within(tls_slow, Duration::from_secs(1), "TLS handshake dribbled");
         within(head, Duration::from_secs(3), "stream header dribbled");
         within(sasl, Duration::from_secs(3), "SASL message dribbled");
@@ -193,7 +201,11 @@ fn a_node_that_stops_answering_has_its_sessions_closed_and_its_users_move() {
         // session is then closed with a redirect back to the proxy.
         let said = raw.read_to_close(Duration::from_secs(10)).await;
         assert!(said.contains("<see-other-host"), "{said}");
-        assert!(stopped.elapsed() < Duration::from_secs(6), "{:?}", stopped.elapsed());
+        assert!(
+            stopped.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            stopped.elapsed()
+        );
         // The user logs in again, on the other node.
         let mut again = Raw::login(direct, DOMAIN, &env.ca(), user, password).await;
         again.ping(DOMAIN).await;
@@ -204,7 +216,11 @@ fn a_node_that_stops_answering_has_its_sessions_closed_and_its_users_move() {
     let series = "xmpp_lb_connections_closed_total{reason=\"node_down\",side=\"proxy\"}";
     let deadline = Instant::now() + Duration::from_secs(20);
     while sample(&env.proxy.scrape(), series) < 1.0 {
-        assert!(Instant::now() < deadline, "never counted: {}", env.proxy.scrape());
+        assert!(
+            Instant::now() < deadline,
+            "never counted: {}",
+            env.proxy.scrape()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -223,14 +239,17 @@ fn tcp_keepalive_is_on_for_both_sides_of_a_relayed_connection() {
         // Let the last segments be acknowledged, so no retransmit timer hides the keepalive.
         tokio::time::sleep(Duration::from_millis(300)).await;
         // /proc/net/tcp has a timer column: keepalive timers show as "02" on idle sockets.
-        let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .filter_map(|l| {
-                let l = l.to_string_lossy().into_owned();
-                l.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string)
-            })
-            .collect();
+        let inodes: std::collections::HashSet<String> =
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")?
+                        .strip_suffix(']')
+                        .map(str::to_string)
+                })
+                .collect();
         let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
         let keepalive_timers = tcp
             .lines()
@@ -243,9 +262,16 @@ fn tcp_keepalive_is_on_for_both_sides_of_a_relayed_connection() {
             .count();
         let ours: Vec<&str> = tcp
             .lines()
-            .filter(|l| l.split_whitespace().nth(9).is_some_and(|i| inodes.contains(i)))
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(9)
+                    .is_some_and(|i| inodes.contains(i))
+            })
             .collect();
-        assert!(keepalive_timers >= 2, "client and backend sockets: {keepalive_timers}: {ours:#?}");
+        assert!(
+            keepalive_timers >= 2,
+            "client and backend sockets: {keepalive_timers}: {ours:#?}"
+        );
         raw.send("</stream:stream>").await;
         let _ = raw.read_to_close(Duration::from_secs(5)).await;
     });

@@ -28,8 +28,9 @@ fn base(c: TestConfig) -> TestConfig {
 }
 
 fn refusals(env: &Env, limit: &str) -> f64 {
-    env.proxy
-        .metric_value(&format!("xmpp_lb_source_refusals_total{{limit=\"{limit}\"}}"))
+    env.proxy.metric_value(&format!(
+        "xmpp_lb_source_refusals_total{{limit=\"{limit}\"}}"
+    ))
 }
 
 #[test]
@@ -63,7 +64,10 @@ fn concurrent_connections_per_source_are_refused_before_tls_and_other_sources_go
         let said = plain.read_to_close(Duration::from_secs(5)).await;
         assert!(said.contains("<policy-violation"), "{said}");
         assert!(said.contains("too many connections"), "{said}");
-        assert!(!said.contains("starttls"), "no features for a refused client: {said}");
+        assert!(
+            !said.contains("starttls"),
+            "no features for a refused client: {said}"
+        );
         // Another source is not affected.
         let (user, password) = &people[3];
         let other = Raw::direct_tls_from(direct, from(3), DOMAIN, &tls)
@@ -75,10 +79,16 @@ fn concurrent_connections_per_source_are_refused_before_tls_and_other_sources_go
         drop(held.pop());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            if Raw::direct_tls_from(direct, from(2), DOMAIN, &tls).await.is_ok() {
+            if Raw::direct_tls_from(direct, from(2), DOMAIN, &tls)
+                .await
+                .is_ok()
+            {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the place never came back");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the place never came back"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The held sessions still work.
@@ -126,12 +136,20 @@ fn connections_not_yet_logged_in_are_bounded_per_source() {
         let _second = Raw::direct_tls_from(direct, from(7), DOMAIN, &tls)
             .await
             .unwrap();
-        assert!(Raw::direct_tls_from(direct, from(7), DOMAIN, &tls).await.is_err());
+        assert!(
+            Raw::direct_tls_from(direct, from(7), DOMAIN, &tls)
+                .await
+                .is_err()
+        );
         // Once one of them has logged in, it no longer counts.
         let (user, password) = &people[0];
         let mut first = first.log_in(DOMAIN, user, password, "in").await;
         first.ping(DOMAIN).await;
-        assert!(Raw::direct_tls_from(direct, from(7), DOMAIN, &tls).await.is_ok());
+        assert!(
+            Raw::direct_tls_from(direct, from(7), DOMAIN, &tls)
+                .await
+                .is_ok()
+        );
     });
     assert!(refusals(&env, "unauthenticated") >= 1.0);
 }
@@ -153,10 +171,22 @@ fn new_connections_and_full_handshakes_per_second_are_rate_limited_per_source() 
                 .await
                 .expect("within the burst");
         }
-        assert!(Raw::direct_tls_from(direct, from(4), DOMAIN, &tls).await.is_err());
-        assert!(Raw::direct_tls_from(direct, from(5), DOMAIN, &tls).await.is_ok());
+        assert!(
+            Raw::direct_tls_from(direct, from(4), DOMAIN, &tls)
+                .await
+                .is_err()
+        );
+        assert!(
+            Raw::direct_tls_from(direct, from(5), DOMAIN, &tls)
+                .await
+                .is_ok()
+        );
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert!(Raw::direct_tls_from(direct, from(4), DOMAIN, &tls).await.is_ok());
+        assert!(
+            Raw::direct_tls_from(direct, from(4), DOMAIN, &tls)
+                .await
+                .is_ok()
+        );
     });
     assert!(refusals(&env, "connection_rate") >= 1.0);
 
@@ -174,7 +204,10 @@ fn new_connections_and_full_handshakes_per_second_are_rate_limited_per_source() 
         let full = Raw::direct_tls_from(direct, from(6), DOMAIN, &resuming)
             .await
             .unwrap();
-        assert_eq!(full.tls_kind, Some(tokio_rustls::rustls::HandshakeKind::Full));
+        assert_eq!(
+            full.tls_kind,
+            Some(tokio_rustls::rustls::HandshakeKind::Full)
+        );
         // The session ticket arrives after the handshake: read a little so it is stored.
         let mut full = full;
         full.send(&header(DOMAIN, None)).await;
@@ -192,8 +225,16 @@ fn new_connections_and_full_handshakes_per_second_are_rate_limited_per_source() 
         }
         // One full handshake is left in the bucket, then none.
         let fresh = connector(&env.ca());
-        assert!(Raw::direct_tls_from(direct, from(6), DOMAIN, &fresh).await.is_ok());
-        assert!(Raw::direct_tls_from(direct, from(6), DOMAIN, &fresh).await.is_err());
+        assert!(
+            Raw::direct_tls_from(direct, from(6), DOMAIN, &fresh)
+                .await
+                .is_ok()
+        );
+        assert!(
+            Raw::direct_tls_from(direct, from(6), DOMAIN, &fresh)
+                .await
+                .is_err()
+        );
     });
     assert!(refusals(&env, "tls_handshake_rate") >= 1.0);
 }
@@ -239,7 +280,10 @@ fn failed_logins_slow_then_ban_their_source_and_the_jid_is_never_logged() {
         assert_eq!(out["ok"], Value::Bool(false), "{out}");
     }
     let delayed = env.proxy.metric_value("xmpp_lb_login_delays_total");
-    assert!(delayed >= 2.0, "the third and fourth attempts wait: {delayed}");
+    assert!(
+        delayed >= 2.0,
+        "the third and fourth attempts wait: {delayed}"
+    );
     assert_eq!(
         env.proxy
             .metric_value("xmpp_lb_login_bans_total{scope=\"source\"}"),
@@ -248,7 +292,10 @@ fn failed_logins_slow_then_ban_their_source_and_the_jid_is_never_logged() {
     // Banned: even the right password is refused, with a reason.
     let out = slixmpp("capulet-secret");
     assert_eq!(out["ok"], Value::Bool(false), "{out}");
-    assert_eq!(out["stream_error"]["condition"], "policy-violation", "{out}");
+    assert_eq!(
+        out["stream_error"]["condition"], "policy-violation",
+        "{out}"
+    );
     // Another source is not banned.
     let direct = env.proxy.addr("direct", false);
     env.proxy.block_on(async {

@@ -24,7 +24,11 @@ pub fn note_transition(
     if t == Transition::Down && health.close_sessions_on_down {
         let closed = state.interrupt_all(Command::NodeDown);
         if closed > 0 {
-            tracing::warn!(backend, sessions = closed, "backend down: closing the sessions relayed to it");
+            tracing::warn!(
+                backend,
+                sessions = closed,
+                "backend down: closing the sessions relayed to it"
+            );
         }
     }
     let (state, up) = match t {

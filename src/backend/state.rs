@@ -179,7 +179,9 @@ impl BackendState {
             let mut relays = self.relays.lock().expect("relays lock");
             relays.drain().map(|(_, (tx, _))| tx).collect()
         };
-        all.into_iter().filter_map(|tx| tx.send(command).ok()).count()
+        all.into_iter()
+            .filter_map(|tx| tx.send(command).ok())
+            .count()
     }
 
     /// Relayed connections registered now.

@@ -27,8 +27,8 @@ mod position;
 mod raw;
 mod resumption;
 mod routing;
-mod sources;
 mod source;
+mod sources;
 mod values;
 mod websocket;
 
@@ -40,9 +40,9 @@ pub use listeners::{CertPair, ListenerConfig};
 pub(crate) use pins::parse_pin_file;
 pub use resumption::ResumptionConfig;
 pub use routing::{DomainConfig, RoutingConfig};
-pub use sources::{LoginLimits, OverloadConfig, SourceLimits};
 pub use source::ConfigError;
 use source::Source;
+pub use sources::{LoginLimits, OverloadConfig, SourceLimits};
 pub use values::{BackendTls, DrainMode, LogFormat, ProxyProtocol, TlsMode};
 pub use websocket::{HOST_META, HOST_META_JSON, WebSocketConfig, WebSocketListener};
 

@@ -113,7 +113,9 @@ pub(crate) async fn accept(
     {
         Ok(ticket) => counted.source = ticket,
         Err(limit) => {
-            return Err(refuse_limited(arrival, tcp, peer, limit, !direct && !http, deadline).await);
+            return Err(
+                refuse_limited(arrival, tcp, peer, limit, !direct && !http, deadline).await,
+            );
         }
     }
     if http {

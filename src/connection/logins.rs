@@ -13,9 +13,10 @@ use crate::xmpp::stream_error::Condition;
 /// is banned.
 pub(super) async fn gate(at: &At<'_>, jid: Option<&str>) -> Result<(), Failure> {
     let (shared, rt) = (at.shared, at.rt);
-    let verdict = shared
-        .sources
-        .login_attempt(&rt.config.sources, at.peer.ip(), jid, Instant::now());
+    let verdict =
+        shared
+            .sources
+            .login_attempt(&rt.config.sources, at.peer.ip(), jid, Instant::now());
     match verdict {
         Verdict::Go => Ok(()),
         Verdict::Wait(wait) => {
@@ -52,10 +53,7 @@ pub(super) fn outcome(at: &At<'_>, jid: Option<&str>, success: bool) {
         shared.sources.login_succeeded(limits, ip, jid);
         return;
     }
-    for scope in shared
-        .sources
-        .login_failed(limits, ip, jid, Instant::now())
-    {
+    for scope in shared.sources.login_failed(limits, ip, jid, Instant::now()) {
         shared
             .metrics
             .login_bans_total

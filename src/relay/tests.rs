@@ -53,7 +53,11 @@ fn start(
             &mut backend_proxy,
             client_ahead,
             backend_ahead,
-            Bounds { half_close: Duration::from_secs(5), boundary: boundary_timeout, write: Duration::from_secs(30) },
+            Bounds {
+                half_close: Duration::from_secs(5),
+                boundary: boundary_timeout,
+                write: Duration::from_secs(30),
+            },
             |_| {},
             |_| {},
             Watches::default(),
@@ -107,7 +111,11 @@ async fn relays_every_byte_in_order_both_ways_and_half_closes() {
             &mut backend_proxy,
             &[],
             &[],
-            Bounds { half_close: Duration::from_secs(5), boundary: Duration::from_secs(5), write: Duration::from_secs(30) },
+            Bounds {
+                half_close: Duration::from_secs(5),
+                boundary: Duration::from_secs(5),
+                write: Duration::from_secs(30),
+            },
             |_| {},
             |_| {},
             Watches::default(),
@@ -154,7 +162,11 @@ async fn half_close_that_lingers_is_cut() {
         &mut backend_proxy,
         &[],
         &[],
-        Bounds { half_close: Duration::from_millis(50), boundary: Duration::from_secs(5), write: Duration::from_secs(30) },
+        Bounds {
+            half_close: Duration::from_millis(50),
+            boundary: Duration::from_secs(5),
+            write: Duration::from_secs(30),
+        },
         |_| {},
         |_| {},
         Watches::default(),
@@ -207,7 +219,11 @@ async fn half_close_towards_a_peer_that_never_reads_is_cut_too() {
         &mut backend,
         &[],
         &[],
-        Bounds { half_close: Duration::from_millis(50), boundary: Duration::from_secs(5), write: Duration::from_secs(30) },
+        Bounds {
+            half_close: Duration::from_millis(50),
+            boundary: Duration::from_secs(5),
+            write: Duration::from_secs(30),
+        },
         |_| {},
         |_| {},
         Watches::default(),
@@ -425,7 +441,11 @@ async fn ahead_bytes_go_first_in_order_and_are_tracked() {
             &mut backend_proxy,
             client_ahead,
             backend_ahead,
-            Bounds { half_close: Duration::from_secs(5), boundary: Duration::from_secs(5), write: Duration::from_secs(30) },
+            Bounds {
+                half_close: Duration::from_secs(5),
+                boundary: Duration::from_secs(5),
+                write: Duration::from_secs(30),
+            },
             move |n| {
                 up_count.fetch_add(n << 32, std::sync::atomic::Ordering::Relaxed);
             },
@@ -633,7 +653,11 @@ async fn watches_rewrite_in_a_live_relay_and_count_the_new_bytes() {
             &mut backend_proxy,
             b"<enab",
             b"",
-            Bounds { half_close: Duration::from_secs(5), boundary: Duration::from_secs(5), write: Duration::from_secs(30) },
+            Bounds {
+                half_close: Duration::from_secs(5),
+                boundary: Duration::from_secs(5),
+                write: Duration::from_secs(30),
+            },
             |_| {},
             |_| {},
             Watches {

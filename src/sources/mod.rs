@@ -12,69 +12,24 @@
 //! handshake, logs in or ends.
 
 mod bucket;
+mod jids;
+mod key;
 mod logins;
 mod table;
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 use tokio::time::{Duration, Instant};
 
-use self::logins::JidTable;
+use self::jids::JidTable;
+use self::key::{allowed, lock};
 use self::table::Table;
-pub use logins::BanScope;
-pub(crate) use logins::Verdict;
 use crate::config::SourceLimits;
-
-/// Which limit refused a connection: the `limit` label of
-/// `xmpp_lb_source_refusals_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Limit {
-    /// `max_connections` open from the source.
-    Connections,
-    /// `max_unauthenticated` not yet logged in from the source.
-    Unauthenticated,
-    /// `connections_per_second` exceeded.
-    ConnectionRate,
-    /// `tls_handshakes_per_second` exceeded.
-    TlsHandshakeRate,
-    /// The source is banned for failed logins.
-    Banned,
-}
-
-impl Limit {
-    /// Every limit, for metrics exported at zero.
-    pub const ALL: [Limit; 5] = [
-        Limit::Connections,
-        Limit::Unauthenticated,
-        Limit::ConnectionRate,
-        Limit::TlsHandshakeRate,
-        Limit::Banned,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Limit::Connections => "connections",
-            Limit::Unauthenticated => "unauthenticated",
-            Limit::ConnectionRate => "connection_rate",
-            Limit::TlsHandshakeRate => "tls_handshake_rate",
-            Limit::Banned => "banned",
-        }
-    }
-
-    /// What the client is told, where it can be told (a `<policy-violation/>` text).
-    pub fn text(self) -> &'static str {
-        match self {
-            Limit::Connections => "too many connections from your network",
-            Limit::Unauthenticated => "too many connections from your network still logging in",
-            Limit::ConnectionRate => "too many new connections from your network; slow down",
-            Limit::TlsHandshakeRate => "too many TLS handshakes from your network; slow down",
-            Limit::Banned => "too many failed logins from your network; try again later",
-        }
-    }
-}
+pub use jids::BanScope;
+pub(crate) use jids::Verdict;
+pub use key::{Limit, source_of};
 
 /// How often, at most, refusals are logged (each line says how many it stands for).
 const REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -99,38 +54,6 @@ struct Report {
     last: Option<Instant>,
     /// Refusals since.
     refused: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The source `ip` belongs to under `limits`: its network, cut to the configured prefix.
-pub fn source_of(limits: &SourceLimits, ip: IpAddr) -> IpNet {
-    // An IPv4 client reaching an IPv6 socket is still an IPv4 client.
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    let prefix = match ip {
-        IpAddr::V4(_) => limits.ipv4_prefix,
-        IpAddr::V6(_) => limits.ipv6_prefix,
-    };
-    IpNet::new(ip, prefix)
-        .map(|n| n.trunc())
-        .unwrap_or_else(|_| IpNet::from(ip))
-}
-
-/// Whether `ip` is on the allow-list (no per-source limit or source ban applies).
-fn allowed(limits: &SourceLimits, ip: IpAddr) -> bool {
-    let mapped = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
-        IpAddr::V4(_) => None,
-    };
-    limits
-        .allow
-        .iter()
-        .any(|net| net.contains(&ip) || mapped.is_some_and(|m| net.contains(&m)))
 }
 
 impl Sources {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
-use super::Limit;
 use super::bucket::{Bucket, Window};
+use super::key::Limit;
 use crate::config::SourceLimits;
 
 /// One source's accounting.
@@ -51,11 +51,9 @@ impl Entry {
     /// in its window, no ban.
     fn forgettable(&self, limits: &SourceLimits, now: Instant) -> bool {
         self.open == 0
-            && self.connects.is_full(
-                limits.connections_per_second,
-                limits.connections_burst,
-                now,
-            )
+            && self
+                .connects
+                .is_full(limits.connections_per_second, limits.connections_burst, now)
             && self.handshakes.is_full(
                 limits.tls_handshakes_per_second,
                 limits.tls_handshakes_burst,

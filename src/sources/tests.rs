@@ -43,9 +43,18 @@ fn ip(s: &str) -> IpAddr {
 #[test]
 fn sources_are_networks_and_ipv4_mapped_addresses_are_ipv4() {
     let l = limits();
-    assert_eq!(source_of(&l, ip("198.51.100.77")).to_string(), "198.51.100.0/24");
-    assert_eq!(source_of(&l, ip("::ffff:198.51.100.77")).to_string(), "198.51.100.0/24");
-    assert_eq!(source_of(&l, ip("2001:db8:1:2:3::4")).to_string(), "2001:db8:1:2::/64");
+    assert_eq!(
+        source_of(&l, ip("198.51.100.77")).to_string(),
+        "198.51.100.0/24"
+    );
+    assert_eq!(
+        source_of(&l, ip("::ffff:198.51.100.77")).to_string(),
+        "198.51.100.0/24"
+    );
+    assert_eq!(
+        source_of(&l, ip("2001:db8:1:2:3::4")).to_string(),
+        "2001:db8:1:2::/64"
+    );
 }
 
 #[test]
@@ -89,7 +98,10 @@ fn connection_and_full_handshake_rates_refill_over_time() {
         s.admit(&l, ip("198.51.100.9"), false, t0).err(),
         Some(Limit::ConnectionRate)
     );
-    assert!(s.admit(&l, ip("198.51.100.9"), false, t0 + Duration::from_secs(1)).is_ok());
+    assert!(
+        s.admit(&l, ip("198.51.100.9"), false, t0 + Duration::from_secs(1))
+            .is_ok()
+    );
     drop(two);
 
     let (s, mut l) = (sources(), limits());
@@ -118,9 +130,15 @@ fn failed_logins_delay_then_ban_the_source_and_success_resets() {
     assert!(s.login_failed(&l, from, None, now).is_empty());
     assert_eq!(s.login_attempt(&l, from, None, now), Verdict::Go);
     s.login_failed(&l, from, None, now);
-    assert_eq!(s.login_attempt(&l, from, None, now), Verdict::Wait(Duration::from_secs(1)));
+    assert_eq!(
+        s.login_attempt(&l, from, None, now),
+        Verdict::Wait(Duration::from_secs(1))
+    );
     s.login_failed(&l, from, None, now);
-    assert_eq!(s.login_attempt(&l, from, None, now), Verdict::Wait(Duration::from_secs(2)));
+    assert_eq!(
+        s.login_attempt(&l, from, None, now),
+        Verdict::Wait(Duration::from_secs(2))
+    );
     // A success forgets the failures.
     s.login_succeeded(&l, from, None);
     assert_eq!(s.login_attempt(&l, from, None, now), Verdict::Go);
@@ -128,7 +146,10 @@ fn failed_logins_delay_then_ban_the_source_and_success_resets() {
         assert!(s.login_failed(&l, from, None, now).is_empty());
     }
     assert_eq!(s.login_failed(&l, from, None, now), vec![BanScope::Source]);
-    assert_eq!(s.login_attempt(&l, ip("198.51.100.200"), None, now), Verdict::Banned);
+    assert_eq!(
+        s.login_attempt(&l, ip("198.51.100.200"), None, now),
+        Verdict::Banned
+    );
     assert_eq!(
         s.admit(&l, ip("198.51.100.5"), true, now).err(),
         Some(Limit::Banned)
@@ -154,10 +175,19 @@ fn failures_on_one_account_from_many_networks_slow_and_ban_that_account_only() {
         s.login_attempt(&l, ip("203.0.99.1"), Some("romeo@example.test"), now),
         Verdict::Go
     );
-    assert_eq!(s.login_failed(&l, ip("203.0.5.1"), jid, now), vec![BanScope::Jid]);
-    assert_eq!(s.login_attempt(&l, ip("203.0.99.1"), jid, now), Verdict::Banned);
+    assert_eq!(
+        s.login_failed(&l, ip("203.0.5.1"), jid, now),
+        vec![BanScope::Jid]
+    );
+    assert_eq!(
+        s.login_attempt(&l, ip("203.0.99.1"), jid, now),
+        Verdict::Banned
+    );
     // The allow-listed address counts against the account, not as a source.
-    assert_eq!(s.login_attempt(&l, ip("192.0.2.7"), jid, now), Verdict::Banned);
+    assert_eq!(
+        s.login_attempt(&l, ip("192.0.2.7"), jid, now),
+        Verdict::Banned
+    );
 }
 
 #[test]
