@@ -41,7 +41,7 @@ pub use resumption::ResumptionConfig;
 pub use routing::{DomainConfig, RoutingConfig};
 pub use source::ConfigError;
 use source::Source;
-pub use values::{BackendTls, DrainMode, LogFormat, ProxyProtocol, TlsMode};
+pub use values::{BackendTls, ChannelBinding, DrainMode, LogFormat, ProxyProtocol, TlsMode};
 pub use websocket::{HOST_META, HOST_META_JSON, WebSocketConfig, WebSocketListener};
 
 pub use crate::route::policy::{PinEntry, RouteKey};
@@ -127,6 +127,7 @@ impl RawConfig {
         let mut backends = backends::validate_backends(&src, &self.backend)?;
         let (routing, domains) =
             routing::validate_routing(&src, &self.routing, &self.domain, served, &backends)?;
+        backends::validate_channel_binding(&src, &domains, &backends)?;
         let drain = drain::validate_drain(&src, &self.drain)?;
         let admission =
             admission::validate_admission(&src, &self.admission, &self.backend, &mut backends)?;

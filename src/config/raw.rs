@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{BackendTls, DrainMode, LogFormat, ProxyProtocol, TlsMode};
+use super::values::{BackendTls, ChannelBinding, DrainMode, LogFormat, ProxyProtocol, TlsMode};
 use crate::route::policy::{PinEntry, RouteKey};
 
 /// The file as written (before checks).
@@ -115,6 +115,7 @@ pub(super) struct RawDomain {
     pub(super) tls_server_name: Option<Spanned<String>>,
     pub(super) tls_ca: Option<Spanned<PathBuf>>,
     pub(super) tls_verify: Option<bool>,
+    pub(super) channel_binding: Option<ChannelBinding>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +218,7 @@ pub(super) struct RawBackend {
     pub(super) tls_server_name: Option<Spanned<String>>,
     pub(super) tls_ca: Option<Spanned<PathBuf>>,
     pub(super) tls_verify: Option<bool>,
+    pub(super) channel_binding: Option<ChannelBinding>,
 }
 
 fn default_weight() -> Spanned<u32> {

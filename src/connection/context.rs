@@ -58,3 +58,14 @@ pub(crate) struct At<'a> {
     /// What the PROXY protocol header to a node says about the client.
     pub(crate) origin: Origin,
 }
+
+impl At<'_> {
+    /// The channel-binding types the nodes of `domain` get for this client (none unless
+    /// their links pass channel binding): what the client may be shown of `-PLUS`.
+    pub(crate) fn bound(&self, domain: &str) -> Vec<&'static str> {
+        match &self.origin.channel_binding {
+            Some(b) if self.rt.passes_channel_binding(domain) => b.types(),
+            _ => Vec::new(),
+        }
+    }
+}

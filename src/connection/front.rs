@@ -114,6 +114,7 @@ pub(crate) async fn accept(
                 alpn: None,
                 sni: None,
                 tls_version: None,
+                channel_binding: None,
             },
         });
     }
@@ -178,6 +179,7 @@ pub(crate) async fn accept(
             .map(|_| crate::tls::ALPN_XMPP_CLIENT),
         sni: session.server_name().map(str::to_string),
         tls_version: session.protocol_version().and_then(|v| v.as_str()),
+        channel_binding: channel_binding(rt, &listener.name, session),
     };
     let client = match restarts {
         Some(qname) => Front::Xmpp(ClientStream::restarting(
@@ -190,6 +192,23 @@ pub(crate) async fn accept(
         None => xmpp_or_http(tls, limits.max_header_bytes, deadline).await?,
     };
     Ok(Accepted { client, origin })
+}
+
+/// The channel-binding data of the client's TLS session, when some node's link passes them
+/// (computing them costs a key export per connection, which nobody else needs).
+fn channel_binding(
+    rt: &Runtime,
+    listener: &str,
+    session: &rustls::ServerConnection,
+) -> Option<Box<crate::channel_binding::Bindings>> {
+    if !rt.passes_channel_binding {
+        return None;
+    }
+    let end_point = rt
+        .resolvers
+        .get(listener)
+        .and_then(|r| r.end_point(session.server_name()));
+    crate::channel_binding::Bindings::of_session(session, end_point).map(Box::new)
 }
 
 /// The first byte of a TLS handshake record.
