@@ -202,20 +202,25 @@ pub(super) fn validate_channel_binding(
     src: &Source<'_>,
     domains: &[super::DomainConfig],
     backends: &[BackendConfig],
+    raw: &[RawBackend],
 ) -> Result<(), ConfigError> {
-    for (i, d) in domains.iter().enumerate() {
+    for d in domains {
         let mut first: Option<(&str, ChannelBinding)> = None;
         for name in &d.backends {
-            let Some(b) = backends.iter().find(|b| &b.name == name) else {
+            let Some(j) = backends.iter().position(|b| &b.name == name) else {
                 continue;
             };
-            let link = b.link.resolve(&d.link);
+            let span = raw
+                .iter()
+                .find(|r| r.name.get_ref() == name)
+                .map_or(0..0, |r| r.name.span());
+            let link = backends[j].link.resolve(&d.link);
             if link.channel_binding == ChannelBinding::Pass
                 && link.proxy_protocol != ProxyProtocol::V2
             {
                 return Err(src.err(
-                    &(0..0),
-                    &format!("backend.{name}.channel_binding"),
+                    &span,
+                    &format!("backend[{j}].channel_binding"),
                     format!(
                         "\"pass\" needs proxy_protocol = \"v2\" for domain {} (the binding \
                          data travel in the PROXY v2 header)",
@@ -227,8 +232,8 @@ pub(super) fn validate_channel_binding(
                 None => first = Some((name, link.channel_binding)),
                 Some((other, cb)) if cb != link.channel_binding => {
                     return Err(src.err(
-                        &(0..0),
-                        &format!("domain[{i}].channel_binding"),
+                        &span,
+                        &format!("backend[{j}].channel_binding"),
                         format!(
                             "backends {other:?} and {name:?} of domain {} disagree on \
                              channel_binding; all nodes of a domain must pass it or none",

@@ -127,7 +127,7 @@ impl RawConfig {
         let mut backends = backends::validate_backends(&src, &self.backend)?;
         let (routing, domains) =
             routing::validate_routing(&src, &self.routing, &self.domain, served, &backends)?;
-        backends::validate_channel_binding(&src, &domains, &backends)?;
+        backends::validate_channel_binding(&src, &domains, &backends, &self.backend)?;
         let drain = drain::validate_drain(&src, &self.drain)?;
         let admission =
             admission::validate_admission(&src, &self.admission, &self.backend, &mut backends)?;

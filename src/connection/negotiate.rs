@@ -5,8 +5,6 @@
 //! [`Attempt`]; the node and all it holds is one [`Upstream`], replaced as a whole when the
 //! connection moves.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
@@ -28,7 +26,7 @@ use crate::resumption;
 use crate::route::policy::{Decision, Placement};
 use crate::route::resume::Checked;
 use crate::xmpp::element::{Element, NsContext};
-use crate::xmpp::features::{self, FilteredFeatures, NS_SASL, NS_SASL2};
+use crate::xmpp::features::{self, NS_SASL, NS_SASL2};
 use crate::xmpp::header::{STREAM_NS, StreamHeader};
 use crate::xmpp::scanner::FrameKind;
 use crate::xmpp::sm::NS_SM;
@@ -158,7 +156,7 @@ impl Negotiation<'_> {
                 "no server node is reachable".into(),
             )
         })?;
-        let shown = self.for_this_client(shown);
+        let shown = self.at.features_for(&self.domain, shown);
         client.open(&self.domain, &shown.bytes).await?;
         let captured =
             capture::capture_login(client, &hello.header.ns, &self.domain, deadline).await?;
@@ -189,28 +187,6 @@ impl Negotiation<'_> {
             in_flight: captured.sasl,
         };
         Ok(up)
-    }
-
-    /// The cached features (as the nodes offer them to a client with every binding type,
-    /// when they get channel binding) as the node will offer them to this client: without
-    /// the binding types its TLS session does not have, and without `-PLUS` if it has none.
-    fn for_this_client(&self, cached: Arc<FilteredFeatures>) -> Arc<FilteredFeatures> {
-        if !self.at.rt.passes_channel_binding(&self.domain) {
-            return cached;
-        }
-        let bound = self.at.bound(&self.domain);
-        if bound.len() == 2 {
-            return cached;
-        }
-        let ns = NsContext {
-            default_ns: "jabber:client".into(),
-            prefixes: vec![("stream".into(), STREAM_NS.into())],
-        };
-        match features::filter_bound(&cached.bytes, &ns, &bound) {
-            Ok(f) => Arc::new(f),
-            // The bytes were parsed once already; keep them rather than fail the login.
-            Err(_) => cached,
-        }
     }
 
     /// The routing decision once the login named `jid` (or nobody), on `resume`'s node if a
