@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 mod admission;
 mod backends;
+mod channel_binding;
 mod drain;
 mod limits;
 mod listeners;
@@ -127,7 +128,7 @@ impl RawConfig {
         let mut backends = backends::validate_backends(&src, &self.backend)?;
         let (routing, domains) =
             routing::validate_routing(&src, &self.routing, &self.domain, served, &backends)?;
-        backends::validate_channel_binding(&src, &domains, &backends, &self.backend)?;
+        channel_binding::validate_channel_binding(&src, &domains, &backends, &self.backend)?;
         let drain = drain::validate_drain(&src, &self.drain)?;
         let admission =
             admission::validate_admission(&src, &self.admission, &self.backend, &mut backends)?;
