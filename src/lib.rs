@@ -16,7 +16,8 @@
 //!    else the client's subnet ([`route::key`]).
 //! 5. The ring ([`route::ring`], through [`route::pool`]) picks the node; [`backend::connect`]
 //!    opens its link ([`backend::link`]: TCP, a PROXY header, STARTTLS or direct TLS), or the
-//!    next distinct node's if that fails.
+//!    next distinct node's if that fails. Where the node's link passes channel binding,
+//!    the header carries the client's TLS binding data ([`channel_binding`]).
 //!    A SASL2 `<authenticate/>` that resumes a session inline goes to the node its verified
 //!    stream-management id names instead ([`route::resume`], [`resumption`]).
 //! 6. The client's header and SASL element are replayed byte-exact; the node's duplicate
@@ -27,6 +28,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod channel_binding;
 pub mod config;
 pub(crate) mod connection;
 pub(crate) mod framed;

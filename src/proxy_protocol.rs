@@ -14,6 +14,11 @@
 //! header from anyone else could forge any address, and a trusted peer sending none would
 //! be mistaken for the client.
 //!
+//! **Channel binding.** On a link with `channel_binding = "pass"`, the v2 header also carries
+//! the binding data of the client's TLS session in TLVs of the application-reserved range
+//! ([`crate::channel_binding`]), so that the node can check a SCRAM `-PLUS` login against the
+//! client's own session. The node must believe them only from the proxy's addresses.
+//!
 //! Encoding and parsing are the `ppp` crate's; this module decides what goes in and reads
 //! exactly the header's bytes off the socket, leaving what follows (TLS or XMPP) unread.
 
@@ -25,6 +30,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
 
+use crate::channel_binding::Bindings;
 use crate::config::ProxyProtocol;
 
 /// The 12 bytes every v2 header starts with.
@@ -54,6 +60,9 @@ pub struct Origin {
     pub sni: Option<String>,
     /// The TLS version negotiated with the client (`TLSv1.3`), if it used TLS.
     pub tls_version: Option<&'static str>,
+    /// The channel-binding data of the client's TLS session, computed only when some node's
+    /// link passes them (boxed: most connections carry none).
+    pub channel_binding: Option<Box<Bindings>>,
 }
 
 impl Origin {
@@ -67,12 +76,23 @@ impl Origin {
             alpn: None,
             sni: None,
             tls_version: None,
+            channel_binding: None,
         }
     }
 }
 
 /// The header to send a node first, if `version` asks for one.
 pub fn encode(version: ProxyProtocol, origin: &Origin) -> io::Result<Option<Vec<u8>>> {
+    encode_with(version, origin, None)
+}
+
+/// [`encode`], with the channel-binding TLVs of `bindings` in a v2 header (a v1 header has
+/// no room for them).
+pub fn encode_with(
+    version: ProxyProtocol,
+    origin: &Origin,
+    bindings: Option<&Bindings>,
+) -> io::Result<Option<Vec<u8>>> {
     let (source, destination) = same_family(origin.source, origin.destination);
     match version {
         ProxyProtocol::Off => Ok(None),
@@ -100,6 +120,9 @@ pub fn encode(version: ProxyProtocol, origin: &Origin) -> io::Result<Option<Vec<
                 ssl.extend_from_slice(&(version.len() as u16).to_be_bytes());
                 ssl.extend_from_slice(version.as_bytes());
                 header = header.write_tlv(Type::SSL, &ssl)?;
+            }
+            for (kind, value) in bindings.map(Bindings::tlvs).unwrap_or_default() {
+                header = header.write_tlv(kind, value)?;
             }
             header.build().map(Some)
         }
@@ -300,6 +323,7 @@ mod tests {
             alpn: None,
             sni: None,
             tls_version: None,
+            channel_binding: None,
         }
     }
 
@@ -358,6 +382,41 @@ mod tests {
             Some((o.source, o.destination)),
             "what is written reads back"
         );
+    }
+
+    #[test]
+    fn v2_headers_carry_channel_binding_tlvs_when_asked() {
+        let o = origin("192.0.2.7:40000", "198.51.100.1:5222");
+        let bindings = Bindings {
+            exporter: Some([9; 32]),
+            end_point: Some(vec![5; 32].into()),
+        };
+        let bytes = encode_with(ProxyProtocol::V2, &o, Some(&bindings))
+            .unwrap()
+            .unwrap();
+        let header = ppp::v2::Header::try_from(&bytes[..]).unwrap();
+        let tlvs: Vec<_> = header.tlvs().map(|t| t.unwrap()).collect();
+        assert_eq!(tlvs.len(), 2);
+        assert_eq!(tlvs[0].kind, crate::channel_binding::PP2_TYPE_TLS_EXPORTER);
+        assert_eq!(&tlvs[0].value[..], &[9; 32]);
+        assert_eq!(
+            tlvs[1].kind,
+            crate::channel_binding::PP2_TYPE_TLS_SERVER_END_POINT
+        );
+        assert_eq!(&tlvs[1].value[..], &[5; 32]);
+        // Without bindings, or in v1, nothing of them is written.
+        let plain = encode(ProxyProtocol::V2, &o).unwrap().unwrap();
+        assert_eq!(
+            ppp::v2::Header::try_from(&plain[..])
+                .unwrap()
+                .tlvs()
+                .count(),
+            0
+        );
+        let v1 = encode_with(ProxyProtocol::V1, &o, Some(&bindings))
+            .unwrap()
+            .unwrap();
+        assert_eq!(v1, b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 5222\r\n");
     }
 
     async fn read(bytes: &[u8]) -> (Result<Learned, HeaderError>, Vec<u8>) {

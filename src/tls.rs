@@ -38,15 +38,25 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// One certificate the listener may present.
+#[derive(Debug)]
+struct Served {
+    /// The chain and its signing key.
+    key: Arc<CertifiedKey>,
+    /// Its `tls-server-end-point` channel binding, computed once at load (None: undefined
+    /// for its signature algorithm).
+    end_point: Option<Box<[u8]>>,
+}
+
 /// Picks a certificate by SNI: exact name, then wildcard, then the default.
 #[derive(Debug)]
 pub struct SniResolver {
     /// The first pair of the listener: used when nothing else matches.
-    default: Arc<CertifiedKey>,
+    default: Arc<Served>,
     /// Exact DNS names (lower-case) from every certificate's subjectAltName.
-    by_name: HashMap<String, Arc<CertifiedKey>>,
+    by_name: HashMap<String, Arc<Served>>,
     /// Wildcard certificates by the suffix after `*.` (lower-case).
-    by_wildcard: HashMap<String, Arc<CertifiedKey>>,
+    by_wildcard: HashMap<String, Arc<Served>>,
 }
 
 impl SniResolver {
@@ -58,6 +68,9 @@ impl SniResolver {
         let mut by_wildcard = HashMap::new();
         for pair in pairs {
             let (key, names) = load_pair(pair, provider)?;
+            let end_point = crate::channel_binding::end_point_hash(key.end_entity_cert()?.as_ref())
+                .map(Box::from);
+            let key = Arc::new(Served { key, end_point });
             for name in names {
                 let name = name.to_ascii_lowercase();
                 if let Some(suffix) = name.strip_prefix("*.") {
@@ -82,21 +95,34 @@ impl SniResolver {
     }
 }
 
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = hello.server_name() else {
-            return Some(self.default.clone());
+impl SniResolver {
+    /// The certificate presented for the SNI name `sni`.
+    fn pick(&self, sni: Option<&str>) -> &Served {
+        let Some(name) = sni else {
+            return &self.default;
         };
         let name = name.to_ascii_lowercase();
         if let Some(k) = self.by_name.get(&name) {
-            return Some(k.clone());
+            return k;
         }
         if let Some((_, parent)) = name.split_once('.')
             && let Some(k) = self.by_wildcard.get(parent)
         {
-            return Some(k.clone());
+            return k;
         }
-        Some(self.default.clone())
+        &self.default
+    }
+
+    /// The `tls-server-end-point` channel binding of the certificate presented for `sni`
+    /// (the same choice as the handshake's, from the same resolver).
+    pub fn end_point(&self, sni: Option<&str>) -> Option<&[u8]> {
+        self.pick(sni).end_point.as_deref()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()).key.clone())
     }
 }
 
@@ -167,16 +193,26 @@ pub const TLS13_TICKETS: usize = 2;
 /// The TLS server configuration of one listener: TLS 1.2 and 1.3, ALPN `xmpp-client` offered,
 /// session resumption by fleet tickets (with `tls_ticket_keys`) or by this process's own cache,
 /// never 0-RTT early data.
+#[cfg(test)]
 pub fn server_config(
     pairs: &[CertPair],
     resumption: &ResumptionConfig,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
-    let resolver = SniResolver::load(pairs, &provider)?;
+    let resolver = Arc::new(SniResolver::load(pairs, &provider)?);
+    config_with(provider, resolver, resumption)
+}
+
+/// [`server_config`] around a resolver already loaded.
+fn config_with(
+    provider: Arc<CryptoProvider>,
+    resolver: Arc<SniResolver>,
+    resumption: &ResumptionConfig,
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
     if !resumption.tls_ticket_keys.is_empty() {
         // Stateless tickets, TLS 1.3 and 1.2 alike: any proxy holding the same key files
@@ -212,15 +248,20 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// A TLS acceptor for one listener (see [`server_config`]), offering ALPN `http/1.1` after
 /// `xmpp-client` where the listener serves WebSocket, so that browsers (which offer `h2` and
 /// `http/1.1`) complete the handshake on the same port as XMPP clients.
+///
+/// The resolver comes back too: it knows which certificate each handshake presented, which
+/// the `tls-server-end-point` channel binding needs.
 pub fn listener_acceptor(
     listener: &crate::config::ListenerConfig,
     resumption: &ResumptionConfig,
-) -> Result<TlsAcceptor, TlsError> {
-    let mut config = server_config(&listener.certs, resumption)?;
+) -> Result<(TlsAcceptor, Arc<SniResolver>), TlsError> {
+    let provider = provider();
+    let resolver = Arc::new(SniResolver::load(&listener.certs, &provider)?);
+    let mut config = config_with(provider, resolver.clone(), resumption)?;
     if listener.websocket.is_some() {
         config.alpn_protocols.push(ALPN_HTTP1.to_vec());
     }
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), resolver))
 }
 
 /// A TLS connector toward the nodes: trusting the CA certificates in `ca` (a PEM file), or

@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         alpn: Some(b"xmpp-client"),
         sni: Some("example.test".into()),
         tls_version: Some("TLSv1.3"),
+        channel_binding: None,
     };
     for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
         let header = encode(version, &origin)

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 
 use crate::backend::link::{BackendStream, Link};
 use crate::backend::record::Backend;
-use crate::config::BackendTls;
+use crate::channel_binding::Bindings;
+use crate::config::{BackendTls, ChannelBinding};
 use crate::framed::Framed;
 use crate::metrics::Metrics;
 use crate::proxy_protocol::{self, Origin};
@@ -114,6 +115,7 @@ async fn send_proxy_header(
     origin: Option<&Origin>,
 ) -> Result<(), LinkError> {
     let own;
+    let probing = origin.is_none();
     let origin = match origin {
         Some(o) => o,
         None => {
@@ -123,7 +125,19 @@ async fn send_proxy_header(
             &own
         }
     };
-    if let Some(header) = proxy_protocol::encode(link.config.proxy_protocol, origin)
+    // A connection of the proxy's own (a probe) presents random bindings of every type, so
+    // that the node offers it what it offers a client with channel binding.
+    let probe;
+    let bindings = match (link.config.channel_binding, &origin.channel_binding) {
+        (ChannelBinding::Off, _) => None,
+        (ChannelBinding::Pass, Some(b)) => Some(&**b),
+        (ChannelBinding::Pass, None) if probing => {
+            probe = Bindings::for_probe();
+            Some(&probe)
+        }
+        (ChannelBinding::Pass, None) => None,
+    };
+    if let Some(header) = proxy_protocol::encode_with(link.config.proxy_protocol, origin, bindings)
         .map_err(LinkError::ProxyHeader)?
     {
         tcp.write_all(&header)

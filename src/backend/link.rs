@@ -50,6 +50,7 @@ impl Link {
                 server_name: None,
                 ca: None,
                 verify: true,
+                channel_binding: crate::config::ChannelBinding::Off,
             },
             connector: None,
         }

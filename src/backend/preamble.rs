@@ -40,10 +40,12 @@ pub fn client_header(domain: &str) -> String {
     )
 }
 
-/// Read a node's header and first features from `framed` (the header already sent).
+/// Read a node's header and first features from `framed` (the header already sent), the
+/// features filtered for a client whose channel binding of the types `bound` the node got.
 pub async fn read_preamble<S>(
     framed: &mut Framed<S>,
     deadline: Instant,
+    bound: &[&str],
 ) -> Result<(StreamHeader, FilteredFeatures), PreambleError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -57,7 +59,7 @@ where
     if kind != FrameKind::Element {
         return Err(PreambleError::Unexpected(format!("{kind:?}")));
     }
-    let filtered = features::filter(&bytes, &header.ns)?;
+    let filtered = features::filter_bound(&bytes, &header.ns, bound)?;
     let root = crate::xmpp::element::Element::parse(&bytes, &header.ns)?;
     if root.local_name() == "error" {
         return Err(PreambleError::StreamError);

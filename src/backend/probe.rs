@@ -54,7 +54,15 @@ pub async fn probe(
         .send(client_header(domain).as_bytes(), timeout)
         .await
         .map_err(ProbeError::Write)?;
-    let (_, features) = read_preamble(&mut framed, deadline).await?;
+    // A probe presents every binding type when the link passes them (see `connect::open`).
+    let bound: &[&str] = match link.config.channel_binding {
+        crate::config::ChannelBinding::Pass => &[
+            crate::channel_binding::TLS_EXPORTER,
+            crate::channel_binding::TLS_SERVER_END_POINT,
+        ],
+        crate::config::ChannelBinding::Off => &[],
+    };
+    let (_, features) = read_preamble(&mut framed, deadline, bound).await?;
     // Leave politely: this was never a session.
     let _closed = framed
         .send(b"</stream:stream>", Duration::from_millis(200))

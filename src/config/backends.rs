@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::raw::RawBackend;
 use super::source::{ConfigError, Source, parse_addr};
-use super::values::{BackendTls, ProxyProtocol};
+use super::values::{BackendTls, ChannelBinding, ProxyProtocol};
 
 /// How the proxy reaches a node, as written for one `[[backend]]` or one `[[domain]]` (the
 /// pool): every field unset means "inherit" (the backend's own value beats its pool's).
@@ -25,6 +25,8 @@ pub struct LinkOverrides {
     pub ca: Option<PathBuf>,
     /// Whether the node's certificate is verified (default: yes).
     pub verify: Option<bool>,
+    /// Whether the client's channel binding is handed to the node (default: no).
+    pub channel_binding: Option<ChannelBinding>,
 }
 
 /// How the proxy reaches one node for one domain, every choice made.
@@ -40,6 +42,8 @@ pub struct LinkConfig {
     pub ca: Option<PathBuf>,
     /// Whether the node's certificate is verified.
     pub verify: bool,
+    /// Whether the client's channel binding goes to the node in the PROXY v2 header.
+    pub channel_binding: ChannelBinding,
 }
 
 impl LinkOverrides {
@@ -58,6 +62,10 @@ impl LinkOverrides {
                 .or_else(|| pool.server_name.clone()),
             ca: self.ca.clone().or_else(|| pool.ca.clone()),
             verify: self.verify.or(pool.verify).unwrap_or(true),
+            channel_binding: self
+                .channel_binding
+                .or(pool.channel_binding)
+                .unwrap_or_default(),
         }
     }
 }
@@ -126,6 +134,7 @@ pub(super) fn validate_backends(
             server_name: b.tls_server_name.as_ref(),
             ca: b.tls_ca.as_ref(),
             verify: b.tls_verify,
+            channel_binding: b.channel_binding,
         }
         .check(src, &key(""))?;
         backends.push(BackendConfig {
@@ -147,6 +156,7 @@ pub(super) struct RawLink<'a> {
     pub(super) server_name: Option<&'a Spanned<String>>,
     pub(super) ca: Option<&'a Spanned<PathBuf>>,
     pub(super) verify: Option<bool>,
+    pub(super) channel_binding: Option<ChannelBinding>,
 }
 
 impl RawLink<'_> {
@@ -180,6 +190,7 @@ impl RawLink<'_> {
             server_name,
             ca,
             verify: self.verify,
+            channel_binding: self.channel_binding,
         })
     }
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 mod admission;
 mod backends;
+mod channel_binding;
 mod drain;
 mod limits;
 mod listeners;
@@ -43,7 +44,7 @@ pub use routing::{DomainConfig, RoutingConfig};
 pub use source::ConfigError;
 use source::Source;
 pub use sources::{LoginLimits, OverloadConfig, SourceLimits};
-pub use values::{BackendTls, DrainMode, LogFormat, ProxyProtocol, TlsMode};
+pub use values::{BackendTls, ChannelBinding, DrainMode, LogFormat, ProxyProtocol, TlsMode};
 pub use websocket::{HOST_META, HOST_META_JSON, WebSocketConfig, WebSocketListener};
 
 pub use crate::route::policy::{PinEntry, RouteKey};
@@ -133,6 +134,7 @@ impl RawConfig {
         let mut backends = backends::validate_backends(&src, &self.backend)?;
         let (routing, domains) =
             routing::validate_routing(&src, &self.routing, &self.domain, served, &backends)?;
+        channel_binding::validate_channel_binding(&src, &domains, &backends, &self.backend)?;
         let drain = drain::validate_drain(&src, &self.drain)?;
         let admission =
             admission::validate_admission(&src, &self.admission, &self.backend, &mut backends)?;

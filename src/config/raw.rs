@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{BackendTls, DrainMode, LogFormat, ProxyProtocol, TlsMode};
+use super::values::{BackendTls, ChannelBinding, DrainMode, LogFormat, ProxyProtocol, TlsMode};
 use crate::route::policy::{PinEntry, RouteKey};
 
 /// The file as written (before checks).
@@ -119,6 +119,7 @@ pub(super) struct RawDomain {
     pub(super) tls_server_name: Option<Spanned<String>>,
     pub(super) tls_ca: Option<Spanned<PathBuf>>,
     pub(super) tls_verify: Option<bool>,
+    pub(super) channel_binding: Option<ChannelBinding>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +224,7 @@ pub(super) struct RawBackend {
     pub(super) tls_server_name: Option<Spanned<String>>,
     pub(super) tls_ca: Option<Spanned<PathBuf>>,
     pub(super) tls_verify: Option<bool>,
+    pub(super) channel_binding: Option<ChannelBinding>,
 }
 
 fn default_weight() -> Spanned<u32> {

@@ -177,6 +177,7 @@ pub(super) fn validate_routing(
             server_name: d.tls_server_name.as_ref(),
             ca: d.tls_ca.as_ref(),
             verify: d.tls_verify,
+            channel_binding: d.channel_binding,
         }
         .check(src, &key(""))?;
         let mut dc = DomainConfig {

@@ -1537,3 +1537,34 @@ fn websocket_is_off_by_default_and_read_when_set() {
         Some("wss://chat.example.test/ws")
     );
 }
+
+#[test]
+fn channel_binding_needs_proxy_protocol_v2_and_a_domain_that_agrees() {
+    let fx = Fixture::new();
+    let c = fx.ok(&format!(
+        "{BASE}\n[[domain]]\nname = \"example.test\"\nproxy_protocol = \"v2\"\nchannel_binding = \"pass\"\n"
+    ));
+    let pool = &c.domains[0].link;
+    for b in &c.backends {
+        assert_eq!(b.link.resolve(pool).channel_binding, ChannelBinding::Pass);
+    }
+    // Unset: off, as before the key existed.
+    assert_eq!(
+        LinkOverrides::default()
+            .resolve(&LinkOverrides::default())
+            .channel_binding,
+        ChannelBinding::Off
+    );
+    assert_error(
+        &format!("{BASE}channel_binding = \"pass\"\n"),
+        "bad.toml:17:8: backend[1].channel_binding: \"pass\" needs proxy_protocol = \"v2\" for domain example.test (the binding data travel in the PROXY v2 header)",
+    );
+    assert_error(
+        &format!("{BASE}proxy_protocol = \"v2\"\nchannel_binding = \"pass\"\n"),
+        "bad.toml:17:8: backend[1].channel_binding: backends \"node1\" and \"node2\" of domain example.test disagree on channel_binding; all nodes of a domain must pass it or none",
+    );
+    assert_error_starts(
+        &format!("{BASE}channel_binding = \"on\"\n"),
+        "bad.toml:19:19: backend[1].channel_binding: unknown variant `on`, expected `off` or `pass`",
+    );
+}

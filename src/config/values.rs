@@ -29,6 +29,19 @@ pub enum BackendTls {
     Direct,
 }
 
+/// Whether the client's TLS channel binding is handed to the node (docs/channel-binding.md).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBinding {
+    /// The node never sees the client's TLS: channel-binding mechanisms (`-PLUS`) and
+    /// XEP-0440 types are removed from what the client is shown.
+    #[default]
+    Off,
+    /// The binding data of the client's TLS session travel to the node in the PROXY v2
+    /// header, and the node's `-PLUS` mechanisms and binding types are shown to the client.
+    Pass,
+}
+
 /// Whether, and in which version, a PROXY protocol header opens each connection to a node.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]

@@ -127,6 +127,7 @@ pub(crate) async fn accept(
                 alpn: None,
                 sni: None,
                 tls_version: None,
+                channel_binding: None,
             },
         });
     }
@@ -197,6 +198,7 @@ pub(crate) async fn accept(
             .map(|_| crate::tls::ALPN_XMPP_CLIENT),
         sni: session.server_name().map(str::to_string),
         tls_version: session.protocol_version().and_then(|v| v.as_str()),
+        channel_binding: channel_binding(rt, &listener.name, session),
     };
     let client = match restarts {
         Some(qname) => Front::Xmpp(ClientStream::restarting(
@@ -243,6 +245,23 @@ async fn refuse_limited(
         }
     }
     Failure::Limited(limit.as_str())
+}
+
+/// The channel-binding data of the client's TLS session, when some node's link passes them
+/// (computing them costs a key export per connection, which nobody else needs).
+fn channel_binding(
+    rt: &Runtime,
+    listener: &str,
+    session: &rustls::ServerConnection,
+) -> Option<Box<crate::channel_binding::Bindings>> {
+    if !rt.passes_channel_binding {
+        return None;
+    }
+    let end_point = rt
+        .resolvers
+        .get(listener)
+        .and_then(|r| r.end_point(session.server_name()));
+    crate::channel_binding::Bindings::of_session(session, end_point).map(Box::new)
 }
 
 /// The first byte of a TLS handshake record.

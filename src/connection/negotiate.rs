@@ -145,6 +145,7 @@ impl Negotiation<'_> {
                 "no server node is reachable".into(),
             )
         })?;
+        let shown = self.at.features_for(&self.domain, shown);
         client.open(&self.domain, &shown.bytes).await?;
         let captured =
             capture::capture_login(client, &hello.header.ns, &self.domain, deadline).await?;
@@ -334,7 +335,7 @@ impl Negotiation<'_> {
         let metrics = &self.at.shared.metrics;
         let mech = Metrics::mechanism_label(&self.attempt.mechanism);
         if element.is("features", STREAM_NS) {
-            out = features::filter(&bytes, &up.ns)
+            out = features::filter_bound(&bytes, &up.ns, &self.at.bound(&self.domain))
                 .map_err(|_| backend_lost())?
                 .bytes
                 .into();
@@ -585,7 +586,7 @@ impl Negotiation<'_> {
         }
         up.stream.restart();
         up.send(&restart).await.ok()?;
-        let (header, _features) = read_preamble(&mut up.stream, deadline).await.ok()?;
+        let (header, _features) = read_preamble(&mut up.stream, deadline, &[]).await.ok()?;
         up.ns = header.ns;
         Some(up)
     }

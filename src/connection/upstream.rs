@@ -135,8 +135,9 @@ impl Upstream {
         up.send(header).await?;
         let deadline = at.started + rt.config.limits.negotiation_timeout;
         let name = rt.backends.name(up.id);
-        let (node_header, features) =
-            read_preamble(&mut up.stream, deadline).await.map_err(|e| {
+        let (node_header, features) = read_preamble(&mut up.stream, deadline, &at.bound(domain))
+            .await
+            .map_err(|e| {
                 tracing::warn!(backend = %name, error = %e, "backend preamble unusable");
                 backend_lost()
             })?;

@@ -56,15 +56,15 @@ impl Runtime {
         );
         let names: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
         let mut acceptors = HashMap::new();
+        let mut resolvers = HashMap::new();
         for l in &config.listeners {
-            let acceptor =
-                crate::tls::listener_acceptor(l, &config.resumption).map_err(|source| {
-                    BuildError::Tls {
-                        listener: l.name.clone(),
-                        source,
-                    }
+            let (acceptor, resolver) = crate::tls::listener_acceptor(l, &config.resumption)
+                .map_err(|source| BuildError::Tls {
+                    listener: l.name.clone(),
+                    source,
                 })?;
             acceptors.insert(l.name.clone(), acceptor);
+            resolvers.insert(l.name.clone(), resolver);
         }
         let entries = pin_entries(&config)?;
         let pins_error = |message: String| BuildError::Pins {
@@ -110,11 +110,16 @@ impl Runtime {
             &config.resumption.sm_keys,
         ));
         let known_nodes: Arc<[String]> = names.into();
+        let passes_channel_binding = built
+            .iter()
+            .any(|l| l.config.channel_binding == crate::config::ChannelBinding::Pass);
         Ok(Runtime {
             config,
             backends,
             domains,
             acceptors,
+            resolvers,
+            passes_channel_binding,
             admin_token,
             sm_keys,
             known_nodes,

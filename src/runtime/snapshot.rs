@@ -40,6 +40,12 @@ pub struct Runtime {
     pub(crate) domains: HashMap<String, DomainRoute>,
     /// TLS acceptor of each listener, by listener name.
     pub(crate) acceptors: HashMap<String, TlsAcceptor>,
+    /// The certificate resolver of each listener, by listener name (which certificate a
+    /// handshake presented, for the `tls-server-end-point` channel binding).
+    pub(crate) resolvers: HashMap<String, Arc<crate::tls::SniResolver>>,
+    /// Whether some node's link passes channel binding: only then does a connection compute
+    /// the binding data of its TLS session.
+    pub(crate) passes_channel_binding: bool,
     /// The bearer token the admin endpoints require, read from `[metrics] token_file`.
     pub(crate) admin_token: Option<crate::keys::AdminToken>,
     /// The fleet's keys for stream-management ids (`[resumption] sm_key_files`).
@@ -110,6 +116,16 @@ impl Runtime {
             Some(route) => route.pool.order(&decision.placement, &self.backends),
             None => Vec::new(),
         }
+    }
+
+    /// Whether the nodes of `domain` get the client's channel binding (all or none of them
+    /// do: the configuration checks it).
+    pub fn passes_channel_binding(&self, domain: &str) -> bool {
+        self.passes_channel_binding
+            && self
+                .members_of(domain)
+                .iter()
+                .any(|m| m.link.config.channel_binding == crate::config::ChannelBinding::Pass)
     }
 
     /// Every backend serving `domain`, with its link for it (who to probe for its features).

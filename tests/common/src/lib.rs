@@ -17,6 +17,7 @@ pub mod prosody;
 pub mod proxy;
 pub mod raw;
 pub mod sasl2;
+pub mod scram;
 pub mod ws;
 
 use std::path::{Path, PathBuf};

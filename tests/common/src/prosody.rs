@@ -74,11 +74,31 @@ impl Default for ProsodyOpts {
 /// Source of the harness's `sasl2_compat` module (see [`ProsodyOpts::fast_reconnect`]).
 pub const SASL2_COMPAT_LUA: &str = include_str!("../../../contrib/prosody/mod_sasl2_compat.lua");
 
+/// Source of the node's channel-binding module (docs/channel-binding.md).
+pub const PROXY_CHANNEL_BINDING_LUA: &str =
+    include_str!("../../../contrib/prosody/mod_proxy_channel_binding.lua");
+
 /// How long a vanished smacks session waits for resumption under
 /// [`ProsodyOpts::fast_reconnect`].
 pub const FAST_RECONNECT_HIBERNATION: Duration = Duration::from_secs(60);
 
 impl ProsodyOpts {
+    /// These options plus `contrib/prosody/mod_proxy_channel_binding.lua`, believing the
+    /// PROXY v2 channel-binding data of connections from `proxies` (addresses or networks).
+    pub fn with_channel_binding(mut self, proxies: &[&str]) -> ProsodyOpts {
+        self.extra_modules.push("proxy_channel_binding".into());
+        self.plugins.push((
+            "proxy_channel_binding".into(),
+            PROXY_CHANNEL_BINDING_LUA.into(),
+        ));
+        let list: Vec<String> = proxies.iter().map(|p| lua_str(p)).collect();
+        self.extra_config.push_str(&format!(
+            "\nchannel_binding_proxies = {{ {} }}\n",
+            list.join(", ")
+        ));
+        self
+    }
+
     /// SASL2 (XEP-0388) with inline Bind 2 (XEP-0386), inline stream
     /// management (XEP-0198 enable and resume) and FAST tokens (XEP-0484):
     /// the community modules `sasl2`, `sasl2_bind2`, `sasl2_sm`, `sasl2_fast`

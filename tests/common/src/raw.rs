@@ -28,6 +28,8 @@ pub struct Raw {
     pub local: Option<SocketAddr>,
     /// What the client saw of its TLS handshake (full or resumed), once TLS is up.
     pub tls_kind: Option<rustls::HandshakeKind>,
+    /// The channel-binding data of the client's own TLS session, once TLS is up.
+    pub bindings: crate::scram::ClientBindings,
 }
 
 /// A TLS connector trusting only the test CA, offering ALPN `xmpp-client`.
@@ -39,6 +41,11 @@ pub fn connector(ca: &Path) -> TlsConnector {
 /// store (rustls' default, in memory, by server name): reuse it and reconnects resume.
 pub fn connector_tls13(ca: &Path) -> TlsConnector {
     connector_with_versions(ca, &[&rustls::version::TLS13])
+}
+
+/// Like [`connector`], TLS 1.2 only (no `tls-exporter` channel binding).
+pub fn connector_tls12(ca: &Path) -> TlsConnector {
+    connector_with_versions(ca, &[&rustls::version::TLS12])
 }
 
 /// A TLS connector trusting only the test CA, offering the ALPN protocols `alpn` (none if
@@ -106,6 +113,7 @@ impl Raw {
             received: String::new(),
             closed: false,
             tls_kind: None,
+            bindings: Default::default(),
         }
     }
 
@@ -139,6 +147,7 @@ impl Raw {
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         raw.tls_kind = tls.get_ref().1.handshake_kind();
+        raw.bindings = crate::scram::ClientBindings::of(tls.get_ref().1);
         raw.io = Box::new(tls);
         Ok(raw)
     }
@@ -159,6 +168,7 @@ impl Raw {
         let tls = connector.connect(name, tcp).await.expect("TLS handshake");
         Raw {
             tls_kind: tls.get_ref().1.handshake_kind(),
+            bindings: crate::scram::ClientBindings::of(tls.get_ref().1),
             io: Box::new(tls),
             received: String::new(),
             closed: false,
@@ -207,6 +217,7 @@ impl Raw {
         let tls = connector.connect(name, tcp).await.expect("TLS handshake");
         Raw {
             tls_kind: tls.get_ref().1.handshake_kind(),
+            bindings: crate::scram::ClientBindings::of(tls.get_ref().1),
             io: Box::new(tls),
             received: String::new(),
             closed: false,
@@ -243,6 +254,7 @@ impl Raw {
         let name = ServerName::try_from(domain.to_string()).unwrap();
         let tls = connector.connect(name, io).await.expect("TLS handshake");
         self.tls_kind = tls.get_ref().1.handshake_kind();
+        self.bindings = crate::scram::ClientBindings::of(tls.get_ref().1);
         self.io = Box::new(tls);
         self.received.clear();
     }
