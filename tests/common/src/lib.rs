@@ -4,6 +4,7 @@
 //! configurations ([`config`]), the proxy in-process or as a process ([`proxy`]), the real
 //! slixmpp client run as a subprocess ([`client`]), child-process plumbing ([`process`]), a
 //! raw byte-level client ([`raw`]), a SASL2 / stream management client over it ([`sasl2`]),
+//! sequence-numbered self-messages that show loss and reordering end to end ([`seq`]),
 //! and access-log parsing ([`logs`]).
 
 pub mod client;
@@ -17,6 +18,7 @@ pub mod prosody;
 pub mod proxy;
 pub mod raw;
 pub mod sasl2;
+pub mod seq;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
