@@ -437,6 +437,13 @@ impl Raw {
     pub fn vanish(self) {
         drop(self);
     }
+
+    /// Like [`vanish`](Self::vanish), keeping this value (and its byte counts): the
+    /// connection is dropped now and the client counts as closed.
+    pub fn cut(&mut self) {
+        self.io = Box::new(tokio::io::duplex(1).0);
+        self.closed = true;
+    }
 }
 
 /// The SASL mechanisms a `<stream:features>` text offers.

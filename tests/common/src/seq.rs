@@ -139,6 +139,30 @@ impl SeqClient {
         }
     }
 
+    /// Send `n` messages at `pace`, then wait for every one to come back; true if they all did
+    /// within `limit` of the last one sent.
+    pub async fn exchange(&mut self, n: u64, pace: Pace, limit: Duration) -> bool {
+        let last = self.next_send + n;
+        let deadline = Instant::now() + pace.every * n as u32 + limit;
+        let mut next_tick = Instant::now();
+        while self.next_send < last && !self.ended() && Instant::now() < deadline {
+            if self.in_flight() < pace.window && Instant::now() >= next_tick {
+                if !self.send_next().await {
+                    break;
+                }
+                next_tick += pace.every;
+                continue;
+            }
+            let wake = if self.in_flight() < pace.window {
+                next_tick
+            } else {
+                deadline
+            };
+            self.receive(wake).await;
+        }
+        self.next_send == last && self.settle(limit).await
+    }
+
     /// Read until every message sent has come back, the connection ends, or `limit` passes;
     /// true if nothing is in flight any more.
     pub async fn settle(&mut self, limit: Duration) -> bool {
