@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use testkit::env::{DOMAIN, Env, EnvBuilder};
+use testkit::proxy::sum_where;
 use testkit::raw::Raw;
 
 const USERS: usize = 200;
@@ -46,27 +47,6 @@ fn panic_text(e: tokio::task::JoinError) -> String {
         .cloned()
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "panic".into())
-}
-
-/// `xmpp_lb_routed_total` summed over sources, per backend.
-fn routed_per_backend(scrape: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for line in scrape.lines() {
-        let Some(rest) = line.strip_prefix("xmpp_lb_routed_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once('}') else {
-            continue;
-        };
-        let backend = labels
-            .split(',')
-            .find_map(|kv| kv.trim().strip_prefix("backend="))
-            .map(|v| v.trim_matches('"').to_string())
-            .unwrap_or_default();
-        let v: f64 = value.trim().parse().unwrap_or(0.0);
-        *out.entry(backend).or_insert(0.0) += v;
-    }
-    out
 }
 
 #[test]
@@ -167,12 +147,12 @@ fn two_hundred_concurrent_logins_land_on_their_ring_nodes() {
     assert_eq!(per_node, expected_per_node);
 
     // The proxy's own count of routed connections per backend agrees.
-    let routed = routed_per_backend(&proxy.scrape());
+    let scrape = proxy.scrape();
     for (name, n) in &per_node {
+        let routed = sum_where(&scrape, "xmpp_lb_routed_total", &[("backend", name)]);
         assert_eq!(
-            routed.get(name).copied().unwrap_or(0.0),
-            *n as f64,
-            "xmpp_lb_routed_total for {name}: {routed:?}, nodes hold {per_node:?}"
+            routed, *n as f64,
+            "xmpp_lb_routed_total for {name}; nodes hold {per_node:?}"
         );
     }
 

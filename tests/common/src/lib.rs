@@ -4,6 +4,8 @@
 //! configurations ([`config`]), the proxy in-process or as a process ([`proxy`]), the real
 //! slixmpp client run as a subprocess ([`client`]), child-process plumbing ([`process`]), a
 //! raw byte-level client ([`raw`]), a SASL2 / stream management client over it ([`sasl2`]),
+//! sequence-numbered self-messages that show loss and reordering end to end ([`seq`]), a
+//! soak run of logins, resumptions and disconnects that samples the proxy process ([`soak`]),
 //! and access-log parsing ([`logs`]).
 
 pub mod client;
@@ -18,6 +20,8 @@ pub mod proxy;
 pub mod raw;
 pub mod sasl2;
 pub mod scram;
+pub mod seq;
+pub mod soak;
 pub mod ws;
 
 use std::path::{Path, PathBuf};

@@ -88,16 +88,7 @@ impl Proxy {
 
     /// The backend names a JID would try, home node first (as the proxy computes it).
     pub fn preference(&self, jid: &str) -> Vec<String> {
-        let rt = Runtime::build(self.config.clone(), &StateRegistry::default()).expect("runtime");
-        let key = xmpp_lb::route::key::normalize_bare_jid(jid).expect("valid JID");
-        let domain = key.rsplit_once('@').expect("a domain").1;
-        rt.domain(domain)
-            .expect("a served domain")
-            .pool
-            .ring_order(&key)
-            .into_iter()
-            .map(|id| rt.backends().name(id).to_string())
-            .collect()
+        preference(&self.config, jid)
     }
 
     /// The node `xmpp-lb route` prints for a JID (runs the real binary on the same file).
@@ -267,15 +258,36 @@ impl ProxyProcess {
 
     /// Its resident memory in bytes (`VmRSS` of /proc/PID/status).
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("/proc/PID/status of the proxy");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("a VmRSS line");
-        kib * 1024
+        status_field(self.pid(), "VmRSS:")
+            .and_then(|v| {
+                v.strip_suffix("kB")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .expect("a VmRSS line")
+            * 1024
+    }
+
+    /// Its threads now (`Threads` of /proc/PID/status): the runtime's workers, and the
+    /// blocking pool's threads while they live.
+    pub fn threads(&self) -> u64 {
+        status_field(self.pid(), "Threads:")
+            .and_then(|v| v.parse().ok())
+            .expect("a Threads line")
+    }
+
+    /// Its open file descriptors now (the entries of /proc/PID/fd): sockets, listeners, logs.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("/proc/PID/fd of the proxy")
+            .count()
+    }
+
+    /// The backend names a JID would try, home node first, as the process computes it (from
+    /// the configuration file it runs).
+    pub fn preference(&self, jid: &str) -> Vec<String> {
+        let config = Config::load(&self.config_path)
+            .unwrap_or_else(|e| panic!("the proxy's configuration: {e}"));
+        preference(&config, jid)
     }
 }
 
@@ -283,6 +295,31 @@ impl Drop for ProxyProcess {
     fn drop(&mut self) {
         let _ = super::process::terminate(&mut self.child, std::time::Duration::from_secs(5));
     }
+}
+
+/// One field of /proc/PID/status, its value trimmed.
+fn status_field(pid: u32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("/proc/PID/status of the proxy");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+}
+
+/// The backend names a JID would try under `config`, home node first (as the proxy computes
+/// it).
+pub fn preference(config: &Config, jid: &str) -> Vec<String> {
+    let rt = Runtime::build(config.clone(), &StateRegistry::default()).expect("runtime");
+    let key = xmpp_lb::route::key::normalize_bare_jid(jid).expect("valid JID");
+    let domain = key.rsplit_once('@').expect("a domain").1;
+    rt.domain(domain)
+        .expect("a served domain")
+        .pool
+        .ring_order(&key)
+        .into_iter()
+        .map(|id| rt.backends().name(id).to_string())
+        .collect()
 }
 
 /// GET /metrics from a proxy's admin address; panics if it takes more than 10 s.
@@ -310,6 +347,25 @@ pub fn sample(scrape: &str, series: &str) -> Option<f64> {
             .filter(|rest| rest.starts_with(' '))
             .and_then(|rest| rest.trim().parse().ok())
     })
+}
+
+/// The sum of every series of metric `name` whose labels include each of `labels` (`key`,
+/// `value` pairs); 0 when none does. `sum_where(s, "xmpp_lb_routed_total", &[("backend",
+/// "node1")])` adds up node1's sources.
+pub fn sum_where(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| {
+            let (set, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once('}')?,
+                None => ("", rest),
+            };
+            let value: f64 = value.strip_prefix(' ')?.trim().parse().ok()?;
+            let has = |(k, v): &(&str, &str)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\""));
+            labels.iter().all(has).then_some(value)
+        })
+        .sum()
 }
 
 /// The value of one series (`name{labels}`) that must be in the scrape; panics, showing the

@@ -30,6 +30,20 @@ pub struct Raw {
     pub tls_kind: Option<rustls::HandshakeKind>,
     /// The channel-binding data of the client's own TLS session, once TLS is up.
     pub bindings: crate::scram::ClientBindings,
+    /// Bytes sent and received over the XMPP stream (inside TLS) since the connection opened.
+    pub bytes: Bytes,
+    /// [`bytes`](Self::bytes) when the restarted stream's features arrived after SASL: the
+    /// proxy relays the connection from there on, and counts what it relays from there on.
+    relay_mark: Option<Bytes>,
+}
+
+/// Byte counts of one connection, as the client counted them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bytes {
+    /// Client to server.
+    pub sent: u64,
+    /// Server to client.
+    pub received: u64,
 }
 
 /// A TLS connector trusting only the test CA, offering ALPN `xmpp-client`.
@@ -114,6 +128,8 @@ impl Raw {
             closed: false,
             tls_kind: None,
             bindings: Default::default(),
+            bytes: Bytes::default(),
+            relay_mark: None,
         }
     }
 
@@ -173,6 +189,8 @@ impl Raw {
             received: String::new(),
             closed: false,
             local,
+            bytes: Bytes::default(),
+            relay_mark: None,
         }
     }
 
@@ -222,6 +240,8 @@ impl Raw {
             received: String::new(),
             closed: false,
             local,
+            bytes: Bytes::default(),
+            relay_mark: None,
         }
     }
 
@@ -267,13 +287,35 @@ impl Raw {
     /// Send text as is, if the peer still takes it; false if the write failed (the peer
     /// closed), for keepalives that race with the peer's close.
     pub async fn try_send(&mut self, text: &str) -> bool {
-        self.io.write_all(text.as_bytes()).await.is_ok() && self.io.flush().await.is_ok()
+        let sent =
+            self.io.write_all(text.as_bytes()).await.is_ok() && self.io.flush().await.is_ok();
+        if sent {
+            self.bytes.sent += text.len() as u64;
+        }
+        sent
     }
 
     /// Send bytes as is.
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.io.write_all(bytes).await.expect("send");
         self.io.flush().await.expect("flush");
+        self.bytes.sent += bytes.len() as u64;
+    }
+
+    /// Note that the restarted stream's features after SASL have just been read: the proxy
+    /// relays from here on ([`relayed`](Self::relayed)).
+    pub fn mark_relay_start(&mut self) {
+        self.relay_mark = Some(self.bytes);
+    }
+
+    /// The bytes of this connection the proxy relayed (what `xmpp_lb_relayed_bytes_total`
+    /// counts for it): those sent and received since the stream restarted after SASL, or
+    /// `None` before that. A relay that ended normally delivered exactly these.
+    pub fn relayed(&self) -> Option<Bytes> {
+        self.relay_mark.map(|m| Bytes {
+            sent: self.bytes.sent - m.sent,
+            received: self.bytes.received - m.received,
+        })
     }
 
     /// Read until `needle` has been received (returns everything received), or panic after 10 s.
@@ -309,7 +351,10 @@ impl Raw {
         match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
             Err(_) => return false,
             Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
-            Ok(Ok(n)) => self.received.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Ok(Ok(n)) => {
+                self.bytes.received += n as u64;
+                self.received.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
         }
         true
     }
@@ -410,6 +455,7 @@ impl Raw {
         self.clear();
         self.send(&header(domain, None)).await;
         self.expect("</stream:features>").await;
+        self.mark_relay_start();
         self.clear();
         self.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
         self.expect("</iq>").await;
@@ -434,6 +480,7 @@ impl Raw {
         self.send(&header(domain, None)).await;
         let features = self.expect("</stream:features>").await;
         assert!(features.contains("urn:xmpp:sm:3"), "{features}");
+        self.mark_relay_start();
         self.clear();
         self.send(&format!(
             "<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>"
@@ -472,6 +519,13 @@ impl Raw {
     /// Drop the connection without a stream close or TLS close_notify: a vanished client.
     pub fn vanish(self) {
         drop(self);
+    }
+
+    /// Like [`vanish`](Self::vanish), keeping this value (and its byte counts): the
+    /// connection is dropped now and the client counts as closed.
+    pub fn cut(&mut self) {
+        self.io = Box::new(tokio::io::duplex(1).0);
+        self.closed = true;
     }
 }
 

@@ -658,6 +658,17 @@ pub fn new_user_agent_id() -> String {
 
 // ---- the client ----------------------------------------------------------
 
+/// What [`Client::next_within`] found.
+#[derive(Debug)]
+pub enum Read {
+    /// The next element.
+    Element(Element),
+    /// Nothing complete before the deadline.
+    TimedOut,
+    /// The connection or the stream ended (`stream_closed` tells the stream's end).
+    Closed,
+}
+
 /// An XMPP client connection: framing, SASL2 / legacy login, stream
 /// management counters.
 pub struct Client {
@@ -747,6 +758,7 @@ impl Client {
             .await;
         assert_eq!(e.name, "success", "login of {user} failed: {}", e.xml);
         c.restart(None).await;
+        c.raw.mark_relay_start();
         if let Some(resource) = resource {
             c.send(&format!(
                 "<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'><resource>{}</resource></bind></iq>",
@@ -864,6 +876,16 @@ impl Client {
         }
     }
 
+    /// Send a stanza if the peer still takes it (counted as [`send_stanza`](Self::send_stanza)
+    /// does); false if the write failed because the connection is gone.
+    pub async fn try_send_stanza(&mut self, xml: &str) -> bool {
+        let sent = self.raw.try_send(xml).await;
+        if sent && self.sm {
+            self.h_out += 1;
+        }
+        sent
+    }
+
     /// Send a chat message.
     pub async fn send_message(&mut self, to: &str, id: &str, body: &str) {
         self.send_stanza(&format!(
@@ -933,19 +955,41 @@ impl Client {
     /// Read the next element off the wire, keeping the stream management
     /// books: count stanzas, answer `<r/>` (when `auto_ack`), note `<a/>`.
     async fn read_until(&mut self, deadline: Instant, what: &str) -> Element {
+        match self.read_within(deadline).await {
+            Read::Element(e) => e,
+            Read::TimedOut => panic!(
+                "timed out waiting for {what}; unparsed: {:?}; read before: {:?}",
+                self.raw.received,
+                self.pending.iter().map(|e| &e.xml).collect::<Vec<_>>()
+            ),
+            Read::Closed if self.stream_closed => {
+                panic!("the server closed the stream while waiting for {what}")
+            }
+            Read::Closed => panic!(
+                "peer closed while waiting for {what}; unparsed: {:?}",
+                self.raw.received
+            ),
+        }
+    }
+
+    /// The next element (pending ones first), or why there is none by `deadline`: for a
+    /// client that expects its connection may be cut at any time.
+    pub async fn next_within(&mut self, deadline: Instant) -> Read {
+        match self.pending.pop_front() {
+            Some(e) => Read::Element(e),
+            None => self.read_within(deadline).await,
+        }
+    }
+
+    /// [`read_until`](Self::read_until) without panicking.
+    async fn read_within(&mut self, deadline: Instant) -> Read {
         loop {
             let Some((frame, used)) = next_frame(&self.raw.received) else {
-                assert!(
-                    !self.raw.closed,
-                    "peer closed while waiting for {what}; unparsed: {:?}",
-                    self.raw.received
-                );
+                if self.raw.closed {
+                    return Read::Closed;
+                }
                 if !self.raw.read_some(deadline).await {
-                    panic!(
-                        "timed out waiting for {what}; unparsed: {:?}; read before: {:?}",
-                        self.raw.received,
-                        self.pending.iter().map(|e| &e.xml).collect::<Vec<_>>()
-                    );
+                    return Read::TimedOut;
                 }
                 continue;
             };
@@ -957,7 +1001,7 @@ impl Client {
                 }
                 Frame::Close => {
                     self.stream_closed = true;
-                    panic!("the server closed the stream while waiting for {what}");
+                    return Read::Closed;
                 }
                 Frame::Element(xml) => xml,
             };
@@ -974,11 +1018,14 @@ impl Client {
             if e.is("r", NS_SM) {
                 self.acks_requested += 1;
                 if self.auto_ack {
-                    self.ack().await;
+                    let a = format!("<a xmlns='{NS_SM}' h='{}'/>", self.h_in);
+                    if !self.raw.try_send(&a).await {
+                        return Read::Closed;
+                    }
                     continue;
                 }
             }
-            return e;
+            return Read::Element(e);
         }
     }
 
