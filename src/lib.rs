@@ -30,6 +30,8 @@ pub mod backend;
 pub mod config;
 pub(crate) mod connection;
 pub(crate) mod framed;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
