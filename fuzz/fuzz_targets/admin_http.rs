@@ -169,7 +169,10 @@ fn check(req: &RawRequest, with_token: bool, r: &RawResponse) {
         421 => assert!(!hosts_ok(req), "a good host refused: {req:?}"),
         401 => {
             assert!(r.header("www-authenticate").is_some());
-            assert!(with_token && !token_ok(req), "refused with the token: {req:?}");
+            assert!(
+                with_token && !token_ok(req),
+                "refused with the token: {req:?}"
+            );
         }
         403 => assert!(
             !with_token && post && !requested_by,
@@ -187,13 +190,19 @@ fn check(req: &RawRequest, with_token: bool, r: &RawResponse) {
         && let Some(rest) = text.strip_prefix("no backend named ")
     {
         let name: String = serde_json::from_str(rest.trim()).unwrap_or_else(|_| rest.into());
-        assert!(!BACKENDS.contains(&name.as_str()), "{name:?} exists: {text}");
+        assert!(
+            !BACKENDS.contains(&name.as_str()),
+            "{name:?} exists: {text}"
+        );
     }
     if reached && r.status == 200 && http_input::path(&req.target) == b"/route" {
         let v: serde_json::Value = serde_json::from_str(&text).expect("/route answers JSON");
         let backend = v["backend"].as_str().expect("a backend");
         let domain = v["domain"].as_str().expect("a domain");
-        assert!(BACKENDS.contains(&backend) && DOMAINS.contains(&domain), "{v}");
+        assert!(
+            BACKENDS.contains(&backend) && DOMAINS.contains(&domain),
+            "{v}"
+        );
     }
 }
 

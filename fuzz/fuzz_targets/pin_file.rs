@@ -43,9 +43,10 @@ fuzz_target!(|data: &[u8]| {
             ),
             "tenant" => {
                 let user = "nobody-pinned-exactly@tenant.invalid";
-                if entries.iter().all(|e| {
-                    pin_pattern(&e.pattern).is_ok_and(|(k, _)| k == "tenant")
-                }) {
+                if entries
+                    .iter()
+                    .all(|e| pin_pattern(&e.pattern).is_ok_and(|(k, _)| k == "tenant"))
+                {
                     assert_eq!(
                         pins.lookup(user, Some(&normalized)).as_deref(),
                         Some(entry.backend.as_str()),

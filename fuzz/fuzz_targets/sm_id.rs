@@ -75,7 +75,10 @@ fn fixture() -> &'static Fixture {
 /// the retired one.
 fn assert_canonical(f: &Fixture, domain: &str, previd: &str) {
     if let Checked::Valid { node, id } = f.fleet.check(domain, previd) {
-        let issued = [f.fleet.wrap(domain, &node, id), f.old.wrap(domain, &node, id)];
+        let issued = [
+            f.fleet.wrap(domain, &node, id),
+            f.old.wrap(domain, &node, id),
+        ];
         assert!(
             issued.iter().any(|w| w.as_deref() == Some(previd)),
             "{previd:?} unwraps to {node:?}/{id:?} but is not what the fleet issues for them"
@@ -238,7 +241,10 @@ fn inline(f: &Fixture, raw: &[u8]) {
         &[NODE, TOKEN_NODE],
     );
     let Some((node, out)) = relay.inline_resume(raw, &auth) else {
-        assert!(auth.child("resume", NS_SM).is_none_or(|r| r.attr("previd").is_none()));
+        assert!(
+            auth.child("resume", NS_SM)
+                .is_none_or(|r| r.attr("previd").is_none())
+        );
         return;
     };
     let previd = auth

@@ -64,16 +64,29 @@ fuzz_target!(|input: &[u8]| {
         || (p_seal == p_now + 1 && (opened_at + SKEW) / rotation == p_seal);
     let opened = ticket_open(&opener, &ticket);
     if accepted {
-        assert_eq!(opened.as_deref(), Some(data), "sealed at {sealed_at}, opened at {opened_at}, rotation {rotation}");
+        assert_eq!(
+            opened.as_deref(),
+            Some(data),
+            "sealed at {sealed_at}, opened at {opened_at}, rotation {rotation}"
+        );
     } else {
-        assert_eq!(opened, None, "sealed at {sealed_at}, opened at {opened_at}, rotation {rotation}");
+        assert_eq!(
+            opened, None,
+            "sealed at {sealed_at}, opened at {opened_at}, rotation {rotation}"
+        );
     }
     // A proxy that lists the keys in the other order (mid-rotation) opens it as well; one
     // with only the older key or another fleet's does not.
     let reordered = ticketer(&[old.clone(), new.clone()], rotation, opened_at);
     assert_eq!(ticket_open(&reordered, &ticket), opened);
-    assert_eq!(ticket_open(&ticketer(&[old], rotation, opened_at), &ticket), None);
-    assert_eq!(ticket_open(&ticketer(&[other], rotation, opened_at), &ticket), None);
+    assert_eq!(
+        ticket_open(&ticketer(&[old], rotation, opened_at), &ticket),
+        None
+    );
+    assert_eq!(
+        ticket_open(&ticketer(&[other], rotation, opened_at), &ticket),
+        None
+    );
 
     let mut bad = ticket.clone();
     let at = usize::from(tamper[0]) * bad.len() / 256;

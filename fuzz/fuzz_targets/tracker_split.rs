@@ -100,10 +100,18 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(whole, split, "whole vs chunks {chunks:?}");
     // Events are in stream order, and a lost tracker reports nothing after.
     let at = |e: &Owned| match e {
-        Owned::Start(o) | Owned::Name(o, _) | Owned::End(o) | Owned::StreamEnd(o) | Owned::Lost(o) => *o,
+        Owned::Start(o)
+        | Owned::Name(o, _)
+        | Owned::End(o)
+        | Owned::StreamEnd(o)
+        | Owned::Lost(o) => *o,
     };
     assert!(whole.events.windows(2).all(|w| at(&w[0]) <= at(&w[1])));
-    if let Some(i) = whole.events.iter().position(|e| matches!(e, Owned::Lost(_))) {
+    if let Some(i) = whole
+        .events
+        .iter()
+        .position(|e| matches!(e, Owned::Lost(_)))
+    {
         assert_eq!(i, whole.events.len() - 1, "events after lost");
         assert!(whole.lost);
     }

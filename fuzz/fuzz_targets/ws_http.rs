@@ -84,9 +84,12 @@ fn handshake_ok(req: &RawRequest) -> bool {
         && has_token(req, "upgrade", "websocket")
         && has_token(req, "connection", "upgrade")
         && first(req, "sec-websocket-version") == Some(b"13")
-        && first(req, "sec-websocket-key").is_some_and(|k| STANDARD.decode(k).is_ok_and(|d| d.len() == 16))
+        && first(req, "sec-websocket-key")
+            .is_some_and(|k| STANDARD.decode(k).is_ok_and(|d| d.len() == 16))
         && first(req, "origin").is_none_or(|o| {
-            let o = http_input::as_str(o).unwrap_or_default().to_ascii_lowercase();
+            let o = http_input::as_str(o)
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             ORIGINS.contains(&o.as_str())
         })
         && has_token(req, "sec-websocket-protocol", "xmpp")
@@ -95,7 +98,10 @@ fn handshake_ok(req: &RawRequest) -> bool {
 fn accept_key(key: &[u8]) -> String {
     let mut input = key.to_vec();
     input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    STANDARD.encode(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input))
+    STANDARD.encode(ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        &input,
+    ))
 }
 
 /// The served domain `Host` names, normalized as a domain is (here: ASCII lowercase is enough
@@ -156,7 +162,12 @@ fn check(req: &RawRequest, a: &WsAnswer, peer_trusted: bool) {
         "endpoint host {host:?}"
     );
     if path == PATH.as_bytes() {
-        assert_eq!(r.status == 101, handshake_ok(req), "{req:?} got {}", r.status);
+        assert_eq!(
+            r.status == 101,
+            handshake_ok(req),
+            "{req:?} got {}",
+            r.status
+        );
         if r.status == 101 {
             let key = first(req, "sec-websocket-key").expect("a key");
             assert_eq!(
