@@ -116,7 +116,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
 }
 
 /// Every endpoint; all but the probes behind [`guard`].
-fn router(shared: Arc<Shared>) -> Router {
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/backends", get(backends))

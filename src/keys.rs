@@ -114,6 +114,12 @@ impl FleetKey {
             file: file.to_path_buf(),
             source,
         })?);
+        FleetKey::from_file_contents(&raw, file)
+    }
+
+    /// A key from what a key file holds (`file` names it in errors): the secret is the text
+    /// without surrounding whitespace, and must be long enough and not a published example.
+    pub fn from_file_contents(raw: &[u8], file: &Path) -> Result<FleetKey, KeyError> {
         let trimmed = raw.trim_ascii();
         if trimmed.len() < MIN_SECRET_BYTES {
             return Err(KeyError::TooShort {

@@ -32,6 +32,8 @@ pub mod channel_binding;
 pub mod config;
 pub(crate) mod connection;
 pub(crate) mod framed;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

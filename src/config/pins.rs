@@ -126,6 +126,16 @@ backend = "node1"
         assert!(parse_pin_file("# nothing pinned yet\n").unwrap().is_empty());
     }
 
+    /// Found by fuzzing (`fuzz/fuzz_targets/pin_file.rs`): a header without a name gave an
+    /// error with an empty key (`line 9: : …`).
+    #[test]
+    fn a_header_without_a_name_names_no_key() {
+        for header in ["[]", "[]]", "[[]]x"] {
+            let e = parse_pin_file(&format!("{PINS}{header}\n")).unwrap_err();
+            assert_eq!((e.line, e.key.as_str()), (9, "-"), "{header}: {e}");
+        }
+    }
+
     #[test]
     fn pin_file_errors_name_line_and_key() {
         let with = |extra: &str| format!("{PINS}\n[[pin]]\n{extra}");

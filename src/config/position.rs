@@ -58,6 +58,8 @@ pub(super) fn key_path(text: &str, span: &Range<usize>, message: &str) -> String
         }
     }
     parts.extend(field);
+    // A header without a name (`[]`, `[[ ]]`) opens no table: it names nothing.
+    parts.retain(|p| !p.is_empty());
     if parts.is_empty() {
         "-".into()
     } else {
@@ -81,6 +83,11 @@ fn table_at(text: &str) -> Option<String> {
         let Some((name, _)) = rest.split_once(']') else {
             continue;
         };
+        if name.trim().is_empty() {
+            // `[]` or `[[ ]]` opens no table (TOML refuses it): nothing around it is named.
+            current = None;
+            continue;
+        }
         let segments: Vec<&str> = name.split('.').map(str::trim).collect();
         let mut path = String::new();
         for (i, seg) in segments.iter().enumerate() {

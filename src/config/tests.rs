@@ -556,6 +556,19 @@ fn unknown_table_is_named_in_its_parent() {
     );
 }
 
+/// Found by fuzzing (`fuzz/fuzz_targets/config_toml.rs`): a table header without a name gave
+/// an error with an empty key (`bad.toml:19:1: : …`) instead of `-`, the key of an error that
+/// names none.
+#[test]
+fn a_header_without_a_name_names_no_key() {
+    for header in ["[]", "[]routing", "[[ ]]"] {
+        let got = Fixture::new().error(&format!("{BASE}{header}\nnode1 = 2\n"));
+        assert!(got.starts_with("bad.toml:19:"), "{header}: {got}");
+        let key = got.split(": ").nth(1).unwrap_or_default();
+        assert_eq!(key, "-", "{header}: {got}");
+    }
+}
+
 // ---- rejections: addresses -----------------------------------------------------------------
 
 #[test]

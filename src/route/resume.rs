@@ -155,8 +155,10 @@ fn hex(id: &[u8; 4]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The key id as [`hex`] writes it: 8 lowercase hex digits and no other spelling (no
+/// uppercase, no sign), so that a wrapped id has exactly one form that checks as valid.
 fn unhex(s: &str) -> Option<[u8; 4]> {
-    if s.len() != 8 || !s.is_ascii() {
+    if s.len() != 8 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let mut out = [0u8; 4];
@@ -242,6 +244,31 @@ mod tests {
             assert_eq!(k.check("d.test", junk), Checked::BadMac, "{junk}");
         }
         assert_eq!(k.check("d.test", "g2gCZAAR"), Checked::NotWrapped);
+    }
+
+    /// `u8::from_str_radix` also reads `+a` and `A`, so other spellings of an issued id's key
+    /// were accepted as valid. Found by the canonical-spelling property of
+    /// `fuzz/fuzz_targets/sm_id.rs` (every accepted id is exactly what the fleet issues).
+    #[test]
+    fn an_issued_id_has_one_spelling() {
+        assert_eq!(unhex("0a0b0c0d"), Some([10, 11, 12, 13]));
+        for other in ["0A0B0C0D", "+a0b0c0d", "0a+b0c0d", "0a0b0c0 ", "0a0b0c0"] {
+            assert_eq!(unhex(other), None, "{other}");
+        }
+        let k = keys(&[A]);
+        let good = k.wrap("d.test", "n1", "id1").unwrap();
+        let key_hex = &good[5..13];
+        for spelled in [
+            good.replacen(key_hex, &key_hex.to_ascii_uppercase(), 1),
+            good.replacen(key_hex, &key_hex.replacen('0', "+", 1), 1),
+        ] {
+            if spelled != good {
+                assert!(
+                    !matches!(k.check("d.test", &spelled), Checked::Valid { .. }),
+                    "{spelled}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -54,11 +54,11 @@ pub struct Upgrade<S> {
 }
 
 /// What became of one request: the metric label and the response.
-struct Answer {
+pub(crate) struct Answer {
     /// `result` label of `xmpp_lb_http_requests_total`.
-    result: &'static str,
+    pub(crate) result: &'static str,
     /// The response.
-    response: Response<String>,
+    pub(crate) response: Response<String>,
 }
 
 /// A handshake that passed, waiting for hyper to finish the `101`.
@@ -151,8 +151,9 @@ where
     })
 }
 
-/// The answer to one request.
-fn answer(req: &Request<Incoming>, ctx: &HttpCtx<'_>) -> Answer {
+/// The answer to one request (generic over the body, which it never reads, so the fuzz target
+/// can build requests without a connection).
+pub(crate) fn answer<B>(req: &Request<B>, ctx: &HttpCtx<'_>) -> Answer {
     let path = req.uri().path();
     if path == ctx.ws.path {
         return handshake(req, ctx);
@@ -187,7 +188,7 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 /// The opening handshake. The checks run in the order a client can fix them: method,
 /// upgrade, version, key, origin, subprotocol. Extensions (permessage-deflate) are never
 /// accepted: the answer simply does not name them (see docs/websocket.md).
-fn handshake(req: &Request<Incoming>, ctx: &HttpCtx<'_>) -> Answer {
+fn handshake<B>(req: &Request<B>, ctx: &HttpCtx<'_>) -> Answer {
     let h = req.headers();
     if req.method() != Method::GET {
         let mut a = refusal(
@@ -284,7 +285,7 @@ fn handshake(req: &Request<Incoming>, ctx: &HttpCtx<'_>) -> Answer {
 }
 
 /// The domain a request names in `Host`, normalised, if it is served.
-fn served_host(req: &Request<Incoming>, config: &Config) -> Option<String> {
+fn served_host<B>(req: &Request<B>, config: &Config) -> Option<String> {
     let host = req.headers().get(header::HOST)?.to_str().ok()?;
     let name = match host.strip_prefix('[') {
         Some(rest) => rest.split(']').next()?,
@@ -295,7 +296,7 @@ fn served_host(req: &Request<Incoming>, config: &Config) -> Option<String> {
 }
 
 /// The URL of the WebSocket endpoint as this request reached it.
-fn endpoint(req: &Request<Incoming>, ctx: &HttpCtx<'_>) -> String {
+pub(crate) fn endpoint<B>(req: &Request<B>, ctx: &HttpCtx<'_>) -> String {
     let host = req
         .headers()
         .get(header::HOST)
@@ -311,7 +312,7 @@ fn endpoint(req: &Request<Incoming>, ctx: &HttpCtx<'_>) -> String {
 
 /// `/.well-known/host-meta` (XRD) or `host-meta.json`, for a served domain, readable from
 /// any web page (CORS), naming the WebSocket endpoint.
-fn discovery(req: &Request<Incoming>, ctx: &HttpCtx<'_>, json: bool) -> Answer {
+fn discovery<B>(req: &Request<B>, ctx: &HttpCtx<'_>, json: bool) -> Answer {
     let cors = |response: &mut Response<String>| {
         let h = response.headers_mut();
         h.insert(
@@ -388,7 +389,7 @@ fn discovery(req: &Request<Incoming>, ctx: &HttpCtx<'_>, json: bool) -> Answer {
 
 /// The client's address from the last `X-Forwarded-For` entry, if the peer is a trusted
 /// balancer (the last entry is the one that balancer added).
-fn forwarded_for(headers: &HeaderMap, ctx: &HttpCtx<'_>) -> Option<IpAddr> {
+pub(crate) fn forwarded_for(headers: &HeaderMap, ctx: &HttpCtx<'_>) -> Option<IpAddr> {
     if !crate::proxy_protocol::trusted(&ctx.ws.forwarded_for, ctx.peer.ip()) {
         return None;
     }
