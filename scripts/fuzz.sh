@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# Run every fuzz target for SECONDS each (default 60), installing cargo-fuzz if missing.
+# Run the fuzz targets, installing cargo-fuzz if missing.
+#
+#   scripts/fuzz.sh [SECONDS] [TARGET...]        each target for SECONDS (default 60)
+#   scripts/fuzz.sh --runs N [TARGET...]         each target for N executions (e.g. 10000000)
+#
+# No TARGET: every target. FUZZ_SANITIZER=none builds without AddressSanitizer (several times
+# faster; the targets check panics and assertions, which safe Rust reports either way).
 #
 # cargo-fuzz needs nightly compiler flags (sanitizers, coverage instrumentation);
 # RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them, so no nightly install is needed.
@@ -10,7 +16,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds=${1:-60}
+limit=(-max_total_time="${1:-60}")
+what="${1:-60}s"
+if [ "${1:-}" = "--runs" ]; then
+  limit=(-runs="$2")
+  what="$2 executions"
+  shift 2
+elif [ $# -gt 0 ]; then
+  shift
+fi
+sanitizer=(-s "${FUZZ_SANITIZER:-address}")
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -19,17 +34,21 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 cd fuzz
-mapfile -t targets < <(cargo fuzz list)
-cargo fuzz build
+if [ $# -gt 0 ]; then
+  targets=("$@")
+else
+  mapfile -t targets < <(cargo fuzz list)
+fi
+cargo fuzz build "${sanitizer[@]}"
 failed=()
 for target in "${targets[@]}"; do
   mkdir -p "work/$target"
-  echo "== $target: ${seconds}s"
-  cargo fuzz run "$target" "work/$target" "corpus/$target" -- \
-    -max_total_time="$seconds" -print_final_stats=1 || failed+=("$target")
+  echo "== $target: $what ($(date -u +%H:%M:%S))"
+  cargo fuzz run "${sanitizer[@]}" "$target" "work/$target" "corpus/$target" -- \
+    "${limit[@]}" -print_final_stats=1 || failed+=("$target")
 done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "crashed: ${failed[*]}" >&2
   exit 1
 fi
-echo "all targets ran ${seconds}s clean"
+echo "all targets ran $what clean"

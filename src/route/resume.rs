@@ -23,8 +23,10 @@ use crate::keys::FleetKey;
 
 /// The wrapper's version tag.
 const PREFIX: &str = "xlb1.";
-/// XEP-0198's bound on an id: a wrapped id longer than this is not issued.
-pub const MAX_ID_BYTES: usize = 4000;
+/// The longest wrapped id issued: the proxy's own bound on an attribute value, so that the
+/// `<resume previd/>` a client sends back can be parsed (XEP-0198 allows ids up to 4000
+/// bytes; node ids are far shorter, and a node id too long to wrap goes out untouched).
+pub const MAX_ID_BYTES: usize = crate::xmpp::element::MAX_VALUE_BYTES;
 /// Bytes of MAC kept (128 bits: forging needs 2^128 tries against a proxy that counts them).
 const MAC_BYTES: usize = 16;
 /// HKDF label of the MAC key.
@@ -277,5 +279,15 @@ mod tests {
         assert!(!SmKeys::default().enabled());
         let long = "x".repeat(MAX_ID_BYTES - 20);
         assert_eq!(keys(&[A]).wrap("d", "n", &long), None);
+        // Every id issued can come back in a `<resume previd/>` the proxy parses.
+        let longest = "x".repeat(MAX_ID_BYTES - 60);
+        let wrapped = keys(&[A]).wrap("d", "n", &longest).unwrap();
+        let resume = format!("<resume xmlns='urn:xmpp:sm:3' previd='{wrapped}' h='1'/>");
+        let ctx = crate::xmpp::element::NsContext {
+            default_ns: "jabber:client".into(),
+            prefixes: vec![],
+        };
+        let el = crate::xmpp::element::Element::parse(resume.as_bytes(), &ctx).unwrap();
+        assert!(matches!(keys(&[A]).check("d", el.attr("previd").unwrap()), Checked::Valid { .. }));
     }
 }

@@ -352,6 +352,24 @@ pub fn without_spans(bytes: &[u8], spans: &[Range<usize>]) -> Vec<u8> {
     out
 }
 
+/// Escapes text for a quoted attribute value (either quote style) or character data so that it
+/// reads back exactly, whitespace included: a literal tab or line break in an attribute is
+/// read back as a space (attribute-value normalization), and a carriage return anywhere as a
+/// line feed (end-of-line handling), so those are written as character references. Without
+/// that, a parser that normalizes and one that does not would read different values.
+pub fn escape_exact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push_str(&escape(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    out
+}
+
 /// Escapes text for use as character data or a quoted attribute value
 /// (either quote style).
 pub fn escape(s: &str) -> String {

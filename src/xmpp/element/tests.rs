@@ -150,6 +150,24 @@ fn escape_round_trips() {
 }
 
 #[test]
+fn exact_escape_keeps_whitespace_in_attributes_and_text() {
+    let s = "a\tb\nc\r\nd <&>'\"";
+    let esc = escape_exact(s);
+    assert!(!esc.contains(['\t', '\n', '\r']), "{esc:?}");
+    let xml = format!("<a v='{esc}' w=\"{esc}\">{esc}</a>");
+    let e = Element::parse(xml.as_bytes(), &stream_ctx()).unwrap();
+    assert_eq!(e.text, s);
+    assert_eq!(e.attr("v"), Some(s));
+    assert_eq!(e.attr("w"), Some(s));
+    // The stream header parser reads the same value back.
+    let header = format!(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{esc}'>"
+    );
+    let h = crate::xmpp::header::StreamHeader::parse(header.as_bytes()).unwrap();
+    assert_eq!(h.to.as_deref(), Some(s));
+}
+
+#[test]
 fn rejections() {
     let ctx = stream_ctx();
     let nwf = |b: &[u8]| {
