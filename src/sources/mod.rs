@@ -5,7 +5,9 @@
 //! source is remembered while it has a connection open (at most `limits.max_connections` of
 //! them) and, with none open, only while something about it is worth remembering (a rate
 //! bucket not yet refilled, failures in their window, a ban), up to `max_idle_sources`; past
-//! that the least recently seen are forgotten. An entry is under a hundred bytes.
+//! that the least recently seen are forgotten. An entry costs under 200 bytes (a unit test
+//! keeps it so): the default 65,536 idle sources about 10 MiB at most, and a source with a
+//! connection open far less than its connection.
 //!
 //! One plain mutex guards the table; it is held for a hash lookup and a few additions, never
 //! across an `.await`, and only at the moments a connection is accepted, finishes its TLS

@@ -219,3 +219,19 @@ fn the_table_stays_bounded_whatever_the_number_of_sources() {
     assert!(lock(&s.table).len() <= 40 + l.max_idle_sources + 1);
     drop(held);
 }
+
+#[test]
+fn a_remembered_source_costs_under_two_hundred_bytes() {
+    // A hashbrown table holds (key, value) pairs inline plus one control byte per slot, at
+    // most 8/7 slots per entry: the bound docs/security.md gives for the tables.
+    let pair = std::mem::size_of::<(ipnet::IpNet, super::table::Entry)>();
+    let per_entry = (pair + 1) * 8 / 7;
+    assert!(
+        per_entry < 200,
+        "{pair} bytes per pair, {per_entry} per entry"
+    );
+    let jid = std::mem::size_of::<(u64, super::jids::JidEntry)>();
+    let per_jid = (jid + 1) * 8 / 7;
+    assert!(per_jid < 100, "{jid} bytes per pair, {per_jid} per account");
+    eprintln!("per source: {per_entry} bytes; per account: {per_jid} bytes");
+}
