@@ -179,7 +179,7 @@ pub(crate) async fn accept(
     };
     ack_now(tls.get_ref().0.get_ref());
     let session = tls.get_ref().1;
-    if let Some(ticket) = &counted.source {
+    if let Some(ticket) = &mut counted.source {
         ticket.handshook(
             &rt.config.sources,
             session.handshake_kind() != Some(rustls::HandshakeKind::Resumed),

@@ -39,16 +39,10 @@ impl Bucket {
         }
     }
 
-    /// Whether a token is there, without taking it (the cost is known only later).
-    pub(super) fn has(&mut self, rate: f64, burst: u32, now: Instant) -> bool {
+    /// Give back a token taken for work that turned out not to be needed.
+    pub(super) fn refund(&mut self, rate: f64, burst: u32, now: Instant) {
         self.refill(rate, burst, now);
-        self.tokens >= 1.0
-    }
-
-    /// Take one token, or what is left of one: the work it pays for was already done.
-    pub(super) fn spend(&mut self, rate: f64, burst: u32, now: Instant) {
-        self.refill(rate, burst, now);
-        self.tokens = (self.tokens - 1.0).max(0.0);
+        self.tokens = (self.tokens + 1.0).min(f64::from(burst));
     }
 
     /// Whether the bucket would be full now (nothing about it is worth remembering).
@@ -112,13 +106,20 @@ mod tests {
     }
 
     #[test]
-    fn spending_an_empty_bucket_leaves_it_empty_not_in_debt() {
+    fn a_refund_gives_back_one_token_and_never_overfills() {
         let t0 = Instant::now();
-        let mut b = Bucket::full(1, t0);
-        b.spend(1.0, 1, t0);
-        b.spend(1.0, 1, t0);
-        assert!(!b.has(1.0, 1, t0));
-        assert!(b.has(1.0, 1, t0 + Duration::from_secs(1)));
+        let mut b = Bucket::full(2, t0);
+        assert!(b.take(0.1, 2, t0));
+        assert!(b.take(0.1, 2, t0));
+        assert!(!b.take(0.1, 2, t0));
+        b.refund(0.1, 2, t0);
+        assert!(b.take(0.1, 2, t0));
+        assert!(!b.take(0.1, 2, t0));
+        b.refund(0.1, 2, t0);
+        b.refund(0.1, 2, t0);
+        b.refund(0.1, 2, t0);
+        assert!(b.is_full(0.1, 2, t0));
+        assert!(b.take(0.1, 2, t0) && b.take(0.1, 2, t0) && !b.take(0.1, 2, t0));
     }
 
     #[test]

@@ -88,11 +88,11 @@ impl Sources {
         table.bound(limits, now);
         self.tracked.set(table.len() as i64);
         drop(table);
-        result?;
         Ok(Some(SourceTicket {
             sources: self.clone(),
             key,
             unauthenticated: true,
+            handshake_token: result?,
         }))
     }
 
@@ -125,13 +125,16 @@ pub(crate) struct SourceTicket {
     key: IpNet,
     /// Still counted as not logged in.
     unauthenticated: bool,
+    /// A TLS handshake token was taken for it and not given back.
+    handshake_token: bool,
 }
 
 impl SourceTicket {
-    /// The TLS handshake is done; a full one (not resumed) costs a handshake token.
-    pub(crate) fn handshook(&self, limits: &SourceLimits, full: bool) {
-        if full && limits.tls_handshakes_per_second > 0.0 {
-            lock(&self.sources.table).spend_handshake(limits, self.key, Instant::now());
+    /// The TLS handshake is done: a resumed one gives back the handshake token taken at
+    /// admission (only a full handshake costs one).
+    pub(crate) fn handshook(&mut self, limits: &SourceLimits, full: bool) {
+        if !full && std::mem::take(&mut self.handshake_token) {
+            lock(&self.sources.table).refund_handshake(limits, self.key, Instant::now());
         }
     }
 

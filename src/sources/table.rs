@@ -92,14 +92,15 @@ impl Table {
         self.entries.get_mut(key)
     }
 
-    /// Count a new connection from `key`, or say which limit it is over.
+    /// Count a new connection from `key`, or say which limit it is over. `Ok(true)`: a TLS
+    /// handshake token was taken for it.
     pub(super) fn admit(
         &mut self,
         limits: &SourceLimits,
         key: IpNet,
         tls: bool,
         now: Instant,
-    ) -> Result<(), Limit> {
+    ) -> Result<bool, Limit> {
         let e = self.entry(limits, key, now);
         e.seen = now;
         if e.banned(now) {
@@ -118,10 +119,12 @@ impl Table {
         {
             return Err(Limit::ConnectionRate);
         }
-        // Checked, not taken: only a full handshake costs a token, and that is known after.
-        if tls
-            && limits.tls_handshakes_per_second > 0.0
-            && !e.handshakes.has(
+        // Taken now, given back if the handshake resumes a session: checking here and
+        // spending after the handshake would let a burst of parallel connections all pass
+        // the check before the first of them spent anything.
+        let token = tls && limits.tls_handshakes_per_second > 0.0;
+        if token
+            && !e.handshakes.take(
                 limits.tls_handshakes_per_second,
                 limits.tls_handshakes_burst,
                 now,
@@ -135,13 +138,14 @@ impl Table {
         if was_idle {
             self.idle -= 1;
         }
-        Ok(())
+        Ok(token)
     }
 
-    /// A full handshake from `key` was made.
-    pub(super) fn spend_handshake(&mut self, limits: &SourceLimits, key: IpNet, now: Instant) {
+    /// A connection from `key` resumed a TLS session: the handshake token taken at admission
+    /// goes back.
+    pub(super) fn refund_handshake(&mut self, limits: &SourceLimits, key: IpNet, now: Instant) {
         if let Some(e) = self.entries.get_mut(&key) {
-            e.handshakes.spend(
+            e.handshakes.refund(
                 limits.tls_handshakes_per_second,
                 limits.tls_handshakes_burst,
                 now,

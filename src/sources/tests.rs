@@ -109,11 +109,23 @@ fn connection_and_full_handshake_rates_refill_over_time() {
     l.max_unauthenticated = 0;
     l.tls_handshakes_per_second = 0.5;
     l.tls_handshakes_burst = 1;
-    let t = s.admit(&l, ip("198.51.100.1"), true, t0).unwrap().unwrap();
-    // Resumed handshakes are free; a full one takes the only token.
+    // The token is taken at admission: a second connection arriving before the first one's
+    // handshake is over is refused (parallel connections cannot all pass one check).
+    let mut t = s.admit(&l, ip("198.51.100.1"), true, t0).unwrap().unwrap();
+    assert_eq!(
+        s.admit(&l, ip("198.51.100.1"), true, t0).err(),
+        Some(Limit::TlsHandshakeRate)
+    );
+    // A resumed handshake gives it back; a full one keeps it spent.
     t.handshook(&l, false);
-    assert!(s.admit(&l, ip("198.51.100.1"), true, t0).is_ok());
-    t.handshook(&l, true);
+    let mut again = s.admit(&l, ip("198.51.100.1"), true, t0).unwrap().unwrap();
+    again.handshook(&l, true);
+    assert_eq!(
+        s.admit(&l, ip("198.51.100.1"), true, t0).err(),
+        Some(Limit::TlsHandshakeRate)
+    );
+    // Only once: a second report of the same handshake gives nothing back.
+    t.handshook(&l, false);
     assert_eq!(
         s.admit(&l, ip("198.51.100.1"), true, t0).err(),
         Some(Limit::TlsHandshakeRate)
