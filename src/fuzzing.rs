@@ -59,6 +59,19 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
+    /// A response's status and headers, with `body`.
+    fn new(parts: &hyper::http::response::Parts, body: Vec<u8>) -> RawResponse {
+        RawResponse {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body,
+        }
+    }
+
     /// The first value of header `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
@@ -104,15 +117,7 @@ impl AdminApp {
             let response = service.call(req).await.ok()?;
             let (parts, body) = response.into_parts();
             let body = axum::body::to_bytes(body, 1 << 20).await.ok()?;
-            Some(RawResponse {
-                status: parts.status.as_u16(),
-                headers: parts
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-                    .collect(),
-                body: body.to_vec(),
-            })
+            Some(RawResponse::new(&parts, body.to_vec()))
         })
     }
 }
@@ -172,15 +177,7 @@ impl WsHttp {
         let (parts, body) = a.response.into_parts();
         Some(WsAnswer {
             result: a.result,
-            response: RawResponse {
-                status: parts.status.as_u16(),
-                headers: parts
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-                    .collect(),
-                body: body.into_bytes(),
-            },
+            response: RawResponse::new(&parts, body.into_bytes()),
             endpoint: endpoint(&req, &ctx),
             forwarded: forwarded_for(req.headers(), &ctx),
         })

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use testkit::client::run_client;
+use testkit::client::{Conn, login};
 use testkit::env::{DOMAIN, EnvBuilder, accounts};
 use testkit::process::signal_pid;
 use testkit::proxy::sample;
@@ -79,22 +79,11 @@ fn over_the_memory_budget_new_connections_are_shed_and_logged_in_users_stay() {
         },
     );
     let (user, password) = &people[1];
-    let port = direct.port().to_string();
-    let out = run_client(&[
-        "login",
-        "--jid",
+    let out = login(
+        &Conn::direct(direct, &ca),
         &format!("{user}@{DOMAIN}"),
-        "--password",
         password,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--tls",
-        "direct",
-        "--ca",
-        ca.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(out["ok"], Value::Bool(true), "{out}");
     rt.block_on(inside.ping(DOMAIN));
 }
@@ -150,25 +139,14 @@ fn out_of_descriptors_accept_backs_off_without_spinning_and_recovers() {
     // Descriptors are free again: a real client logs in (the node may need a moment to be
     // seen healthy again, its checks having failed for want of descriptors too).
     let (user, password) = &people[0];
-    let port = direct.port().to_string();
     let ca = env.ca();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = run_client(&[
-            "login",
-            "--jid",
+        let out = login(
+            &Conn::direct(direct, &ca),
             &format!("{user}@{DOMAIN}"),
-            "--password",
             password,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--tls",
-            "direct",
-            "--ca",
-            ca.to_str().unwrap(),
-        ]);
+        );
         if out["ok"] == Value::Bool(true) {
             break;
         }

@@ -3,14 +3,15 @@
 //! second, and bans for failed logins (per network and per account). Loopback source
 //! addresses (127.0.0.0/8) stand in for many clients; loopback is taken off the allow-list.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::Value;
-use testkit::client::run_client;
+use testkit::client::{Conn, login};
 use testkit::config::{TestConfig, strings};
 use testkit::env::{DOMAIN, Env, EnvBuilder, accounts};
 use testkit::raw::{Raw, connector, connector_tls13, header};
+use tokio_rustls::TlsConnector;
 
 fn from(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
@@ -25,6 +26,13 @@ fn base(c: TestConfig) -> TestConfig {
         .set("sources.max_unauthenticated", 0)
         .set("sources.connections_per_second", 0.0)
         .set("sources.tls_handshakes_per_second", 0.0)
+}
+
+/// Whether a direct TLS connection from `127.0.0.LAST` gets through its handshake.
+async fn handshakes(direct: SocketAddr, last: u8, tls: &TlsConnector) -> bool {
+    Raw::direct_tls_from(direct, from(last), DOMAIN, tls)
+        .await
+        .is_ok()
 }
 
 fn refusals(env: &Env, limit: &str) -> f64 {
@@ -100,23 +108,12 @@ fn concurrent_connections_per_source_are_refused_before_tls_and_other_sources_go
     assert_eq!(refusals(&env, "connection_rate"), 0.0);
     // The real client logs in from 127.0.0.1, its own source.
     let ca = env.ca();
-    let port = direct.port().to_string();
     let (user, password) = &people[0];
-    let out = run_client(&[
-        "login",
-        "--jid",
+    let out = login(
+        &Conn::direct(direct, &ca),
         &format!("{user}@{DOMAIN}"),
-        "--password",
         password,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--tls",
-        "direct",
-        "--ca",
-        ca.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(out["ok"], Value::Bool(true), "{out}");
 }
 
@@ -136,20 +133,12 @@ fn connections_not_yet_logged_in_are_bounded_per_source() {
         let _second = Raw::direct_tls_from(direct, from(7), DOMAIN, &tls)
             .await
             .unwrap();
-        assert!(
-            Raw::direct_tls_from(direct, from(7), DOMAIN, &tls)
-                .await
-                .is_err()
-        );
+        assert!(!handshakes(direct, 7, &tls).await);
         // Once one of them has logged in, it no longer counts.
         let (user, password) = &people[0];
         let mut first = first.log_in(DOMAIN, user, password, "in").await;
         first.ping(DOMAIN).await;
-        assert!(
-            Raw::direct_tls_from(direct, from(7), DOMAIN, &tls)
-                .await
-                .is_ok()
-        );
+        assert!(handshakes(direct, 7, &tls).await);
     });
     assert!(refusals(&env, "unauthenticated") >= 1.0);
 }
@@ -171,22 +160,10 @@ fn new_connections_and_full_handshakes_per_second_are_rate_limited_per_source() 
                 .await
                 .expect("within the burst");
         }
-        assert!(
-            Raw::direct_tls_from(direct, from(4), DOMAIN, &tls)
-                .await
-                .is_err()
-        );
-        assert!(
-            Raw::direct_tls_from(direct, from(5), DOMAIN, &tls)
-                .await
-                .is_ok()
-        );
+        assert!(!handshakes(direct, 4, &tls).await);
+        assert!(handshakes(direct, 5, &tls).await);
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert!(
-            Raw::direct_tls_from(direct, from(4), DOMAIN, &tls)
-                .await
-                .is_ok()
-        );
+        assert!(handshakes(direct, 4, &tls).await);
     });
     assert!(refusals(&env, "connection_rate") >= 1.0);
 
@@ -225,16 +202,8 @@ fn new_connections_and_full_handshakes_per_second_are_rate_limited_per_source() 
         }
         // One full handshake is left in the bucket, then none.
         let fresh = connector(&env.ca());
-        assert!(
-            Raw::direct_tls_from(direct, from(6), DOMAIN, &fresh)
-                .await
-                .is_ok()
-        );
-        assert!(
-            Raw::direct_tls_from(direct, from(6), DOMAIN, &fresh)
-                .await
-                .is_err()
-        );
+        assert!(handshakes(direct, 6, &fresh).await);
+        assert!(!handshakes(direct, 6, &fresh).await);
         // Ten at once from a fresh source: the burst (2) and no more get a handshake, however
         // the connections interleave.
         let tries = (0..10).map(|_| Raw::direct_tls_from(direct, from(8), DOMAIN, &fresh));
@@ -267,24 +236,13 @@ fn failed_logins_slow_then_ban_their_source_and_the_jid_is_never_logged() {
         })
         .start();
     let starttls = env.proxy.addr("starttls", false);
-    let port = starttls.port().to_string();
     let ca = env.ca();
     let slixmpp = |password: &str| {
-        run_client(&[
-            "login",
-            "--jid",
+        login(
+            &Conn::starttls(starttls, &ca),
             &format!("juliet@{DOMAIN}"),
-            "--password",
             password,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--tls",
-            "starttls",
-            "--ca",
-            ca.to_str().unwrap(),
-        ])
+        )
     };
     // A real client guessing from 127.0.0.1: four wrong passwords.
     for _ in 0..4 {

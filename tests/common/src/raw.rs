@@ -182,16 +182,7 @@ impl Raw {
         let local = tcp.local_addr().ok();
         let name = ServerName::try_from(domain.to_string()).unwrap();
         let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-        Raw {
-            tls_kind: tls.get_ref().1.handshake_kind(),
-            bindings: crate::scram::ClientBindings::of(tls.get_ref().1),
-            io: Box::new(tls),
-            received: String::new(),
-            closed: false,
-            local,
-            bytes: Bytes::default(),
-            relay_mark: None,
-        }
+        Raw::over_tls(tls, local)
     }
 
     /// On a connection whose TLS is up: stream header and one SASL PLAIN attempt as
@@ -221,6 +212,20 @@ impl Raw {
         (self.received.clone(), sent.elapsed())
     }
 
+    /// A client whose TLS is up on a fresh TCP connection from `local`.
+    fn over_tls(tls: tokio_rustls::client::TlsStream<TcpStream>, local: Option<SocketAddr>) -> Raw {
+        Raw {
+            tls_kind: tls.get_ref().1.handshake_kind(),
+            bindings: crate::scram::ClientBindings::of(tls.get_ref().1),
+            io: Box::new(tls),
+            received: String::new(),
+            closed: false,
+            local,
+            bytes: Bytes::default(),
+            relay_mark: None,
+        }
+    }
+
     /// Direct TLS (XEP-0368) with SNI = `domain`.
     pub async fn direct_tls(addr: SocketAddr, domain: &str, ca: &Path) -> Raw {
         Raw::direct_tls_via(addr, domain, &connector(ca)).await
@@ -233,16 +238,7 @@ impl Raw {
         let name = ServerName::try_from(domain.to_string()).unwrap();
         let local = tcp.local_addr().ok();
         let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-        Raw {
-            tls_kind: tls.get_ref().1.handshake_kind(),
-            bindings: crate::scram::ClientBindings::of(tls.get_ref().1),
-            io: Box::new(tls),
-            received: String::new(),
-            closed: false,
-            local,
-            bytes: Bytes::default(),
-            relay_mark: None,
-        }
+        Raw::over_tls(tls, local)
     }
 
     /// STARTTLS: clear-text header, `<starttls/>`, `<proceed/>`, TLS. Returns the client ready
