@@ -4,6 +4,10 @@
 //! them. The client computes its binding data from its own end of the TLS session (rustls'
 //! keying-material export, the certificate it received), independently of the proxy.
 //!
+//! A SCRAM library that is not ours (`scramp`, over Python's OpenSSL-based TLS, through
+//! `tests/clients/scram_plus.py`) logs in bound with `tls-server-end-point`, over direct TLS
+//! and STARTTLS.
+//!
 //! A second TLS terminator between client and proxy (HAProxy with another certificate of the
 //! same CA: a man in the middle with a valid certificate) makes the client's data differ
 //! from the proxy's, and the node refuses the login. A PROXY header with binding data from
@@ -299,6 +303,88 @@ fn a_second_tls_terminator_in_between_is_refused_by_the_node() {
     let _ = terminate(&mut mitm.child, Duration::from_secs(2));
 }
 
+/// `scram_plus.py`: a SCRAM -PLUS login computed by the `scramp` library over Python's TLS.
+fn scramp_login(
+    port: u16,
+    ca: &std::path::Path,
+    user: &str,
+    tls: &str,
+    mechanism: &str,
+) -> serde_json::Value {
+    let port = port.to_string();
+    testkit::client::run_other(
+        "scram_plus.py",
+        &[
+            "--port",
+            &port,
+            "--domain",
+            DOMAIN,
+            "--user",
+            user,
+            "--password",
+            password(user),
+            "--ca",
+            ca.to_str().unwrap(),
+            "--tls",
+            tls,
+            "--mechanism",
+            mechanism,
+        ],
+    )
+}
+
+#[test]
+fn an_independent_scram_library_logs_in_bound_over_starttls_and_direct_tls_not_through_a_mitm() {
+    let Env {
+        proxy,
+        mut cluster,
+        mut pki,
+        ..
+    } = env(ProsodyOpts::default());
+    let ca = pki.ca_path();
+    let cases = [
+        ("alice", "direct", "SCRAM-SHA-256-PLUS"),
+        ("bob", "starttls", "SCRAM-SHA-256-PLUS"),
+        ("carol", "direct", "SCRAM-SHA-1-PLUS"),
+        ("dave", "starttls", "SCRAM-SHA-1-PLUS"),
+    ];
+    for (user, tls, mechanism) in cases {
+        let port = proxy.addr(tls, false).port();
+        let out = scramp_login(port, &ca, user, tls, mechanism);
+        assert_eq!(out["ok"], true, "{user} over {tls} with {mechanism}: {out}");
+        assert_eq!(out["mechanism"], mechanism);
+        assert_eq!(
+            out["node"].as_str().unwrap(),
+            route(&proxy, user),
+            "{user} lands where route says"
+        );
+    }
+    // The same library through a second TLS terminator: it binds to that one's certificate,
+    // and the node, which has the proxy's, refuses.
+    let mut mitm = Mitm::start(&mut pki, proxy.addr("direct", false));
+    let out = scramp_login(
+        mitm.addr.port(),
+        &ca,
+        "alice",
+        "direct",
+        "SCRAM-SHA-256-PLUS",
+    );
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(out["stage"], "sasl", "{out}");
+    // Prosody says so: `<malformed-request/>` "Invalid channel binding value."
+    let error = out["error"].as_str().unwrap();
+    assert!(
+        error.contains("<failure") && error.contains("channel binding"),
+        "{out}"
+    );
+    assert!(
+        cluster
+            .nodes_with_session(&format!("alice@{DOMAIN}"))
+            .is_empty()
+    );
+    let _ = terminate(&mut mitm.child, Duration::from_secs(2));
+}
+
 /// A v2 header from `source` with binding TLVs (0xE0, 0xE1) of the given data.
 fn forged_header(data: &[u8]) -> Vec<u8> {
     use ppp::v2::{Builder, Command, Protocol, Version};
@@ -387,6 +473,37 @@ fn resumption_and_sasl2_inline_resume_work_with_channel_binding_on() {
     let proxy = Proxy::start(&config);
     let ca = pki.ca_path();
     let direct = proxy.addr("direct", false);
+    // SCRAM-SHA-256-PLUS inside a SASL2 <authenticate/>, bound with tls-exporter; the
+    // server's final message (in <additional-data/>) proves the node used the same data.
+    let plus = proxy.block_on(within(async {
+        let raw = Raw::direct_tls(direct, DOMAIN, &ca).await;
+        let bindings = raw.bindings.clone();
+        let mut c = Client::open(raw, DOMAIN, None).await;
+        let exporter = bindings.get(TLS_EXPORTER).expect("TLS 1.3 exporter");
+        let mut s = Scram::new(
+            Hash::Sha256,
+            "alice",
+            password("alice"),
+            Some((TLS_EXPORTER, exporter)),
+        );
+        let auth = Authenticate::mechanism(&s.mechanism(), s.first().as_bytes())
+            .user_agent(&new_user_agent_id())
+            .bind("plus");
+        let ok = c
+            .authenticate_with(&auth, |server_first| {
+                s.final_message(std::str::from_utf8(server_first).unwrap())
+                    .into_bytes()
+            })
+            .await
+            .expect("SASL2 SCRAM-SHA-256-PLUS login");
+        let server_final = String::from_utf8(ok.additional_data.expect("server final")).unwrap();
+        assert!(s.verify(&server_final), "server signature: {server_final}");
+        assert!(ok.bound, "inline bind");
+        c
+    }));
+    assert_eq!(landed(&mut cluster, "alice"), route(&proxy, "alice"));
+    proxy.block_on(async { drop(plus) });
+
     let bare = format!("carol@{DOMAIN}");
     let agent = new_user_agent_id();
     let (id, token, h) = proxy.block_on(within(async {

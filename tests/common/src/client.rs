@@ -74,15 +74,25 @@ fn failure(kind: &str, error: String, stderr: &str, exit_code: Option<i32>) -> V
 /// Run the client with these arguments (subcommand first) and return its
 /// JSON result. Never panics on client failure: look at `["ok"]`.
 pub fn run_client(args: &[&str]) -> Value {
+    run_script(&script_path(), args)
+}
+
+/// Run another client script of `tests/clients/` (by file name) that prints one JSON result
+/// the same way.
+pub fn run_other(script: &str, args: &[&str]) -> Value {
+    run_script(&script_path().with_file_name(script), args)
+}
+
+fn run_script(script: &Path, args: &[&str]) -> Value {
     let mut cmd = Command::new(python());
-    cmd.arg(script_path()).args(args);
+    cmd.arg(script).args(args);
     let limit = wall_limit(args);
     let out = match run_with_timeout(cmd, limit) {
         Ok(o) => o,
         Err(e) => {
             return failure(
                 "harness",
-                format!("cannot run {} {}: {e}", python(), script_path().display()),
+                format!("cannot run {} {}: {e}", python(), script.display()),
                 "",
                 None,
             );

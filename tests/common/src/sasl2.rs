@@ -526,6 +526,15 @@ impl Authenticate {
         }
     }
 
+    /// Any mechanism with this initial response (SCRAM: the client-first message).
+    pub fn mechanism(mechanism: &str, initial_response: &[u8]) -> Authenticate {
+        Authenticate {
+            mechanism: mechanism.into(),
+            initial_response: initial_response.to_vec(),
+            ..Authenticate::plain("", "")
+        }
+    }
+
     /// FAST with `HT-SHA-256-NONE` for `user` (a localpart): the initial
     /// response is `user NUL HMAC-SHA-256(key = token, "Initiator")`, and the
     /// `<fast/>` marker is added. Needs the same [`user_agent`](Self::user_agent)
@@ -786,12 +795,39 @@ impl Client {
     /// unacked stanzas and an `<r/>` first) new `<stream:features/>`; they are
     /// left to be read.
     pub async fn authenticate(&mut self, auth: &Authenticate) -> Result<Success, Failure> {
+        self.authenticate_with(auth, |challenge| {
+            panic!("a one-step mechanism got a challenge: {challenge:?}")
+        })
+        .await
+    }
+
+    /// [`authenticate`](Self::authenticate) for a mechanism with challenges (SCRAM): each
+    /// `<challenge/>`, decoded, is answered with `<response/>` of what `respond` returns.
+    pub async fn authenticate_with(
+        &mut self,
+        auth: &Authenticate,
+        mut respond: impl FnMut(&[u8]) -> Vec<u8>,
+    ) -> Result<Success, Failure> {
         self.send(&auth.to_xml()).await;
-        let e = self
-            .expect("SASL2 success or failure", |e| {
-                e.ns == NS_SASL2 && (e.name == "success" || e.name == "failure")
-            })
+        let e = loop {
+            let e = self
+                .expect("SASL2 challenge, success or failure", |e| {
+                    e.ns == NS_SASL2
+                        && ["challenge", "success", "failure"].contains(&e.name.as_str())
+                })
+                .await;
+            if e.name != "challenge" {
+                break e;
+            }
+            let challenge = base64::engine::general_purpose::STANDARD
+                .decode(e.text.trim())
+                .expect("a base64 challenge");
+            let response = b64(&respond(&challenge));
+            self.send(&format!(
+                "<response xmlns='{NS_SASL2}'>{response}</response>"
+            ))
             .await;
+        };
         if e.name == "failure" {
             let condition = e
                 .children
