@@ -357,21 +357,6 @@ pub fn without_spans(bytes: &[u8], spans: &[Range<usize>]) -> Vec<u8> {
 /// read back as a space (attribute-value normalization), and a carriage return anywhere as a
 /// line feed (end-of-line handling), so those are written as character references. Without
 /// that, a parser that normalizes and one that does not would read different values.
-pub fn escape_exact(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            c => out.push_str(&escape(c.encode_utf8(&mut [0; 4]))),
-        }
-    }
-    out
-}
-
-/// Escapes text for use as character data or a quoted attribute value
-/// (either quote style).
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -381,6 +366,9 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '\'' => out.push_str("&apos;"),
             '"' => out.push_str("&quot;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
             c => out.push(c),
         }
     }

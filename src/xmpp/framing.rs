@@ -11,7 +11,7 @@
 
 use bytes::BytesMut;
 
-use super::element::{Element, NsContext, escape_exact};
+use super::element::{Element, NsContext, escape};
 use super::features::NS_SASL;
 use super::header::{CLIENT_NS, STREAM_NS, StreamHeader};
 use super::scanner::{FrameKind, ScanError, Scanner};
@@ -101,7 +101,7 @@ pub fn inbound(text: &str) -> Result<Inbound, Violation> {
         ("xml:lang", "xml:lang"),
     ] {
         if let Some(v) = el.attr(attr) {
-            header.push_str(&format!(" {name}='{}'", escape_exact(v)));
+            header.push_str(&format!(" {name}='{}'", escape(v)));
         }
     }
     header.push('>');
@@ -170,10 +170,7 @@ impl Outbound {
                 FrameKind::StreamEnd => {
                     let mut close = format!("<close xmlns='{NS_FRAMING}'");
                     if self.redirect {
-                        close.push_str(&format!(
-                            " see-other-uri='{}'",
-                            escape_exact(&self.endpoint)
-                        ));
+                        close.push_str(&format!(" see-other-uri='{}'", escape(&self.endpoint)));
                     }
                     close.push_str("/>");
                     return Ok(Some(close));
@@ -208,11 +205,11 @@ impl Outbound {
         let mut decls = String::new();
         match prefix(tag.name) {
             None if tag.default_ns.is_none() => {
-                decls.push_str(&format!(" xmlns='{}'", escape_exact(&self.ns.default_ns)));
+                decls.push_str(&format!(" xmlns='{}'", escape(&self.ns.default_ns)));
             }
             Some(p) if !tag.prefixes.contains(&p) => {
                 if let Some(ns) = self.ns.resolve(p) {
-                    decls.push_str(&format!(" xmlns:{p}='{}'", escape_exact(ns)));
+                    decls.push_str(&format!(" xmlns:{p}='{}'", escape(ns)));
                 }
             }
             _ => {}
@@ -248,7 +245,7 @@ fn open_element(header: &StreamHeader) -> String {
         ("xml:lang", &header.lang),
     ] {
         if let Some(v) = value {
-            out.push_str(&format!(" {name}='{}'", escape_exact(v)));
+            out.push_str(&format!(" {name}='{}'", escape(v)));
         }
     }
     out.push_str("/>");

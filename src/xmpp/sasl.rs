@@ -285,12 +285,12 @@ pub fn with_initial_response(
     sasl_ns: &str,
     response_text: &str,
 ) -> bytes::Bytes {
-    use crate::xmpp::element::{escape_exact, without_spans};
+    use crate::xmpp::element::{escape, without_spans};
     let text = match response_text.trim() {
         "" => "=",
         t => t,
     };
-    let text = escape_exact(text);
+    let text = escape(text);
     let inner = if sasl_ns == NS_SASL {
         text
     } else {

@@ -115,6 +115,16 @@ mod tests {
     }
 
     #[test]
+    fn a_value_with_whitespace_reads_back_exactly() {
+        // A node id given as `a&#10;b` is `a\nb`; written literally it would read back as
+        // `a b`, and a MAC over the id would no longer match.
+        let raw = b"<enabled xmlns='urn:xmpp:sm:3' id='abc'/>";
+        let out = set_attr(raw, 0, "id", "a\nb\tc\rd").unwrap();
+        let el = Element::parse(&out, &ctx()).unwrap();
+        assert_eq!(el.attr("id"), Some("a\nb\tc\rd"));
+    }
+
+    #[test]
     fn finds_nested_tags_and_ignores_lookalikes() {
         let raw = b"<success xmlns='urn:xmpp:sasl:2' id='outer'><bound xmlns='urn:xmpp:bind:0'><enabled xmlns='urn:xmpp:sm:3' xmlns:sm='urn:x' sm:id='no' id='inner' resume='1'/></bound></success>";
         let el = Element::parse(raw, &ctx()).unwrap();
