@@ -287,10 +287,21 @@ fn handshake<B>(req: &Request<B>, ctx: &HttpCtx<'_>) -> Answer {
 /// The domain a request names in `Host`, normalised, if it is served.
 fn served_host<B>(req: &Request<B>, config: &Config) -> Option<String> {
     let host = req.headers().get(header::HOST)?.to_str().ok()?;
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next()?,
-        None => host.split(':').next()?,
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let (name, after) = rest.split_once(']')?;
+            (name, after)
+        }
+        None => host.split_at(host.find(':').unwrap_or(host.len())),
     };
+    // Nothing but an optional port after the name: the Host is written into the discovery
+    // document's URL, which must not carry anything a client did not mean as a port.
+    if let Some(port) = (!port.is_empty()).then(|| port.strip_prefix(':')) {
+        let port = port?;
+        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
     let domain = crate::route::key::normalize_domain(name)?;
     config.routing.domains.contains(&domain).then_some(domain)
 }
@@ -395,4 +406,54 @@ pub(crate) fn forwarded_for(headers: &HeaderMap, ctx: &HttpCtx<'_>) -> Option<Ip
     }
     let last = headers.get_all("x-forwarded-for").iter().next_back()?;
     last.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["example.test".to_string()]).unwrap();
+        std::fs::write(dir.path().join("c.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("c.key"), cert.signing_key.serialize_pem()).unwrap();
+        let text = "[[listener]]\nname = \"c2s\"\nbind = [\"127.0.0.1:0\"]\ntls = \"direct\"\n\
+            cert = \"c.pem\"\nkey = \"c.key\"\n\n[routing]\nkey = \"jid\"\ndomains = [\"example.test\"]\n\n\
+            [[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
+        let config = Config::from_toml(text, &dir.path().join("x.toml")).unwrap();
+        (dir, config)
+    }
+
+    fn host(config: &Config, host: &str) -> Option<String> {
+        let req = Request::builder()
+            .header(header::HOST, host)
+            .body(())
+            .unwrap();
+        served_host(&req, config)
+    }
+
+    #[test]
+    fn a_served_host_is_a_domain_and_at_most_a_port() {
+        let (_dir, c) = config();
+        for ok in [
+            "example.test",
+            "Example.Test",
+            "example.test:443",
+            "example.test:5443",
+        ] {
+            assert_eq!(host(&c, ok).as_deref(), Some("example.test"), "{ok}");
+        }
+        // Anything else after the name would be written into the discovery URL.
+        for bad in [
+            "example.test:",
+            "example.test:.443",
+            "example.test:443x",
+            "example.test:123456",
+            "example.test:443:443",
+            "other.test",
+            "[example.test]x",
+        ] {
+            assert_eq!(host(&c, bad), None, "{bad}");
+        }
+    }
 }
