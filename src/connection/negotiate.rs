@@ -357,6 +357,10 @@ impl Negotiation<'_> {
                 .sasl_total
                 .with_label_values(&[mech, "success"])
                 .inc();
+            metrics
+                .backend_logins_total
+                .with_label_values(&[self.at.rt.backends.name(up.id), "success"])
+                .inc();
             logins::outcome(self.at, self.jid.as_deref(), true);
             // Both streams restart after legacy SASL success (RFC 6120 §6.4.6).
             self.phase = Phase::Restarting { restart: None };
@@ -366,6 +370,10 @@ impl Negotiation<'_> {
             metrics
                 .sasl_total
                 .with_label_values(&[mech, "success"])
+                .inc();
+            metrics
+                .backend_logins_total
+                .with_label_values(&[self.at.rt.backends.name(up.id), "success"])
                 .inc();
             logins::outcome(self.at, self.jid.as_deref(), true);
             // Bind 2's session id goes out wrapped; an inline resume is answered here.
@@ -387,6 +395,10 @@ impl Negotiation<'_> {
             metrics
                 .sasl_total
                 .with_label_values(&[mech, "failure"])
+                .inc();
+            metrics
+                .backend_logins_total
+                .with_label_values(&[self.at.rt.backends.name(up.id), "failure"])
                 .inc();
         }
         client.send(&out).await?;
