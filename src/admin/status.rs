@@ -54,7 +54,7 @@ fn inline_hash(page: &str, open: &str, close: &str) -> String {
     use base64::Engine as _;
     let start = page.find(open).expect("the page has the block") + open.len();
     let len = page[start..].find(close).expect("the block is closed");
-    let digest = ring::digest::digest(&ring::digest::SHA256, page[start..start + len].as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &page.as_bytes()[start..start + len]);
     format!(
         "sha256-{}",
         base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
@@ -195,12 +195,12 @@ fn node(
     } else if s.is_healthy() {
         (
             "up",
-            (failures > 0).then(|| ("falling", failures, health.fall)),
+            (failures > 0).then_some(("falling", failures, health.fall)),
         )
     } else {
         (
             "down",
-            (successes > 0).then(|| ("rising", successes, health.rise)),
+            (successes > 0).then_some(("rising", successes, health.rise)),
         )
     };
     let trend =

@@ -17,7 +17,7 @@ fn runtime(dir: &std::path::Path) -> Runtime {
         "[[listener]]\nname = {HOSTILE:?}\nbind = [\"127.0.0.1:0\"]\ntls = \"direct\"\ncert = \"c.pem\"\nkey = \"c.key\"\n\n\
          [routing]\ndomains = [\"example.test\"]\nkey = \"jid\"\n\n\
          [[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nweight = 3\n\n\
-         [[backend]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\ntls = \"direct\"\nproxy_protocol = \"v2\"\n"
+         [[backend]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\nbackend_tls = \"direct\"\ntls_server_name = \"xmpp.example.test\"\nproxy_protocol = \"v2\"\n"
     );
     let path = dir.join("x.toml");
     let config = Config::from_toml(&text, &path).unwrap();
@@ -84,7 +84,11 @@ fn the_report_reads_the_registry_and_the_live_state() {
     let (na, nb) = (&nodes[0], &nodes[1]);
     assert_eq!(na["name"], "a");
     assert_eq!(na["state"], "up");
-    assert_eq!(na["trend"], json!({"word": "falling", "count": 1, "of": 3}));
+    let fall = rt.config().health.fall;
+    assert_eq!(
+        na["trend"],
+        json!({"word": "falling", "count": 1, "of": fall})
+    );
     assert_eq!(na["users"], 3.0);
     assert_eq!(na["user_share"], 0.75);
     assert_eq!(na["logins_total"], 12.0);
@@ -102,6 +106,7 @@ fn the_report_reads_the_registry_and_the_live_state() {
     assert_eq!(nb["trend"], Value::Null);
     assert_eq!(nb["links"][0]["tls"], "direct");
     assert_eq!(nb["links"][0]["proxy_protocol"], "v2");
+    assert_eq!(nb["links"][0]["server_name"], "xmpp.example.test");
     assert_eq!(nb["last_check"], Value::Null);
     // Ring shares: weight 3 against 1.
     let share = na["ring_share"]["example.test"].as_f64().unwrap();
