@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use testkit::config::strings;
 use testkit::env::{DOMAIN, EnvBuilder, accounts};
 use testkit::process::{sigterm, spawn_child};
 use testkit::proxy::sum_where;
@@ -154,13 +155,41 @@ fn the_status_page_shows_the_metrics_drains_a_node_and_escapes_what_it_shows() {
         "Chromium is not installed: run scripts/install-deps.sh"
     );
     let users = accounts("user", 1..=8);
+    // The fleet's keys, whose ids the page shows for comparing proxies by eye.
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = |name: &str, secret: &str| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        path.display().to_string()
+    };
+    let sm = key_file("sm.key", "status page test: stream management secret");
+    let tickets = [
+        key_file("t2.key", "status page test: newest ticket secret"),
+        key_file("t1.key", "status page test: older ticket secret"),
+    ];
+    let id = |path: &str| {
+        xmpp_lb::keys::FleetKey::load(std::path::Path::new(path))
+            .unwrap()
+            .id_hex()
+    };
+    let (sm_id, ticket_ids) = (id(&sm), format!("{} {}", id(&tickets[0]), id(&tickets[1])));
+    // Three Prosody nodes, and node4 where nothing listens: it goes down.
     let env = EnvBuilder::new(3)
+        .dead_backend()
         .users(&users)
         .token()
-        .config(|c| {
-            c.set("health.interval", "300ms")
-                .set("health.timeout", "2s")
-                .listener(HOSTILE, "direct", Table::new())
+        .config({
+            let (sm, tickets) = (sm.clone(), tickets.clone());
+            move |c| {
+                c.set("resumption.sm_key_files", strings(&[&sm]))
+                    .set(
+                        "resumption.tls_ticket_key_files",
+                        strings(&[&tickets[0], &tickets[1]]),
+                    )
+                    .set("health.interval", "300ms")
+                    .set("health.timeout", "2s")
+                    .listener(HOSTILE, "direct", Table::new())
+            }
         })
         .start();
     let admin = env.proxy.metrics.to_string();
@@ -191,6 +220,12 @@ fn the_status_page_shows_the_metrics_drains_a_node_and_escapes_what_it_shows() {
     assert!(!env.proxy.backend("node1").is_draining());
     let (status, _) = call(&admin, "GET", "/status", Some(&token));
     assert_eq!(status, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.proxy.backend("node4").is_healthy() {
+        assert!(Instant::now() < deadline, "node4 never failed its checks");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Real clients: six users through `direct`, two through the hostile listener, and one
     // failed login; all held open.
@@ -255,13 +290,22 @@ fn the_status_page_shows_the_metrics_drains_a_node_and_escapes_what_it_shows() {
     let nodes = dom["nodes"].as_object().unwrap();
     assert_eq!(
         nodes.keys().collect::<Vec<_>>(),
-        ["node1", "node2", "node3"],
+        ["node1", "node2", "node3", "node4"],
         "{dom}"
     );
     let mut users_shown = 0.0;
     for (name, n) in nodes {
         let backend = [("backend", name.as_str())];
-        assert_eq!(n["state"], "up", "{name}: {n}");
+        let (state, check) = if name == "node4" {
+            ("down", "failed in ")
+        } else {
+            ("up", "ok in ")
+        };
+        assert_eq!(n["state"], state, "{name}: {n}");
+        let last_check = n["last_check"].as_str().unwrap();
+        assert!(last_check.starts_with(check), "{name}: {n}");
+        // A failed check says why.
+        assert_eq!(name == "node4", last_check.contains(" — "), "{name}: {n}");
         users_shown += shown(&n["users"]);
         assert_eq!(
             shown(&n["users"]),
@@ -282,10 +326,6 @@ fn the_status_page_shows_the_metrics_drains_a_node_and_escapes_what_it_shows() {
                 "xmpp_lb_backend_logins_total",
                 &[backend[0], ("result", "failure")]
             ),
-            "{name}: {n}"
-        );
-        assert!(
-            n["last_check"].as_str().unwrap().starts_with("ok in "),
             "{name}: {n}"
         );
         assert!(
@@ -352,6 +392,9 @@ fn the_status_page_shows_the_metrics_drains_a_node_and_escapes_what_it_shows() {
         "{dom}"
     );
     assert_eq!(dom["fleet"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(dom["fleet"]["listening"], "yes", "{dom}");
+    assert_eq!(dom["fleet"]["sm_key_ids"], sm_id.as_str(), "{dom}");
+    assert_eq!(dom["fleet"]["ticket_key_ids"], ticket_ids.as_str(), "{dom}");
 
     // Where does user3 go? The page's answer is /route's.
     let jid = format!("user3@{DOMAIN}");
@@ -396,6 +439,11 @@ fn the_status_page_shows_the_metrics_drains_a_node_and_escapes_what_it_shows() {
         .unwrap();
     assert_eq!(listed["state"], "draining", "{backends}");
     let after = page.read(refreshes);
+    assert_eq!(
+        after["kept"], true,
+        "the page refreshed in place, never reloaded: {after}"
+    );
+    assert!(after["refreshes"].as_u64() > Some(refreshes), "{after}");
     let n = &after["nodes"][&busiest];
     assert_eq!(n["state"], "draining", "{after}");
     assert_eq!(n["buttons"], json!(["undrain"]), "{after}");

@@ -69,6 +69,7 @@ function readDom() {
     images: document.querySelectorAll("img").length,
     elements_in_listener_names: [...document.querySelectorAll("#listeners [data-field=name]")].reduce((n, e) => n + e.children.length, 0),
     pwned: window.__pwned ?? null,
+    kept: window.__kept ?? null,
     action_result: document.querySelector("#action-result.hidden") ? null : text(document, "#action-result"),
     error: document.querySelector("#error.hidden") ? null : text(document, "#error"),
   };
@@ -99,6 +100,8 @@ async function run(c) {
         && !document.querySelector("#content").classList.contains("hidden"), { timeout: limit });
       // Before the token was typed, the page and its first request for data were refused:
       // expected, and the browser logs each such 401.
+      // A mark that only survives if the page is never reloaded: it refreshes in place.
+      await page.evaluate(() => { window.__kept = true; });
       const refused = problems.filter((p) => p.includes("status of 401")).length;
       problems.splice(0, problems.length, ...problems.filter((p) => !p.includes("status of 401")));
       return { status: response.status(), refused_before_login: refused, stored: await page.evaluate(() => Boolean(sessionStorage.getItem("xmpp-lb-admin-token"))) };
