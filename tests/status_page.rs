@@ -396,6 +396,15 @@ fn the_status_page_shows_the_metrics_drains_a_node_and_escapes_what_it_shows() {
     assert_eq!(dom["fleet"]["sm_key_ids"], sm_id.as_str(), "{dom}");
     assert_eq!(dom["fleet"]["ticket_key_ids"], ticket_ids.as_str(), "{dom}");
 
+    // The charts come from the history: the sampler's first sample (taken at start) and the
+    // current values at least.
+    let (_, data) = call(&admin, "GET", "/status.json", Some(&token));
+    let data: Value = serde_json::from_str(&data).unwrap();
+    let times = data["history"]["times"].as_array().unwrap();
+    assert!(times.len() >= 2, "{}", data["history"]);
+    assert_eq!(data["history"]["interval_seconds"], 10);
+    assert!(times.windows(2).all(|w| w[0].as_u64() <= w[1].as_u64()));
+
     // Where does user3 go? The page's answer is /route's.
     let jid = format!("user3@{DOMAIN}");
     let (_, route) = call(&admin, "GET", &format!("/route?jid={jid}"), Some(&token));
