@@ -5,7 +5,7 @@
 # exposition), tsung (an independent XMPP load tester, for benches/tsung.sh and its bounded
 # test), openssl (demo certificates), curl, slixmpp (the real XMPP client), and Node.js
 # with @xmpp/client and Converse.js from npm (the real WebSocket clients, pinned by a
-# lockfile), and Chromium (Converse.js runs in it, headless).
+# lockfile), and Chromium (Converse.js and the status page test run in it, headless).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +27,8 @@ command -v curl >/dev/null || missing+=(curl)
 # Node.js and npm run the real web client (@xmpp/client) of the WebSocket tests.
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
-# Headless Chromium runs Converse.js in the browser test (driven by puppeteer-core from npm,
-# which downloads no browser of its own).
+# Headless Chromium runs Converse.js in the browser test, and the proxy's status page in its
+# test (driven by puppeteer-core from npm, which downloads no browser of its own).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,6 +1,7 @@
 //! The HTTP side, on the `[metrics]` bind: `/metrics` for Prometheus, the probes `/healthz`
-//! and `/readyz`, what an operator looks at (`/backends`, `/route?jid=`), and the controls:
-//! drain and undrain a backend, reload the configuration.
+//! and `/readyz`, what an operator looks at (`/backends`, `/route?jid=`, and the HTML status
+//! page `/status` with its data `/status.json`), and the controls: drain and undrain a
+//! backend, reload the configuration.
 //!
 //! With `[metrics] token_file` set, every endpoint but the two probes requires
 //! `Authorization: Bearer TOKEN`. The probes stay open because load balancers and
@@ -45,6 +46,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::runtime::Shared;
 
+mod history;
+mod readings;
+mod status;
+
 /// How long a connection may take to send a request head, and may stay idle between two
 /// requests. Real clients (Prometheus, curl, probes) send a head in one packet at once.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,7 +73,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     {
         tracing::warn!(%addr, "admin endpoints (drain, reload) are reachable beyond loopback without a token; set [metrics] token_file");
     }
-    let app = router(shared);
+    let history = Arc::new(history::History::new(history::KEPT));
+    let sampler = tokio::spawn(history::run(
+        shared.clone(),
+        history.clone(),
+        shutdown.clone(),
+    ));
+    let app = router_with(shared, history);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let connections = TaskTracker::new();
     loop {
@@ -113,18 +124,29 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     }
     connections.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await;
+    // The sampler saw the same signal; it holds nothing that needs a goodbye.
+    let _ = sampler.await;
 }
 
-/// Every endpoint; all but the probes behind [`guard`].
+/// Every endpoint; all but the probes behind [`guard`]. The status page's history starts
+/// empty and is not sampled (the fuzz targets serve requests without the background tasks).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    router_with(shared, Arc::new(history::History::new(history::KEPT)))
+}
+
+/// Every endpoint, the status page's charts fed from `history`.
+fn router_with(shared: Arc<Shared>, history: Arc<history::History>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
+        .route("/status", get(status::page))
+        .route("/status.json", get(status::json))
         .route("/backends", get(backends))
         .route("/route", get(route))
         .route("/backends/{name}/drain", post(drain))
         .route("/backends/{name}/undrain", post(undrain))
         .route("/reload", post(reload))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), guard));
+        .route_layer(middleware::from_fn_with_state(shared.clone(), guard))
+        .layer(axum::Extension(history));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -190,6 +212,10 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim());
         if !presented.is_some_and(|t| token.matches(t)) {
+            // The page itself holds no data: a browser gets its login form, still a 401.
+            if request.method() == Method::GET && request.uri().path() == "/status" {
+                return status::page_response(StatusCode::UNAUTHORIZED);
+            }
             return (
                 StatusCode::UNAUTHORIZED,
                 [(WWW_AUTHENTICATE, "Bearer realm=\"xmpp-lb\"")],

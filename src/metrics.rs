@@ -78,6 +78,11 @@ pub struct Metrics {
     pub stream_errors_total: IntCounterVec,
     /// SASL outcomes seen during negotiation, by mechanism and outcome.
     pub sasl_total: IntCounterVec,
+    /// The same outcomes by the backend that answered (logins per node, for the status page
+    /// and per-node alerts).
+    pub backend_logins_total: IntCounterVec,
+    /// Connections the proxy refused or ended before the relay, by listener and reason.
+    pub listener_refusals_total: IntCounterVec,
     /// Stream-feature probes, by backend and result.
     pub probes_total: IntCounterVec,
     /// Logins whose backend offered other SASL mechanisms than the ones the client was shown.
@@ -221,6 +226,16 @@ impl Metrics {
             "xmpp_lb_sasl_outcomes_total",
             "SASL outcomes seen while relaying authentication, by mechanism.",
             &["mechanism", "outcome"],
+        );
+        let backend_logins_total = counter(
+            "xmpp_lb_backend_logins_total",
+            "SASL outcomes answered by each backend during negotiation, by result (success, failure).",
+            &["backend", "result"],
+        );
+        let listener_refusals_total = counter(
+            "xmpp_lb_listener_refusals_total",
+            "Client connections the proxy refused or ended before the relay, by listener and reason (the proxy-side reasons of xmpp_lb_connections_closed_total, and overload).",
+            &["listener", "reason"],
         );
         let probes_total = counter(
             "xmpp_lb_feature_probes_total",
@@ -410,6 +425,8 @@ impl Metrics {
             relayed_bytes_total,
             stream_errors_total,
             sasl_total,
+            backend_logins_total,
+            listener_refusals_total,
             probes_total,
             feature_mismatch_total,
             backend_healthy,
@@ -464,6 +481,12 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("Prometheus text is UTF-8")
+    }
+
+    /// Every series now, as the exposition renders them (the status page reads these, so it
+    /// shows exactly what a scrape would).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// A SASL mechanism name as a bounded label: known families, everything else "other".

@@ -305,6 +305,10 @@ async fn accept_loop(
                 .overload_refusals_total
                 .with_label_values(&[budget.as_str()])
                 .inc();
+            metrics
+                .listener_refusals_total
+                .with_label_values(&[&ctx.name, "overload"])
+                .inc();
             drop(tcp);
             continue;
         }

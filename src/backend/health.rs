@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::state::{BackendState, Command, Transition};
+use crate::backend::state::{BackendState, CheckResult, Command, Transition};
 use crate::config::HealthConfig;
 use crate::metrics::Metrics;
 use crate::runtime::Shared;
@@ -66,9 +66,16 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                     return;
                 };
                 let health = &rt.config().health;
-                let ok = crate::backend::probe::probe(address, &link, &domain, health.timeout)
-                    .await
-                    .is_ok();
+                let started = std::time::Instant::now();
+                let probed =
+                    crate::backend::probe::probe(address, &link, &domain, health.timeout).await;
+                let ok = probed.is_ok();
+                state.note_check(CheckResult {
+                    ok,
+                    latency: started.elapsed(),
+                    at: std::time::SystemTime::now(),
+                    error: probed.err().map_or_else(String::new, |e| e.to_string()),
+                });
                 if let Some(t) = state.record(ok, health.rise, health.fall) {
                     note_transition(&shared.metrics, &name, &state, health, t);
                 }

@@ -22,6 +22,8 @@ pub struct BackendState {
     draining: AtomicBool,
     /// Consecutive check results: (successes, failures).
     streak: Mutex<(u32, u32)>,
+    /// The last active health check, for the status page (none before the first).
+    last_check: Mutex<Option<CheckResult>>,
     /// Client connections routed here and not closed yet (bounded-load input).
     active: AtomicUsize,
     /// Relayed connections that can be told to leave (drain, shutdown), by id, with whether
@@ -45,6 +47,19 @@ pub enum Command {
     NodeDown,
 }
 
+/// What the last active health check of a node found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// Whether the node answered with a stream header and features in time.
+    pub ok: bool,
+    /// How long the check took (to the answer, or to the failure).
+    pub latency: std::time::Duration,
+    /// When it finished.
+    pub at: std::time::SystemTime,
+    /// Why it failed (empty when it passed).
+    pub error: String,
+}
+
 /// A health transition caused by one check result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -65,6 +80,7 @@ impl BackendState {
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             streak: Mutex::new((0, 0)),
+            last_check: Mutex::new(None),
             active: AtomicUsize::new(0),
             relays: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -113,6 +129,21 @@ impl BackendState {
             }
         }
         None
+    }
+
+    /// Consecutive check results now: (successes, failures); one of them is 0.
+    pub fn streak(&self) -> (u32, u32) {
+        *self.streak.lock().expect("streak lock")
+    }
+
+    /// Keep the result of an active check (only the last one is kept).
+    pub fn note_check(&self, result: CheckResult) {
+        *self.last_check.lock().expect("check lock") = Some(result);
+    }
+
+    /// The last active check, if one has finished.
+    pub fn last_check(&self) -> Option<CheckResult> {
+        self.last_check.lock().expect("check lock").clone()
     }
 
     /// Client connections routed here now.

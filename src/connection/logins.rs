@@ -5,6 +5,8 @@ use tokio::time::Instant;
 
 use super::context::At;
 use super::refuse::Failure;
+use crate::backend::record::BackendId;
+use crate::metrics::Metrics;
 use crate::sources::{Verdict, source_of};
 use crate::xmpp::stream_error::Condition;
 
@@ -41,6 +43,21 @@ pub(super) async fn gate(at: &At<'_>, jid: Option<&str>) -> Result<(), Failure> 
             ))
         }
     }
+}
+
+/// Count the node's answer to a login: by mechanism (`xmpp_lb_sasl_outcomes_total`) and by
+/// the node that gave it (`xmpp_lb_backend_logins_total`, the status page's logins per node).
+pub(super) fn count(at: &At<'_>, mechanism: &str, node: BackendId, success: bool) {
+    let result = if success { "success" } else { "failure" };
+    let metrics = &at.shared.metrics;
+    metrics
+        .sasl_total
+        .with_label_values(&[Metrics::mechanism_label(mechanism), result])
+        .inc();
+    metrics
+        .backend_logins_total
+        .with_label_values(&[at.rt.backends.name(node), result])
+        .inc();
 }
 
 /// The node answered a login attempt naming `jid`: a success forgets the failures of its

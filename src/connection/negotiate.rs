@@ -23,7 +23,6 @@ use super::upstream::{Admit, Upstream};
 use crate::backend::preamble::read_preamble;
 use crate::backend::record::BackendId;
 use crate::framed::FrameError;
-use crate::metrics::Metrics;
 use crate::resumption;
 use crate::route::policy::{Decision, Placement};
 use crate::route::resume::Checked;
@@ -332,8 +331,6 @@ impl Negotiation<'_> {
             FrameKind::Element => Element::parse(&bytes, &up.ns).map_err(|_| backend_lost())?,
         };
         let mut out = bytes.clone();
-        let metrics = &self.at.shared.metrics;
-        let mech = Metrics::mechanism_label(&self.attempt.mechanism);
         if element.is("features", STREAM_NS) {
             out = features::filter_bound(&bytes, &up.ns, &self.at.bound(&self.domain))
                 .map_err(|_| backend_lost())?
@@ -353,20 +350,14 @@ impl Negotiation<'_> {
                     };
             }
         } else if element.is("success", NS_SASL) {
-            metrics
-                .sasl_total
-                .with_label_values(&[mech, "success"])
-                .inc();
+            logins::count(self.at, &self.attempt.mechanism, up.id, true);
             logins::outcome(self.at, self.jid.as_deref(), true);
             // Both streams restart after legacy SASL success (RFC 6120 §6.4.6).
             self.phase = Phase::Restarting { restart: None };
             client.restart();
             up.stream.restart();
         } else if element.is("success", NS_SASL2) {
-            metrics
-                .sasl_total
-                .with_label_values(&[mech, "success"])
-                .inc();
+            logins::count(self.at, &self.attempt.mechanism, up.id, true);
             logins::outcome(self.at, self.jid.as_deref(), true);
             // Bind 2's session id goes out wrapped; an inline resume is answered here.
             let node = self.at.rt.backends.name(up.id);
@@ -384,10 +375,7 @@ impl Negotiation<'_> {
                 *in_flight = false;
             }
             logins::outcome(self.at, self.jid.as_deref(), false);
-            metrics
-                .sasl_total
-                .with_label_values(&[mech, "failure"])
-                .inc();
+            logins::count(self.at, &self.attempt.mechanism, up.id, false);
         }
         client.send(&out).await?;
         Ok(())

@@ -65,6 +65,12 @@ impl Trace {
             .closed_total
             .with_label_values(&[reason, side])
             .inc();
+        if result.is_err() && side == "proxy" {
+            metrics
+                .listener_refusals_total
+                .with_label_values(&[listener, reason])
+                .inc();
+        }
         let (up, down) = self
             .relay
             .map_or((0, 0), |s| (s.client_to_backend, s.backend_to_client));

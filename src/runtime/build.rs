@@ -123,6 +123,7 @@ impl Runtime {
             admin_token,
             sm_keys,
             known_nodes,
+            loaded_at: std::time::SystemTime::now(),
         })
     }
 }

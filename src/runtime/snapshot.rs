@@ -52,6 +52,8 @@ pub struct Runtime {
     pub(crate) sm_keys: Arc<crate::route::resume::SmKeys>,
     /// Backend names, shared with every connection's resumption context.
     pub(crate) known_nodes: Arc<[String]>,
+    /// When this configuration was put into service (start or reload), for the status page.
+    pub(crate) loaded_at: std::time::SystemTime,
 }
 
 impl Runtime {
@@ -73,6 +75,11 @@ impl Runtime {
     /// The served domains and their routing, in no particular order.
     pub fn domains(&self) -> impl Iterator<Item = (&str, &DomainRoute)> {
         self.domains.iter().map(|(d, r)| (d.as_str(), r))
+    }
+
+    /// When this configuration was put into service (at start, or by a reload).
+    pub fn loaded_at(&self) -> std::time::SystemTime {
+        self.loaded_at
     }
 
     /// The admin bearer token, if one is configured.
