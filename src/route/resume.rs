@@ -288,6 +288,9 @@ mod tests {
             prefixes: vec![],
         };
         let el = crate::xmpp::element::Element::parse(resume.as_bytes(), &ctx).unwrap();
-        assert!(matches!(keys(&[A]).check("d", el.attr("previd").unwrap()), Checked::Valid { .. }));
+        assert!(matches!(
+            keys(&[A]).check("d", el.attr("previd").unwrap()),
+            Checked::Valid { .. }
+        ));
     }
 }

@@ -170,7 +170,10 @@ impl Outbound {
                 FrameKind::StreamEnd => {
                     let mut close = format!("<close xmlns='{NS_FRAMING}'");
                     if self.redirect {
-                        close.push_str(&format!(" see-other-uri='{}'", escape_exact(&self.endpoint)));
+                        close.push_str(&format!(
+                            " see-other-uri='{}'",
+                            escape_exact(&self.endpoint)
+                        ));
                     }
                     close.push_str("/>");
                     return Ok(Some(close));
