@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build the Debian package: target/debian/xmpp-lb_VERSION-1_ARCH.deb.
+#
+#     bash scripts/package.sh                 # the release build, as shipped
+#     bash scripts/package.sh --profile NAME  # another Cargo profile (tests/package.rs)
+#
+# The man pages and shell completions come from the command line's own definition (the hidden
+# `xmpp-lb man` and `xmpp-lb completions` commands) of the binary just built, so they always
+# describe that binary; cargo-deb then packs the assets listed in Cargo.toml
+# ([package.metadata.deb]).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=release
+if [ "${1:-}" = "--profile" ]; then
+  profile=${2:?--profile needs a name}
+fi
+command -v cargo-deb >/dev/null || { echo "cargo-deb is missing: bash scripts/install-deps.sh" >&2; exit 1; }
+
+cargo build --locked --profile "$profile" --bin xmpp-lb
+case "$profile" in
+  dev) dir=debug ;;
+  *) dir=$profile ;;
+esac
+bin="${CARGO_TARGET_DIR:-target}/$dir/xmpp-lb"
+
+assets=target/package
+rm -rf "$assets"
+mkdir -p "$assets/man" "$assets/completions"
+"$bin" man "$assets/man"
+"$bin" completions bash > "$assets/completions/xmpp-lb.bash"
+"$bin" completions zsh > "$assets/completions/_xmpp-lb"
+"$bin" completions fish > "$assets/completions/xmpp-lb.fish"
+
+cargo deb --no-build --locked --profile "$profile" --fast
