@@ -2,7 +2,8 @@
 # Build the Debian package: target/debian/xmpp-lb_VERSION-1_ARCH.deb.
 #
 #     bash scripts/package.sh                 # the release build, as shipped
-#     bash scripts/package.sh --profile NAME  # another Cargo profile (tests/package.rs)
+#     bash scripts/package.sh --profile NAME  # another Cargo profile
+#     bash scripts/package.sh --profile dev --no-build   # the dev binary already built (tests)
 #
 # The man pages and shell completions come from the command line's own definition (the hidden
 # `xmpp-lb man` and `xmpp-lb completions` commands) of the binary just built, so they always
@@ -12,17 +13,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=release
-if [ "${1:-}" = "--profile" ]; then
-  profile=${2:?--profile needs a name}
-fi
+build=yes
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile=${2:?--profile needs a name}; shift 2 ;;
+    # Pack the binary the profile already built (tests/package.rs packs the tests' own).
+    --no-build) build=no; shift ;;
+    *) echo "usage: $0 [--profile NAME] [--no-build]" >&2; exit 2 ;;
+  esac
+done
 command -v cargo-deb >/dev/null || { echo "cargo-deb is missing: bash scripts/install-deps.sh" >&2; exit 1; }
 
-cargo build --locked --profile "$profile" --bin xmpp-lb
+if [ "$build" = yes ]; then
+  cargo build --locked --profile "$profile" --bin xmpp-lb
+fi
 case "$profile" in
   dev) dir=debug ;;
   *) dir=$profile ;;
 esac
-bin="${CARGO_TARGET_DIR:-target}/$dir/xmpp-lb"
+target=${CARGO_TARGET_DIR:-target}
+bin="$target/$dir/xmpp-lb"
 
 assets=target/package
 rm -rf "$assets"
@@ -32,4 +42,5 @@ mkdir -p "$assets/man" "$assets/completions"
 "$bin" completions zsh > "$assets/completions/_xmpp-lb"
 "$bin" completions fish > "$assets/completions/xmpp-lb.fish"
 
-cargo deb --no-build --locked --profile "$profile" --fast
+# The last line of output is the path of the package.
+cargo deb --no-build --locked --profile "$profile" --fast --output "$target/debian/"
