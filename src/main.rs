@@ -13,7 +13,8 @@ use xmpp_lb::{CancellationToken, Config};
 /// A protocol-aware XMPP load balancer: terminates TLS, learns who connects, and hashes each
 /// user onto the same backend node every time.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+// The summary is this doc comment (man page and --help), not the package's description.
+#[command(version, long_about = None)]
 struct Cli {
     /// The TOML configuration file (see config/example.toml).
     #[arg(long, short, global = true, env = "XMPP_LB_CONFIG")]

@@ -7,9 +7,9 @@
 //! for reasons, results and limits. They are all created here, at zero, when a configuration
 //! is put into service (at start, and for new backends on reload).
 //!
-//! What is not known in advance stays absent until it happens: the rarer reasons a connection
-//! closes for (the refusals with a reason of their own, interrupted relays) and the ring
-//! shares of domains (set from the configuration in `shared.rs`).
+//! The lists below repeat words the code counts with; where the code has an enum
+//! ([`Condition`], [`KeySource`]) the list is checked against it at compile time. The ring
+//! shares, health and drain gauges are set from the configuration in `shared.rs`.
 
 use crate::config::{Config, TlsMode};
 use crate::metrics::Metrics;
@@ -28,8 +28,9 @@ const MECHANISMS: &[&str] = &[
 ];
 /// How a SASL exchange ended (`connection::negotiate`).
 const SASL_OUTCOMES: &[&str] = &["success", "failure"];
-/// Why and by whom a connection closed, for the closes every proxy sees
-/// (`relay::CloseReason`, `connection::refuse::Failure::labels`, `connection::trace`).
+/// Why and by whom a connection closed, besides a stream error's condition
+/// (`relay::CloseReason` with the relay's interrupts, `connection::refuse::Failure::labels`,
+/// `connection::trace`).
 const CLOSES: &[(&str, &str)] = &[
     ("closed", "client"),
     ("closed", "backend"),
@@ -45,6 +46,11 @@ const CLOSES: &[(&str, &str)] = &[
     ("drain", "proxy"),
     ("node_down", "proxy"),
     ("shutdown", "proxy"),
+    ("http", "client"),
+    ("proxy_protocol_missing", "proxy"),
+    ("proxy_protocol_invalid", "proxy"),
+    ("proxy_protocol_incomplete", "proxy"),
+    ("proxy_protocol_untrusted", "proxy"),
 ];
 /// `accept()` failures (`server`).
 const ACCEPT_ERRORS: &[&str] = &["emfile", "enfile", "other"];
