@@ -5,7 +5,8 @@
 # exposition), tsung (an independent XMPP load tester, for benches/tsung.sh and its bounded
 # test), openssl (demo certificates), curl, slixmpp (the real XMPP client), and Node.js
 # with @xmpp/client and Converse.js from npm (the real WebSocket clients, pinned by a
-# lockfile), and Chromium (Converse.js and the status page test run in it, headless).
+# lockfile), Chromium (Converse.js and the status page test run in it, headless), and
+# cargo-deb (the Debian package).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +55,13 @@ if [ ${#missing[@]} -gt 0 ]; then
       fi
     fi
   done
+fi
+
+# cargo-deb builds the Debian package (scripts/package.sh, tests/package.rs), from crates.io.
+# Pinned: the package test packs the tests' own dev build, which later versions may refuse.
+if ! cargo deb --version 2>/dev/null | grep -q '^cargo-deb 3\.8\.0$'; then
+  echo "installing cargo-deb (crates.io)"
+  cargo install --locked --quiet cargo-deb --version 3.8.0
 fi
 
 # The client: the given interpreter if it has slixmpp, else pip, else a project venv (.venv,

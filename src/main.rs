@@ -1,18 +1,20 @@
-//! The `xmpp-lb` command: run the proxy, check a configuration, or ask where a user lands.
+//! The `xmpp-lb` command: run the proxy, check a configuration, ask where a user lands, make
+//! a secret; and, hidden, write its own man page and shell completions for the package.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use xmpp_lb::runtime::{Runtime, StateRegistry};
 use xmpp_lb::{CancellationToken, Config};
 
 /// A protocol-aware XMPP load balancer: terminates TLS, learns who connects, and hashes each
 /// user onto the same backend node every time.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+// The summary is this doc comment (man page and --help), not the package's description.
+#[command(version, long_about = None)]
 struct Cli {
     /// The TOML configuration file (see config/example.toml).
     #[arg(long, short, global = true, env = "XMPP_LB_CONFIG")]
@@ -61,6 +63,28 @@ enum Command {
         #[arg(long)]
         admin: String,
     },
+    /// Write a new random secret to PATH (mode 0600), in the format of sm_key_files,
+    /// tls_ticket_key_files and the admin token file.
+    Keygen {
+        /// The file to create.
+        path: PathBuf,
+        /// Replace PATH if it exists (every session or ticket its old secret protects is lost
+        /// once no proxy lists it any more).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the man pages (roff) into DIR: xmpp-lb.1 and one xmpp-lb-COMMAND.1 per command.
+    #[command(hide = true)]
+    Man {
+        /// An existing directory.
+        dir: PathBuf,
+    },
+    /// Print the completion script for SHELL on standard output.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +107,25 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             return admin_post(admin, &format!("/backends/{backend}/undrain"));
         }
         Some(Command::Reload { admin }) => return admin_post(admin, "/reload"),
+        Some(Command::Keygen { path, force }) => {
+            xmpp_lb::secrets::write_new(path, *force)?;
+            println!("{}: a new secret (mode 0600)", path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Man { dir }) => {
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "xmpp-lb",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let path = cli
@@ -123,6 +166,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     humantime_serde::re::humantime::format_duration(r.tls_ticket_rotation)
                 );
             }
+            // A warning, not an error: the file is still good, but a secret others can read
+            // protects less than it should.
+            for exposed in xmpp_lb::secrets::exposed(config) {
+                eprintln!("warning: {exposed}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Route { jid, ip } => {
@@ -136,7 +184,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{explained}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Drain { .. } | Command::Undrain { .. } | Command::Reload { .. } => {
+        Command::Drain { .. }
+        | Command::Undrain { .. }
+        | Command::Reload { .. }
+        | Command::Keygen { .. }
+        | Command::Man { .. }
+        | Command::Completions { .. } => {
             unreachable!("handled above")
         }
         Command::Run => {
@@ -187,10 +240,15 @@ fn admin_post(admin: &str, path: &str) -> anyhow::Result<ExitCode> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let server = xmpp_lb::Server::bind(config).await?;
+    // Every listener is bound and listening: a client's connect succeeds from here on (it
+    // waits in the backlog until the accept loops run), so the service has started.
+    let listening = server.local_addrs().len();
+    xmpp_lb::notify::ready(&format!("serving on {listening} listening sockets"));
     let stop = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
+        xmpp_lb::notify::stopping();
         stop.cancel();
     });
     server.run(shutdown).await;

@@ -228,7 +228,11 @@ async fn reload_on_sighup(shared: Arc<Shared>, shutdown: CancellationToken) {
                     return;
                 }
                 tracing::info!("SIGHUP: reloading the configuration");
+                // A unit's `ExecReload` sends SIGHUP: systemd hears when the reload starts and
+                // ends (a refused file ends it too; the running configuration stays).
+                crate::notify::reloading();
                 let _outcome = shared.reload().await;
+                crate::notify::ready("serving");
             }
         }
     }

@@ -178,13 +178,14 @@ fn route_by_subnet_needs_and_uses_the_client_address() {
 }
 
 /// Every subcommand, with an option its help must show.
-const COMMANDS: [(&str, &str); 6] = [
+const COMMANDS: [(&str, &str); 7] = [
     ("run", "--config"),
     ("check", "--config"),
     ("route", "--ip"),
     ("drain", "--admin"),
     ("undrain", "--admin"),
     ("reload", "--admin"),
+    ("keygen", "--force"),
 ];
 
 #[test]

@@ -33,8 +33,9 @@ fn assert_counted_as_client_close(env: &Env, closes: f64) {
     }
     assert_eq!(env.proxy.metric(series), Some(closes));
     let scrape = env.proxy.scrape();
-    assert!(
-        !scrape.contains("xmpp_lb_stream_errors_sent_total{"),
+    assert_eq!(
+        testkit::proxy::sum_where(&scrape, "xmpp_lb_stream_errors_sent_total", &[]),
+        0.0,
         "no stream error may be sent:\n{scrape}"
     );
 }

@@ -311,7 +311,7 @@ fn ejabberd_cluster_behind_the_proxy_protocol() {
         );
         assert_eq!(
             p.metric("xmpp_lb_feature_probes_total{backend=\"node1\",result=\"failed\"}"),
-            None
+            Some(0.0)
         );
     }
     eprintln!(

@@ -159,7 +159,7 @@ fn learned_addresses_drive_subnet_routing_logs_and_metrics() {
         2.0
     );
     assert_eq!(
-        // Series exist only for the nodes that were given a connection.
+        // Only the nodes that were given a connection count one.
         ["node1", "node2", "node3"]
             .iter()
             .filter_map(|n| proxy.metric(&format!(

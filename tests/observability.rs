@@ -192,6 +192,15 @@ fn metric_names_and_labels_follow_the_conventions() {
 /// aggregation (followed by `(`), a keyword, a label (inside `{}` or a `by (…)` list), a
 /// Grafana variable (`$x`, `${x}`), a string, a number or a duration.
 fn promql_metrics(expr: &str) -> Vec<String> {
+    promql_selectors(expr)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The instant-vector selectors of an expression, as (metric name, selector text with its
+/// label matchers, without any range or offset).
+fn promql_selectors(expr: &str) -> Vec<(String, String)> {
     const GROUPING: &[&str] = &[
         "by",
         "without",
@@ -291,8 +300,12 @@ fn promql_metrics(expr: &str) -> Vec<String> {
                 }
             } else if KEYWORDS.contains(&lower.as_str()) || aggregation || (j < n && b[j] == b'(') {
                 // A keyword, or a function or aggregation being called.
+            } else if j < n && b[j] == b'{' {
+                let end = skip_group(j, b'{', b'}');
+                out.push((word.to_string(), format!("{word}{}", &expr[j..end])));
+                i = end;
             } else {
-                out.push(word.to_string());
+                out.push((word.to_string(), word.to_string()));
             }
         } else {
             i += 1;
@@ -316,6 +329,14 @@ fn the_promql_reader_finds_metrics_and_nothing_else() {
         vec!["m_bucket", "n"]
     );
     assert_eq!(promql_metrics("clamp_min(sum(x), ${v}) and Inf"), vec!["x"]);
+    assert_eq!(
+        promql_selectors(r#"sum(rate(a{b="}",c=~"$x"}[5m])) / sum(d) > bool up {e="f"}"#),
+        vec![
+            ("a".to_string(), r#"a{b="}",c=~"$x"}"#.to_string()),
+            ("d".to_string(), "d".to_string()),
+            ("up".to_string(), r#"up{e="f"}"#.to_string()),
+        ]
+    );
 }
 
 /// Every PromQL expression of the dashboard, with the panel it belongs to: panel targets
@@ -848,4 +869,116 @@ scrape_configs:
         .sum();
     assert!((total - 1.0).abs() < 1e-6, "{ring:?}");
     drop(held);
+}
+
+/// Grafana's variables at "All", as a panel sends them.
+fn grafana_expr(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$__range", "1h")
+        .replace("$instance", ".*")
+        .replace("$backend", ".*")
+        .replace("$domain", ".*")
+}
+
+/// A quiet proxy leaves no panel and no alert without data: after a single login, every
+/// metric selector of every dashboard query and of every alert rule returns at least one
+/// series from a real Prometheus, because the proxy exports every series whose labels it
+/// knows at zero from the first scrape (failures, refusals, errors, reloads, resumptions…).
+///
+/// The selectors are checked, not the expressions: an alert such as `increase(x[15m]) > 0`
+/// rightly returns nothing while nothing is wrong, and a ratio of two zero rates is empty too;
+/// what must never be empty is each series the expression reads, or the rule could not fire
+/// when it should and the panel would show "no data" instead of 0.
+#[test]
+fn after_one_login_every_dashboard_and_alert_selector_has_a_series() {
+    // One node and one user; a WebSocket listener, so that its HTTP panel has series too.
+    let env = EnvBuilder::new(1)
+        .users(&[("alice", "pw-alice")])
+        .token()
+        .config(|c| c.listener_set("direct", "websocket", "/xmpp-websocket"))
+        .start();
+    // Before anything happens, the scrape already holds the series of what has not happened.
+    let (status, scrape) = get(
+        &format!("http://{}/metrics", env.proxy.metrics),
+        Some(env.token()),
+    );
+    assert_eq!(status, 200, "{scrape}");
+    for series in [
+        r#"xmpp_lb_stream_errors_sent_total{condition="remote-connection-failed"}"#,
+        r#"xmpp_lb_config_reloads_total{result="failed"}"#,
+        r#"xmpp_lb_sasl_outcomes_total{mechanism="PLAIN",outcome="failure"}"#,
+        r#"xmpp_lb_resumes_total{backend="node1",kind="inline",result="failed"}"#,
+        r#"xmpp_lb_admission_refused_total{backend="node1"}"#,
+        r#"xmpp_lb_accept_errors_total{error="emfile",listener="direct"}"#,
+        r#"xmpp_lb_http_requests_total{listener="direct",result="forbidden_origin"}"#,
+        r#"xmpp_lb_routed_total{backend="node1",source="sasl"}"#,
+    ] {
+        assert_eq!(
+            testkit::proxy::sample(&scrape, series),
+            Some(0.0),
+            "{series} at zero before any traffic"
+        );
+    }
+
+    let config = format!(
+        r#"global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - alerts.yml
+scrape_configs:
+  - job_name: xmpp-lb
+    authorization:
+      credentials_file: {token}
+    static_configs:
+      - targets: ["{target}"]
+"#,
+        token = env.token_path.as_ref().unwrap().display(),
+        target = env.proxy.metrics,
+    );
+    let alerts = std::fs::read_to_string(repo("grafana/alerts.yml")).unwrap();
+    let prom = Prometheus::start(&config, &[("alerts.yml", &alerts)]);
+    let addr = env.proxy.addr("direct", false);
+    let ca = env.pki.ca_path();
+    let mut alice = env
+        .proxy
+        .block_on(Raw::login(addr, DOMAIN, &ca, "alice", "pw-alice"));
+    env.proxy.block_on(alice.ping(DOMAIN));
+    let scraped = wait_for(Duration::from_secs(30), Duration::from_millis(250), || {
+        (prom.scalar(r#"sum(xmpp_lb_sasl_outcomes_total{outcome="success"})"#) == Some(1.0))
+            .then_some(())
+    });
+    assert!(
+        scraped.is_some(),
+        "Prometheus never saw the login: {}",
+        prom.api("/api/v1/targets")
+    );
+
+    let mut selectors = BTreeMap::new();
+    for (panel, expr) in dashboard_queries(&load_dashboard()) {
+        for (_, selector) in promql_selectors(&grafana_expr(&expr)) {
+            selectors
+                .entry(selector)
+                .or_insert_with(|| format!("panel {panel:?}"));
+        }
+    }
+    for expr in rule_exprs(&alerts) {
+        for (_, selector) in promql_selectors(&expr) {
+            selectors
+                .entry(selector)
+                .or_insert_with(|| format!("alert {expr}"));
+        }
+    }
+    assert!(selectors.len() >= 30, "{selectors:?}");
+    let empty: Vec<String> = selectors
+        .iter()
+        .filter(|(selector, _)| prom.query(selector).is_empty())
+        .map(|(selector, used_by)| format!("{selector} (in {used_by})"))
+        .collect();
+    assert!(
+        empty.is_empty(),
+        "selectors with no series after one login:\n{}",
+        empty.join("\n")
+    );
+    drop(alice);
 }

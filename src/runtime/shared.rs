@@ -59,6 +59,7 @@ impl Shared {
         let registry = StateRegistry::default();
         let runtime = Runtime::build(config, &registry)?;
         runtime.apply_admission();
+        super::zero::preset_start(&metrics, &runtime.config);
         for limit in crate::sources::Limit::ALL {
             metrics
                 .source_refusals_total
@@ -129,6 +130,7 @@ impl Shared {
     /// gauges.
     fn publish_states(&self) {
         let rt = self.runtime.load();
+        super::zero::preset_backends(&self.metrics, &rt.config);
         // Shares follow the configuration: a backend or domain removed by a reload must not
         // keep its old share.
         self.metrics.backend_ring_share.reset();

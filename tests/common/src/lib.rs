@@ -6,13 +6,14 @@
 //! raw byte-level client ([`raw`]), a SASL2 / stream management client over it ([`sasl2`]),
 //! sequence-numbered self-messages that show loss and reordering end to end ([`seq`]), a
 //! soak run of logins, resumptions and disconnects that samples the proxy process ([`soak`]),
-//! and access-log parsing ([`logs`]).
+//! access-log parsing ([`logs`]), and a service manager's notification socket ([`notify`]).
 
 pub mod client;
 pub mod config;
 pub mod ejabberd;
 pub mod env;
 pub mod logs;
+pub mod notify;
 pub mod pki;
 pub mod process;
 pub mod prosody;
