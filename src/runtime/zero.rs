@@ -220,6 +220,20 @@ pub(crate) fn preset_start(m: &Metrics, config: &Config) {
     for result in ["ok", "failed"] {
         m.config_reloads_total.with_label_values(&[result]);
     }
+    for scope in [
+        crate::sources::BanScope::Source,
+        crate::sources::BanScope::Jid,
+    ] {
+        m.login_bans_total.with_label_values(&[scope.as_str()]);
+    }
+    for budget in [
+        crate::overload::Budget::Memory,
+        crate::overload::Budget::Descriptors,
+    ] {
+        m.overload_refusals_total
+            .with_label_values(&[budget.as_str()]);
+        m.overloaded.with_label_values(&[budget.as_str()]);
+    }
 }
 
 /// The series of each backend of `config` (at start and after every reload, so a backend
@@ -234,6 +248,9 @@ pub(crate) fn preset_backends(m: &Metrics, config: &Config) {
         m.admission_refused_total.with_label_values(&[name]);
         m.drain_redirects_total.with_label_values(&[name]);
         m.sm_ids_wrapped_total.with_label_values(&[name]);
+        for result in SASL_OUTCOMES {
+            m.backend_logins_total.with_label_values(&[name, result]);
+        }
         for source in key_sources() {
             m.routed_total.with_label_values(&[name, source]);
         }
