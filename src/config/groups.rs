@@ -223,3 +223,6 @@ fn expand_domain(d: &mut DomainConfig, by_group: &BTreeMap<&str, Vec<String>>) {
     list.dedup();
     d.backends = list;
 }
+
+#[cfg(test)]
+mod tests;
