@@ -242,3 +242,67 @@ fn a_group_follows_its_srv_records_moving_only_the_users_of_changed_nodes() {
     assert!(proxy.metric_value(r#"xmpp_lb_dns_lookups_total{group="xmpp",result="ok"}"#) >= 3.0);
     log_in_all(&proxy, &cluster, &ca, &users[..6], &home4);
 }
+
+/// GET `path` from the proxy's admin address: the status code.
+fn status(proxy: &Proxy, path: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    agent
+        .get(&format!("http://{}{path}", proxy.metrics))
+        .call()
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn a_group_whose_first_lookup_fails_starts_empty_and_fills_when_dns_answers() {
+    let pki = TestPki::new(&[DOMAIN]);
+    let cluster = ProsodyCluster::start(2, DOMAIN, ProsodyOpts::default()).expect("prosody");
+    let users = accounts("e", 0..4);
+    let pairs: Vec<(&str, &str)> = users
+        .iter()
+        .map(|(u, p)| (u.as_str(), p.as_str()))
+        .collect();
+    cluster.register_many(&pairs);
+    let port = free_port(false).unwrap();
+    let mut group = toml::Table::new();
+    group.insert("name".into(), "xmpp".into());
+    group.insert("srv".into(), SRV.into());
+    group.insert(
+        "nameservers".into(),
+        strings(&[&format!("127.0.0.1:{port}")]),
+    );
+    group.insert("min_interval".into(), "1s".into());
+    let config = TestConfig::new(&pki.cert_path(DOMAIN), &pki.key_path(DOMAIN), DOMAIN, &[])
+        .push("backend_group", group)
+        .set("health.interval", "300ms");
+    // Nothing answers on the name server's port: the proxy starts with the group empty.
+    let proxy = Proxy::start(&config);
+    assert!(members(&proxy).is_empty());
+    assert_eq!(status(&proxy, "/readyz"), 503, "no backend takes logins");
+    assert_eq!(
+        proxy.metric_value(r#"xmpp_lb_dns_group_members{group="xmpp"}"#),
+        0.0
+    );
+    assert!(
+        proxy.metric_value(r#"xmpp_lb_dns_lookups_total{group="xmpp",result="failed"}"#) >= 1.0
+    );
+
+    let mut dns = dnsmasq(port, &cluster, &[0, 1]);
+    wait_members(&proxy, &["n0.xmpp.test", "n1.xmpp.test"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&proxy, "/readyz") != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "ready once the group has members"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let home = homes(&proxy, &users);
+    log_in_all(&proxy, &cluster, &pki.ca_path(), &users, &home);
+    terminate(&mut dns, Duration::from_secs(2)).unwrap();
+}
