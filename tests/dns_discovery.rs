@@ -17,9 +17,18 @@ use testkit::raw::Raw;
 
 const SRV: &str = "_xmpp-client._tcp.xmpp.test";
 
+/// A running dnsmasq, stopped by pid when dropped (also when a test fails).
+struct Dns(Child);
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _exited = terminate(&mut self.0, Duration::from_secs(2));
+    }
+}
+
 /// A dnsmasq on `port` answering only for the given nodes: `n{i}.xmpp.test` at 127.0.0.1,
 /// with an SRV record each on node `i`'s port (weight 10). TTL 1 s.
-fn dnsmasq(port: u16, cluster: &ProsodyCluster, nodes: &[usize]) -> Child {
+fn dnsmasq(port: u16, cluster: &ProsodyCluster, nodes: &[usize]) -> Dns {
     let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -48,7 +57,7 @@ fn dnsmasq(port: u16, cluster: &ProsodyCluster, nodes: &[usize]) -> Child {
     }
     cmd.stdout(std::process::Stdio::null());
     cmd.stderr(std::process::Stdio::null());
-    let child = spawn_child(cmd).expect("dnsmasq starts");
+    let dns = Dns(spawn_child(cmd).expect("dnsmasq starts"));
     // Ready when it answers the SRV query with every node.
     let group = group_config(port);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -59,7 +68,7 @@ fn dnsmasq(port: u16, cluster: &ProsodyCluster, nodes: &[usize]) -> Child {
     loop {
         let found = rt.block_on(xmpp_lb::discovery::resolve(&group));
         if found.as_ref().is_ok_and(|a| a.members.len() == nodes.len()) {
-            return child;
+            return dns;
         }
         assert!(Instant::now() < deadline, "dnsmasq answers: {found:?}");
         std::thread::sleep(Duration::from_millis(100));
@@ -168,7 +177,7 @@ fn a_group_follows_its_srv_records_moving_only_the_users_of_changed_nodes() {
     cluster.register_many(&pairs);
     let ca = pki.ca_path();
     let port = free_port(false).unwrap();
-    let mut dns = dnsmasq(port, &cluster, &[0, 1]);
+    let dns = dnsmasq(port, &cluster, &[0, 1]);
 
     let mut group = toml::Table::new();
     group.insert("name".into(), "xmpp".into());
@@ -190,8 +199,8 @@ fn a_group_follows_its_srv_records_moving_only_the_users_of_changed_nodes() {
     log_in_all(&proxy, &cluster, &ca, &users, &home2);
 
     // A node is added: only users moving to it move.
-    terminate(&mut dns, Duration::from_secs(2)).unwrap();
-    let mut dns = dnsmasq(port, &cluster, &[0, 1, 2]);
+    drop(dns);
+    let dns = dnsmasq(port, &cluster, &[0, 1, 2]);
     let t = Instant::now();
     wait_members(&proxy, &["n0.xmpp.test", "n1.xmpp.test", "n2.xmpp.test"]);
     eprintln!("added node in service after {:?}", t.elapsed());
@@ -214,8 +223,8 @@ fn a_group_follows_its_srv_records_moving_only_the_users_of_changed_nodes() {
     drop(other);
 
     // A node is removed: only its users move.
-    terminate(&mut dns, Duration::from_secs(2)).unwrap();
-    let mut dns = dnsmasq(port, &cluster, &[0, 2]);
+    drop(dns);
+    let dns = dnsmasq(port, &cluster, &[0, 2]);
     wait_members(&proxy, &["n0.xmpp.test", "n2.xmpp.test"]);
     let home4 = homes(&proxy, &users);
     for (u, _) in &users {
@@ -228,7 +237,7 @@ fn a_group_follows_its_srv_records_moving_only_the_users_of_changed_nodes() {
     // DNS goes away: the last good members stay, and the failures are counted.
     let failed = r#"xmpp_lb_dns_lookups_total{group="xmpp",result="failed"}"#;
     let before = proxy.metric_value(failed);
-    terminate(&mut dns, Duration::from_secs(2)).unwrap();
+    drop(dns);
     let deadline = Instant::now() + Duration::from_secs(15);
     while proxy.metric_value(failed) < before + 2.0 {
         assert!(Instant::now() < deadline, "failed lookups are counted");
@@ -292,7 +301,7 @@ fn a_group_whose_first_lookup_fails_starts_empty_and_fills_when_dns_answers() {
         proxy.metric_value(r#"xmpp_lb_dns_lookups_total{group="xmpp",result="failed"}"#) >= 1.0
     );
 
-    let mut dns = dnsmasq(port, &cluster, &[0, 1]);
+    let dns = dnsmasq(port, &cluster, &[0, 1]);
     wait_members(&proxy, &["n0.xmpp.test", "n1.xmpp.test"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while status(&proxy, "/readyz") != 200 {
@@ -304,5 +313,5 @@ fn a_group_whose_first_lookup_fails_starts_empty_and_fills_when_dns_answers() {
     }
     let home = homes(&proxy, &users);
     log_in_all(&proxy, &cluster, &pki.ca_path(), &users, &home);
-    terminate(&mut dns, Duration::from_secs(2)).unwrap();
+    drop(dns);
 }
