@@ -106,7 +106,7 @@ pub(super) fn validate_backends(
     for (i, b) in raw.iter().enumerate() {
         let key = |k: &str| format!("backend[{i}].{k}");
         let name = b.name.get_ref();
-        if !super::groups::valid_backend_name(name) {
+        if !valid_backend_name(name) {
             return Err(src.err(
                 &b.name.span(),
                 &key("name"),
@@ -144,6 +144,14 @@ pub(super) fn validate_backends(
         });
     }
     Ok(backends)
+}
+
+/// Whether `name` may name a backend (or a group): letters, digits, '-', '_', '.'.
+pub(super) fn valid_backend_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// The link settings of a `[[backend]]` or `[[domain]]` table, before checks.

@@ -1,6 +1,6 @@
 //! `[[backend_group]]`: a set of nodes named by DNS instead of listed one by one. The file
 //! gives the query and its bounds; the nodes themselves are found at run time (see
-//! `crate::discovery`) and put into a configuration with [`Config::expand`].
+//! `crate::discovery`) and put into a configuration with `Config::expand`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -9,7 +9,6 @@ use std::time::Duration;
 use super::backends::{BackendConfig, LinkOverrides};
 use super::raw::RawBackendGroup;
 use super::source::{ConfigError, Source, parse_addr};
-use super::{Config, DomainConfig};
 
 /// The lower bound of `min_interval`: DNS answers are not polled faster than this.
 const FLOOR: Duration = Duration::from_secs(1);
@@ -59,14 +58,6 @@ pub struct GroupMember {
 /// The members of each group, by group name, as last resolved.
 pub type GroupMembers = BTreeMap<String, Vec<GroupMember>>;
 
-/// Whether `name` may name a backend (or a group): letters, digits, '-', '_', '.'.
-pub(super) fn valid_backend_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
 /// Check the groups: names usable as backend names and distinct from every backend's, one
 /// query each (`srv`, or `host` with `port`), name servers as `IP:PORT`, intervals in order.
 pub(super) fn validate_groups(
@@ -79,7 +70,7 @@ pub(super) fn validate_groups(
     for (i, g) in raw.iter().enumerate() {
         let key = |k: &str| format!("backend_group[{i}].{k}");
         let name = g.name.get_ref();
-        if !valid_backend_name(name) {
+        if !super::backends::valid_backend_name(name) {
             return Err(src.err(
                 &g.name.span(),
                 &key("name"),
@@ -177,51 +168,46 @@ fn check_dns_name(s: &str) -> Result<String, String> {
     Ok(format!("{name}."))
 }
 
-impl Config {
-    /// The configuration in service: this file's configuration with each group replaced by
-    /// its members (appended to the backends, and in place of the group's name in every
-    /// domain's list). A group with no member leaves its domains without its nodes. A member
-    /// whose name is already a backend's is left out (the file's backend wins), so a DNS
-    /// answer can never redefine a configured node.
-    pub fn expand(&self, members: &GroupMembers) -> Config {
-        let mut config = self.clone();
-        let mut taken: HashSet<String> = config.backends.iter().map(|b| b.name.clone()).collect();
-        let mut by_group: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for g in &self.groups {
-            let names = by_group.entry(&g.name).or_default();
-            for m in members.get(&g.name).into_iter().flatten() {
-                if !taken.insert(m.name.clone()) {
-                    continue;
-                }
-                names.push(m.name.clone());
-                config.backends.push(BackendConfig {
-                    name: m.name.clone(),
-                    address: m.address,
-                    weight: m.weight,
-                    max_negotiations: None,
-                    max_logins_per_second: None,
-                    link: LinkOverrides::default(),
-                });
+/// Put each group's members into a configuration: appended to `backends`, and in place of
+/// the group's name in every domain's list (`lists`). A member whose name is already a
+/// backend's is left out (the file's backend wins), so a DNS answer can never redefine a
+/// configured node. A group with no member leaves its domains without its nodes.
+pub(super) fn expand<'a>(
+    backends: &mut Vec<BackendConfig>,
+    lists: impl Iterator<Item = &'a mut Vec<String>>,
+    groups: &[BackendGroupConfig],
+    members: &GroupMembers,
+) {
+    let mut taken: HashSet<String> = backends.iter().map(|b| b.name.clone()).collect();
+    let mut by_group: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for g in groups {
+        let names = by_group.entry(&g.name).or_default();
+        for m in members.get(&g.name).into_iter().flatten() {
+            if !taken.insert(m.name.clone()) {
+                continue;
+            }
+            names.push(m.name.clone());
+            backends.push(BackendConfig {
+                name: m.name.clone(),
+                address: m.address,
+                weight: m.weight,
+                max_negotiations: None,
+                max_logins_per_second: None,
+                link: LinkOverrides::default(),
+            });
+        }
+    }
+    for list in lists {
+        let mut expanded = Vec::new();
+        for name in list.iter() {
+            match by_group.get(name.as_str()) {
+                Some(members) => expanded.extend(members.iter().cloned()),
+                None => expanded.push(name.clone()),
             }
         }
-        for d in &mut config.domains {
-            expand_domain(d, &by_group);
-        }
-        config
+        expanded.dedup();
+        *list = expanded;
     }
-}
-
-/// Replace each group name in a domain's backend list by the group's members.
-fn expand_domain(d: &mut DomainConfig, by_group: &BTreeMap<&str, Vec<String>>) {
-    let mut list = Vec::new();
-    for name in &d.backends {
-        match by_group.get(name.as_str()) {
-            Some(members) => list.extend(members.iter().cloned()),
-            None => list.push(name.clone()),
-        }
-    }
-    list.dedup();
-    d.backends = list;
 }
 
 #[cfg(test)]

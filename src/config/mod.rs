@@ -125,6 +125,18 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The configuration in service: this file's configuration with each group replaced by
+    /// its members (appended to the backends, and in place of the group's name in every
+    /// domain's list). The file's configuration itself is kept, for the next change.
+    pub fn expand(&self, members: &GroupMembers) -> Config {
+        let mut config = self.clone();
+        let lists = config.domains.iter_mut().map(|d| &mut d.backends);
+        groups::expand(&mut config.backends, lists, &self.groups, members);
+        config
+    }
+}
+
 impl RawConfig {
     /// Check every section, always in the same order, and build the checked [`Config`]. The
     /// first error found is returned.

@@ -2,6 +2,7 @@
 //! a group's members are put into a configuration.
 
 use super::*;
+use crate::config::Config;
 
 const HEAD: &str = r#"[[listener]]
 name = "c2s"
