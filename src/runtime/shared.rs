@@ -129,6 +129,22 @@ impl Shared {
         match result {
             Ok(next) => {
                 if let Some(file) = file {
+                    // A group the file no longer has leaves the gauge.
+                    for g in &self.discovered().0.groups {
+                        if !file.groups.iter().any(|n| n.name == g.name) {
+                            let _absent = self
+                                .metrics
+                                .dns_group_members
+                                .remove_label_values(&[&g.name]);
+                        }
+                    }
+                    for g in &file.groups {
+                        let n = members.get(&g.name).map_or(0, Vec::len);
+                        self.metrics
+                            .dns_group_members
+                            .with_label_values(&[&g.name])
+                            .set(n as i64);
+                    }
                     self.discovered_mut().0 = file;
                 }
                 let names = |rt: &Runtime| -> Vec<String> {
