@@ -313,5 +313,25 @@ fn a_group_whose_first_lookup_fails_starts_empty_and_fills_when_dns_answers() {
     }
     let home = homes(&proxy, &users);
     log_in_all(&proxy, &cluster, &pki.ca_path(), &users, &home);
+
+    // The A/AAAA form against the same server: one member per address, named after it.
+    let mut by_host = group_config(port);
+    by_host.query = xmpp_lb::config::GroupQuery::Host {
+        host: "n0.xmpp.test.".into(),
+        port: 5222,
+        weight: 2,
+    };
+    let answer = proxy
+        .block_on(xmpp_lb::discovery::resolve(&by_host))
+        .expect("an A answer");
+    assert_eq!(answer.members.len(), 1);
+    assert_eq!(answer.members[0].name, "xmpp-127.0.0.1");
+    assert_eq!(answer.members[0].address, "127.0.0.1:5222".parse().unwrap());
+    assert_eq!(answer.members[0].weight, 2);
+    assert!(
+        answer.ttl <= Duration::from_secs(1),
+        "dnsmasq's TTL: {:?}",
+        answer.ttl
+    );
     drop(dns);
 }
