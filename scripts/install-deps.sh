@@ -23,6 +23,8 @@ command -v prosody >/dev/null || missing+=(prosody)
 command -v tsung >/dev/null || missing+=(tsung)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+# A DNS server whose records a test changes, for backend groups found in DNS.
+{ command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ]; } || missing+=(dnsmasq-base)
 # promtool ships in the same package as the server.
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
 # Node.js and npm run the real web client (@xmpp/client) of the WebSocket tests.

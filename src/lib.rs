@@ -31,6 +31,7 @@ pub mod backend;
 pub mod channel_binding;
 pub mod config;
 pub(crate) mod connection;
+pub mod discovery;
 pub(crate) mod framed;
 #[doc(hidden)]
 pub mod fuzzing;

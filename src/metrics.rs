@@ -97,6 +97,10 @@ pub struct Metrics {
     pub admission_refused_total: IntCounterVec,
     /// Configuration reloads, by result.
     pub config_reloads_total: IntCounterVec,
+    /// DNS lookups of backend groups, by group and result (`ok`, `failed`).
+    pub dns_lookups_total: IntCounterVec,
+    /// Members of each backend group in service (the last good DNS answer).
+    pub dns_group_members: IntGaugeVec,
     /// Clients asked to move off a draining node, by backend.
     pub drain_redirects_total: IntCounterVec,
     /// PROXY protocol headers from front balancers, by listener and what became of them.
@@ -262,6 +266,11 @@ impl Metrics {
             "Configuration reloads, by result.",
             &["result"],
         );
+        let dns_lookups_total = counter(
+            "xmpp_lb_dns_lookups_total",
+            "DNS lookups of backend groups, by group and result.",
+            &["group", "result"],
+        );
         let drain_redirects_total = counter(
             "xmpp_lb_drain_redirects_total",
             "Connected clients asked to move off a draining backend.",
@@ -351,6 +360,11 @@ impl Metrics {
             "XMPP streams open now, from the end of the front end (TLS, WebSocket handshake) to close, by transport (tcp, websocket).",
             &["transport"],
         );
+        let dns_group_members = gauge(
+            "xmpp_lb_dns_group_members",
+            "Members of each backend group in service (the last good DNS answer).",
+            &["group"],
+        );
         let backend_healthy = gauge(
             "xmpp_lb_backend_healthy",
             "1 while the backend passes its health checks, else 0.",
@@ -434,6 +448,8 @@ impl Metrics {
             health_transitions_total,
             admission_refused_total,
             config_reloads_total,
+            dns_lookups_total,
+            dns_group_members,
             drain_redirects_total,
             proxy_headers_total,
             http_requests_total,

@@ -75,7 +75,9 @@ impl Server {
             ),
             None => None,
         };
-        let shared = Arc::new(Shared::new(config, metrics)?);
+        // Backend groups are looked up before any listener serves (bounded wait).
+        let members = crate::discovery::first_lookup(&config, &metrics).await;
+        let shared = Arc::new(Shared::with_members(config, members, metrics)?);
         Ok(Server {
             shared,
             listeners,
@@ -119,6 +121,7 @@ impl Server {
             shutdown.clone(),
         ));
         tasks.spawn(reload_on_sighup(shared.clone(), shutdown.clone()));
+        tasks.spawn(crate::discovery::run(shared.clone(), shutdown.clone()));
         let (max_connections, grace) = {
             let rt = shared.runtime.load();
             (

@@ -895,7 +895,20 @@ fn after_one_login_every_dashboard_and_alert_selector_has_a_series() {
     let env = EnvBuilder::new(1)
         .users(&[("alice", "pw-alice")])
         .token()
-        .config(|c| c.listener_set("direct", "websocket", "/xmpp-websocket"))
+        .config(|c| {
+            // A backend group whose DNS server does not answer: its panels and alerts have
+            // series too (lookups failing, no members), as on a fleet whose DNS is down.
+            let mut group = toml::Table::new();
+            group.insert("name".into(), "dns".into());
+            group.insert("host".into(), "nodes.example.test".into());
+            group.insert("port".into(), 5222.into());
+            group.insert(
+                "nameservers".into(),
+                testkit::config::strings(&[&format!("127.0.0.1:{}", free_port(false).unwrap())]),
+            );
+            c.listener_set("direct", "websocket", "/xmpp-websocket")
+                .push("backend_group", group)
+        })
         .start();
     // Before anything happens, the scrape already holds the series of what has not happened.
     let (status, scrape) = get(

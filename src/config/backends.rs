@@ -92,12 +92,13 @@ pub struct BackendConfig {
 pub(super) fn validate_backends(
     src: &Source<'_>,
     raw: &[RawBackend],
+    has_groups: bool,
 ) -> Result<Vec<BackendConfig>, ConfigError> {
-    if raw.is_empty() {
+    if raw.is_empty() && !has_groups {
         return Err(src.err(
             &(0..0),
             "backend",
-            "at least one [[backend]] is required".into(),
+            "at least one [[backend]] or [[backend_group]] is required".into(),
         ));
     }
     let mut backend_names = HashSet::new();
@@ -105,11 +106,7 @@ pub(super) fn validate_backends(
     for (i, b) in raw.iter().enumerate() {
         let key = |k: &str| format!("backend[{i}].{k}");
         let name = b.name.get_ref();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if !valid_backend_name(name) {
             return Err(src.err(
                 &b.name.span(),
                 &key("name"),
@@ -147,6 +144,14 @@ pub(super) fn validate_backends(
         });
     }
     Ok(backends)
+}
+
+/// Whether `name` may name a backend (or a group): letters, digits, '-', '_', '.'.
+pub(super) fn valid_backend_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// The link settings of a `[[backend]]` or `[[domain]]` table, before checks.

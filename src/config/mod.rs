@@ -20,6 +20,7 @@ mod admission;
 mod backends;
 mod channel_binding;
 mod drain;
+mod groups;
 mod limits;
 mod listeners;
 mod metrics;
@@ -36,6 +37,7 @@ mod websocket;
 pub use admission::AdmissionDefaults;
 pub use backends::{BackendConfig, LinkConfig, LinkOverrides};
 pub use drain::DrainConfig;
+pub use groups::{BackendGroupConfig, GroupMember, GroupMembers, GroupQuery};
 pub use limits::{HealthConfig, Limits, ProbeConfig};
 pub use listeners::{CertPair, ListenerConfig};
 pub(crate) use pins::parse_pin_file;
@@ -62,6 +64,9 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// The XMPP server nodes, in file order (the order does not affect placement).
     pub backends: Vec<BackendConfig>,
+    /// Groups of nodes found in DNS. Each domain's `backends` may name a group; the
+    /// configuration in service has them replaced by their members ([`Config::expand`]).
+    pub groups: Vec<BackendGroupConfig>,
     /// Where `/metrics` and the admin endpoints are served, if anywhere.
     pub metrics_bind: Option<SocketAddr>,
     /// A file holding the bearer token the admin endpoints require (None: no token). The
@@ -120,6 +125,18 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The configuration in service: this file's configuration with each group replaced by
+    /// its members (appended to the backends, and in place of the group's name in every
+    /// domain's list). The file's configuration itself is kept, for the next change.
+    pub fn expand(&self, members: &GroupMembers) -> Config {
+        let mut config = self.clone();
+        let lists = config.domains.iter_mut().map(|d| &mut d.backends);
+        groups::expand(&mut config.backends, lists, &self.groups, members);
+        config
+    }
+}
+
 impl RawConfig {
     /// Check every section, always in the same order, and build the checked [`Config`]. The
     /// first error found is returned.
@@ -131,9 +148,17 @@ impl RawConfig {
             self.routing.get_ref(),
             !self.domain.is_empty(),
         )?;
-        let mut backends = backends::validate_backends(&src, &self.backend)?;
-        let (routing, domains) =
-            routing::validate_routing(&src, &self.routing, &self.domain, served, &backends)?;
+        let mut backends =
+            backends::validate_backends(&src, &self.backend, !self.backend_group.is_empty())?;
+        let groups = groups::validate_groups(&src, &self.backend_group, &backends)?;
+        let (routing, domains) = routing::validate_routing(
+            &src,
+            &self.routing,
+            &self.domain,
+            served,
+            &backends,
+            &groups,
+        )?;
         channel_binding::validate_channel_binding(&src, &domains, &backends, &self.backend)?;
         let drain = drain::validate_drain(&src, &self.drain)?;
         let admission =
@@ -150,6 +175,7 @@ impl RawConfig {
             listeners,
             routing,
             backends,
+            groups,
             metrics_bind: metrics.bind,
             metrics_token_file: metrics.token_file,
             metrics_allowed_hosts: metrics.allowed_hosts,

@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     pub(super) routing: Spanned<RawRouting>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
+    #[serde(default)]
+    pub(super) backend_group: Vec<RawBackendGroup>,
     pub(super) metrics: Option<RawMetrics>,
     #[serde(default)]
     pub(super) limits: RawLimits,
@@ -225,6 +227,22 @@ pub(super) struct RawBackend {
     pub(super) tls_ca: Option<Spanned<PathBuf>>,
     pub(super) tls_verify: Option<bool>,
     pub(super) channel_binding: Option<ChannelBinding>,
+}
+
+/// `[[backend_group]]`: nodes found in DNS (SRV, or A/AAAA of a host name plus a port).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackendGroup {
+    pub(super) name: Spanned<String>,
+    pub(super) srv: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) port: Option<Spanned<u16>>,
+    pub(super) nameservers: Option<Vec<Spanned<String>>>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub(super) min_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub(super) max_interval: Option<Duration>,
+    pub(super) weight: Option<Spanned<u32>>,
 }
 
 fn default_weight() -> Spanned<u32> {

@@ -11,6 +11,7 @@ use regex::Regex;
 use toml::Spanned;
 
 use super::backends::{BackendConfig, LinkOverrides, RawLink};
+use super::groups::BackendGroupConfig;
 use super::raw::{RawDomain, RawRouting};
 use super::source::{ConfigError, Source};
 use crate::route::policy::{PinEntry, RouteKey};
@@ -101,8 +102,15 @@ pub(super) fn validate_routing(
     raw_domains: &[RawDomain],
     mut domains: Vec<String>,
     backends: &[BackendConfig],
+    groups: &[BackendGroupConfig],
 ) -> Result<(RoutingConfig, Vec<DomainConfig>), ConfigError> {
-    let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
+    // Pins name nodes; a domain's list may also name a group (expanded at run time).
+    let pin_names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
+    let names: Vec<String> = pin_names
+        .iter()
+        .cloned()
+        .chain(groups.iter().map(|g| g.name.clone()))
+        .collect();
     let r = routing.get_ref();
     let routing_span = routing.span();
     let default_keys = keys_of(&r.key, &r.keys, "routing", &routing_span, true)
@@ -129,7 +137,7 @@ pub(super) fn validate_routing(
     let mut pins = Vec::new();
     for (i, pin) in r.pin.iter().enumerate() {
         let entry = pin.get_ref();
-        if entry.pattern.trim().is_empty() || !names.contains(&entry.backend) {
+        if entry.pattern.trim().is_empty() || !pin_names.contains(&entry.backend) {
             return Err(src.err(
                 &pin.span(),
                 &format!("routing.pin[{i}]"),
@@ -195,7 +203,7 @@ pub(super) fn validate_routing(
                     return Err(src.err(
                         &b.span(),
                         &key("backends"),
-                        format!("no backend named {:?}", b.get_ref()),
+                        format!("no backend or backend_group named {:?}", b.get_ref()),
                     ));
                 }
                 if !chosen.contains(b.get_ref()) {

@@ -391,6 +391,10 @@ fn example_toml_writes_out_every_key_of_every_table() {
         .map(|l| array(l, "extra_cert")[0].clone())
         .unwrap();
     let backend_keys: BTreeSet<String> = array(&example, "backend").iter().flat_map(keys).collect();
+    let group_keys: BTreeSet<String> = array(&example, "backend_group")
+        .iter()
+        .flat_map(keys)
+        .collect();
 
     let fx = Fixture::new();
     let unknown = "zz_unknown = 1";
@@ -442,6 +446,11 @@ extra_cert = [{ cert = "tls/cert.pem", key = "tls/cert.key", zz_unknown = 1 }]"#
             "[[backend]]",
             edit(r#"name = "node1""#, &format!("name = \"node1\"\n{unknown}")),
             backend_keys,
+        ),
+        (
+            "[[backend_group]]",
+            format!("{BASE}[[backend_group]]\nname = \"g\"\n{unknown}\n"),
+            group_keys,
         ),
         (
             "[resumption]",
@@ -936,7 +945,7 @@ fn no_backend() {
     let text = BASE.split("[[backend]]").next().unwrap();
     assert_error(
         text,
-        "bad.toml:1:1: backend: at least one [[backend]] is required",
+        "bad.toml:1:1: backend: at least one [[backend]] or [[backend_group]] is required",
     );
 }
 

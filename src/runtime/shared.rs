@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::build::BuildError;
 use super::registry::StateRegistry;
 use super::snapshot::Runtime;
-use crate::config::Config;
+use crate::config::{Config, GroupMember, GroupMembers};
 
 /// Process-wide state: the current runtime (swapped on reload) and what outlives it.
 pub struct Shared {
@@ -23,8 +23,12 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Cancelled when every relayed connection must leave (last phase of shutdown).
     pub interrupt_all: CancellationToken,
-    /// Serializes reloads.
+    /// Serializes reloads (of the file, and of backend groups found in DNS).
     reload_lock: tokio::sync::Mutex<()>,
+    /// The file's configuration (groups not expanded) and the members last found for each
+    /// group: together they give the configuration in service. A change of either rebuilds
+    /// the runtime from both, so a DNS change never re-reads the file.
+    discovered: std::sync::Mutex<(Config, GroupMembers)>,
     /// Connections accepted and not yet relaying (shutdown lets them finish first).
     pub negotiating: AtomicUsize,
     /// Memory and descriptors in use, against the overload budget.
@@ -56,8 +60,30 @@ impl Shared {
         config: Config,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Shared, BuildError> {
+        Shared::with_members(config, GroupMembers::new(), metrics)
+    }
+
+    /// Shared state for a first configuration whose backend groups have these members.
+    pub fn with_members(
+        config: Config,
+        members: GroupMembers,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Shared, BuildError> {
         let registry = StateRegistry::default();
-        let runtime = Runtime::build(config, &registry)?;
+        for g in &config.groups {
+            let n = members.get(&g.name).map_or(0, Vec::len);
+            metrics
+                .dns_group_members
+                .with_label_values(&[&g.name])
+                .set(n as i64);
+            for result in ["ok", "failed"] {
+                metrics
+                    .dns_lookups_total
+                    .with_label_values(&[g.name.as_str(), result]);
+            }
+        }
+        let runtime = Runtime::build(config.expand(&members), &registry)?;
+        let discovered = std::sync::Mutex::new((config, members));
         runtime.apply_admission();
         super::zero::preset_start(&metrics, &runtime.config);
         for limit in crate::sources::Limit::ALL {
@@ -77,6 +103,7 @@ impl Shared {
             metrics,
             interrupt_all: CancellationToken::new(),
             reload_lock: tokio::sync::Mutex::new(()),
+            discovered,
             negotiating: AtomicUsize::new(0),
             accepting: AtomicBool::new(false),
         };
@@ -90,12 +117,37 @@ impl Shared {
     pub async fn reload(&self) -> Result<(), ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let current = self.runtime.load_full();
+        let members = self.discovered().1;
+        let mut file = None;
         let result = Config::load(&current.config.source)
             .map_err(ReloadError::from)
-            .and_then(|config| Runtime::build(config, &self.registry).map_err(ReloadError::from))
+            .and_then(|config| {
+                let expanded = config.expand(&members);
+                file = Some(config);
+                Runtime::build(expanded, &self.registry).map_err(ReloadError::from)
+            })
             .and_then(|next| same_listeners(&current.config, &next.config).map(|()| next));
         match result {
             Ok(next) => {
+                if let Some(file) = file {
+                    // A group the file no longer has leaves the gauge.
+                    for g in &self.discovered().0.groups {
+                        if !file.groups.iter().any(|n| n.name == g.name) {
+                            let _absent = self
+                                .metrics
+                                .dns_group_members
+                                .remove_label_values(&[&g.name]);
+                        }
+                    }
+                    for g in &file.groups {
+                        let n = members.get(&g.name).map_or(0, Vec::len);
+                        self.metrics
+                            .dns_group_members
+                            .with_label_values(&[&g.name])
+                            .set(n as i64);
+                    }
+                    self.discovered_mut().0 = file;
+                }
                 let names = |rt: &Runtime| -> Vec<String> {
                     rt.backends.iter().map(|(_, b)| b.name.clone()).collect()
                 };
@@ -124,6 +176,59 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+
+    /// The file's configuration and the groups' members, as last put into service.
+    pub fn discovered(&self) -> (Config, GroupMembers) {
+        self.discovered_mut().clone()
+    }
+
+    fn discovered_mut(&self) -> std::sync::MutexGuard<'_, (Config, GroupMembers)> {
+        self.discovered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Put a backend group's new members into service, as a reload would: the runtime is
+    /// rebuilt from the file's configuration as last loaded (not re-read) and the new
+    /// members. Unchanged members keep their state (health, connections) in the registry,
+    /// and only added or removed members move users. Refused (and logged) if the result
+    /// cannot be built; the running configuration then stays.
+    pub async fn apply_members(
+        &self,
+        group: &str,
+        members: Vec<GroupMember>,
+    ) -> Result<(), BuildError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let (file, mut all) = self.discovered();
+        let before: Vec<String> = all
+            .get(group)
+            .into_iter()
+            .flatten()
+            .map(|m| m.name.clone())
+            .collect();
+        let now: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        let count = members.len();
+        all.insert(group.to_string(), members);
+        let next = match Runtime::build(file.expand(&all), &self.registry) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(group, error = %e, "backend group change refused; keeping the running members");
+                return Err(e);
+            }
+        };
+        next.apply_admission();
+        self.runtime.store(Arc::new(next));
+        self.discovered_mut().1 = all;
+        let added: Vec<&String> = now.iter().filter(|n| !before.contains(n)).collect();
+        let removed: Vec<&String> = before.iter().filter(|n| !now.contains(n)).collect();
+        tracing::info!(group, members = ?now, ?added, ?removed, "backend group changed");
+        self.metrics
+            .dns_group_members
+            .with_label_values(&[group])
+            .set(count as i64);
+        self.publish_states();
+        Ok(())
     }
 
     /// Put every backend's health and drain state, and each domain's ring shares, into the

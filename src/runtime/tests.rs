@@ -56,3 +56,66 @@ fn a_jid_pin_to_a_node_outside_its_domain_is_refused() {
     let err = build(&body).err().expect("refused");
     assert!(err.contains("does not serve example.test"), "{err}");
 }
+
+/// A DNS change is applied like a reload: members that stay keep their state (health,
+/// connections), only the ring changes, and the gauge follows.
+#[tokio::test]
+async fn group_members_are_applied_like_a_reload() {
+    use crate::config::{GroupMember, GroupMembers};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["example.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("c.key"), cert.signing_key.serialize_pem()).unwrap();
+    let text = "[[listener]]\nname = \"c2s\"\nbind = [\"127.0.0.1:0\"]\ntls = \"direct\"\ncert = \"c.pem\"\nkey = \"c.key\"\n\n\
+        [routing]\nkey = \"jid\"\ndomains = [\"example.test\"]\n\n\
+        [[backend_group]]\nname = \"xmpp\"\nsrv = \"_xmpp-client._tcp.example.test\"\n";
+    let config = Config::from_toml(text, &dir.path().join("x.toml")).unwrap();
+    let m = |name: &str, port: u16| GroupMember {
+        name: name.into(),
+        address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        weight: 1,
+    };
+    let mut first = GroupMembers::new();
+    first.insert("xmpp".into(), vec![m("n1.test", 1), m("n2.test", 2)]);
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let shared = Shared::with_members(config, first, metrics.clone()).unwrap();
+    let names = |s: &Shared| -> Vec<String> {
+        s.runtime
+            .load()
+            .backends
+            .iter()
+            .map(|(_, b)| b.name.clone())
+            .collect()
+    };
+    assert_eq!(names(&shared), ["n1.test", "n2.test"]);
+    {
+        let rt = shared.runtime.load();
+        let (_, n1) = rt
+            .backends
+            .iter()
+            .find(|(_, b)| b.name == "n1.test")
+            .unwrap();
+        n1.state.set_draining(true);
+    }
+
+    shared
+        .apply_members("xmpp", vec![m("n1.test", 1), m("n3.test", 3)])
+        .await
+        .unwrap();
+    assert_eq!(names(&shared), ["n1.test", "n3.test"]);
+    let rt = shared.runtime.load();
+    let (_, kept) = rt
+        .backends
+        .iter()
+        .find(|(_, b)| b.name == "n1.test")
+        .unwrap();
+    assert!(kept.state.is_draining(), "n1.test keeps its state");
+    assert_eq!(
+        metrics.dns_group_members.with_label_values(&["xmpp"]).get(),
+        2
+    );
+    // The file's configuration is kept unexpanded for the next change.
+    let (file, members) = shared.discovered();
+    assert!(file.backends.is_empty());
+    assert_eq!(members["xmpp"].len(), 2);
+}
