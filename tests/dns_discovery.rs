@@ -165,16 +165,26 @@ fn log_in_all(
     });
 }
 
-#[test]
-fn a_group_follows_its_srv_records_moving_only_the_users_of_changed_nodes() {
-    let pki = TestPki::new(&[DOMAIN]);
-    let cluster = ProsodyCluster::start(3, DOMAIN, ProsodyOpts::default()).expect("prosody");
-    let users = accounts("d", 0..18);
+/// `nodes` Prosody nodes with the accounts `PREFIX0..PREFIXcount` on each.
+fn nodes_with_users(
+    nodes: usize,
+    prefix: &str,
+    count: usize,
+) -> (ProsodyCluster, Vec<(String, String)>) {
+    let cluster = ProsodyCluster::start(nodes, DOMAIN, ProsodyOpts::default()).expect("prosody");
+    let users = accounts(prefix, 0..count);
     let pairs: Vec<(&str, &str)> = users
         .iter()
         .map(|(u, p)| (u.as_str(), p.as_str()))
         .collect();
     cluster.register_many(&pairs);
+    (cluster, users)
+}
+
+#[test]
+fn a_group_follows_its_srv_records_moving_only_the_users_of_changed_nodes() {
+    let pki = TestPki::new(&[DOMAIN]);
+    let (cluster, users) = nodes_with_users(3, "d", 18);
     let ca = pki.ca_path();
     let port = free_port(false).unwrap();
     let dns = dnsmasq(port, &cluster, &[0, 1]);
@@ -270,13 +280,7 @@ fn status(proxy: &Proxy, path: &str) -> u16 {
 #[test]
 fn a_group_whose_first_lookup_fails_starts_empty_and_fills_when_dns_answers() {
     let pki = TestPki::new(&[DOMAIN]);
-    let cluster = ProsodyCluster::start(2, DOMAIN, ProsodyOpts::default()).expect("prosody");
-    let users = accounts("e", 0..4);
-    let pairs: Vec<(&str, &str)> = users
-        .iter()
-        .map(|(u, p)| (u.as_str(), p.as_str()))
-        .collect();
-    cluster.register_many(&pairs);
+    let (cluster, users) = nodes_with_users(2, "e", 4);
     let port = free_port(false).unwrap();
     let mut group = toml::Table::new();
     group.insert("name".into(), "xmpp".into());

@@ -747,12 +747,9 @@ fn get_quiet(url: &str) -> (u16, String) {
     }
 }
 
-#[test]
-fn a_real_prometheus_scrapes_the_logins_and_connections_the_test_caused() {
-    let env = env();
-    // The admin endpoints want the token: without it a scrape is refused.
-    let (status, _) = get(&format!("http://{}/metrics", env.proxy.metrics), None);
-    assert_eq!(status, 401);
+/// A real Prometheus scraping `env`'s proxy every second with its token, with the alert rules
+/// of `grafana/alerts.yml` loaded.
+fn scraping(env: &Env) -> Prometheus {
     let config = format!(
         r#"global:
   scrape_interval: 1s
@@ -770,7 +767,16 @@ scrape_configs:
         target = env.proxy.metrics,
     );
     let alerts = std::fs::read_to_string(repo("grafana/alerts.yml")).unwrap();
-    let prom = Prometheus::start(&config, &[("alerts.yml", &alerts)]);
+    Prometheus::start(&config, &[("alerts.yml", &alerts)])
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_logins_and_connections_the_test_caused() {
+    let env = env();
+    // The admin endpoints want the token: without it a scrape is refused.
+    let (status, _) = get(&format!("http://{}/metrics", env.proxy.metrics), None);
+    assert_eq!(status, 401);
+    let prom = scraping(&env);
     let held = env.proxy.block_on(traffic(&env));
     let logins = USERS.len() as f64;
 
@@ -933,24 +939,7 @@ fn after_one_login_every_dashboard_and_alert_selector_has_a_series() {
         );
     }
 
-    let config = format!(
-        r#"global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - alerts.yml
-scrape_configs:
-  - job_name: xmpp-lb
-    authorization:
-      credentials_file: {token}
-    static_configs:
-      - targets: ["{target}"]
-"#,
-        token = env.token_path.as_ref().unwrap().display(),
-        target = env.proxy.metrics,
-    );
-    let alerts = std::fs::read_to_string(repo("grafana/alerts.yml")).unwrap();
-    let prom = Prometheus::start(&config, &[("alerts.yml", &alerts)]);
+    let prom = scraping(&env);
     let addr = env.proxy.addr("direct", false);
     let ca = env.pki.ca_path();
     let mut alice = env
@@ -975,6 +964,7 @@ scrape_configs:
                 .or_insert_with(|| format!("panel {panel:?}"));
         }
     }
+    let alerts = std::fs::read_to_string(repo("grafana/alerts.yml")).unwrap();
     for expr in rule_exprs(&alerts) {
         for (_, selector) in promql_selectors(&expr) {
             selectors
