@@ -49,10 +49,11 @@ for tool in prosody openssl python3 haproxy; do
   command -v $tool >/dev/null || die "$tool is missing (bash scripts/install-deps.sh installs prosody and openssl)"
 done
 
-say "building xmpp-lb and the load generator (release)"
-cargo build --release --quiet --bin xmpp-lb --example loadgen
-lb_bin=$root/target/release/xmpp-lb
-loadgen=$root/target/release/examples/loadgen
+PROFILE=${PROFILE:-release}     # cargo profile; "profiling" keeps line tables for profilers
+say "building xmpp-lb and the load generator ($PROFILE)"
+cargo build --profile "$PROFILE" --quiet --bin xmpp-lb --example loadgen
+lb_bin=$root/target/$PROFILE/xmpp-lb
+loadgen=$root/target/$PROFILE/examples/loadgen
 
 p_node=$((BASE_PORT + 301))      # node ports p_node, +1, +2
 p_lb_starttls=$((BASE_PORT + 222))
@@ -83,7 +84,8 @@ say "xmpp-lb: STARTTLS :$p_lb_starttls, direct TLS :$p_lb_direct"
 write_lb_config "$work/xmpp-lb.toml" "$domain" certs "$p_lb_starttls" "$p_lb_direct" "$p_lb_metrics" \
   $((IDLE + 2000)) "$p_node" $((p_node + 1)) $((p_node + 2))
 "$lb_bin" check --config "$work/xmpp-lb.toml" >/dev/null
-"$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
+# LB_PRELOAD: a shared library preloaded into xmpp-lb only (e.g. another allocator, to compare).
+LD_PRELOAD=${LB_PRELOAD:-} "$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
 lb_pid=$!
 pids+=($lb_pid)
 

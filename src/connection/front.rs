@@ -24,13 +24,15 @@ use crate::xmpp::stream_error::Condition;
 const FEATURES_STARTTLS: &str = "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
 const PROCEED: &[u8] = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
 
-/// What the client speaks once the front is done.
+/// What the client speaks once the front is done. The TLS streams are boxed (a TLS session is
+/// over a kilobyte): the connection's task keeps a slot for every value it holds across an
+/// await, for as long as the connection lives, so it holds pointers to them instead.
 pub(crate) enum Front {
     /// XMPP over TLS.
-    Xmpp(ClientStream<ClientTls>),
+    Xmpp(Box<ClientStream<ClientTls>>),
     /// HTTP over TLS (ALPN `http/1.1`, or a request without ALPN), with the bytes read to
     /// tell it from XMPP, on a listener that serves WebSocket.
-    HttpTls(Prefixed<ClientTls>),
+    HttpTls(Box<Prefixed<ClientTls>>),
     /// HTTP without TLS, on a listener with `websocket_plain` (behind an HTTP balancer).
     HttpPlain(TcpStream),
 }
@@ -201,12 +203,14 @@ pub(crate) async fn accept(
         channel_binding: channel_binding(rt, &listener.name, session),
     };
     let client = match restarts {
-        Some(qname) => Front::Xmpp(ClientStream::restarting(
+        Some(qname) => Front::Xmpp(Box::new(ClientStream::restarting(
             tls,
             limits.max_header_bytes,
             qname.as_bytes(),
-        )),
-        None if websocket.is_none() => Front::Xmpp(ClientStream::new(tls, limits.max_header_bytes)),
+        ))),
+        None if websocket.is_none() => {
+            Front::Xmpp(Box::new(ClientStream::new(tls, limits.max_header_bytes)))
+        }
         // Only direct TLS gets here: a STARTTLS client has already spoken XMPP.
         None => xmpp_or_http(tls, limits.max_header_bytes, deadline).await?,
     };
@@ -276,9 +280,12 @@ async fn xmpp_or_http(
 ) -> Result<Front, Failure> {
     match tls.get_ref().1.alpn_protocol() {
         Some(crate::tls::ALPN_HTTP1) => {
-            return Ok(Front::HttpTls(Prefixed::new(tls, Default::default())));
+            return Ok(Front::HttpTls(Box::new(Prefixed::new(
+                tls,
+                Default::default(),
+            ))));
         }
-        Some(_) => return Ok(Front::Xmpp(ClientStream::new(tls, max_header))),
+        Some(_) => return Ok(Front::Xmpp(Box::new(ClientStream::new(tls, max_header)))),
         None => {}
     }
     let mut first = bytes::BytesMut::with_capacity(512);
@@ -293,11 +300,11 @@ async fn xmpp_or_http(
         Ok(Ok(_)) => {}
     }
     if first[0].is_ascii_uppercase() {
-        Ok(Front::HttpTls(Prefixed::new(tls, first)))
+        Ok(Front::HttpTls(Box::new(Prefixed::new(tls, first))))
     } else {
-        Ok(Front::Xmpp(ClientStream::with_buffer(
+        Ok(Front::Xmpp(Box::new(ClientStream::with_buffer(
             tls, first, max_header,
-        )))
+        ))))
     }
 }
 

@@ -41,15 +41,28 @@ pub(crate) struct Routed {
     pub(crate) client_first: Option<Bytes>,
 }
 
-/// Relay bytes until the end (bytes read ahead during negotiation first). `client` is the
-/// client's socket and the bytes read from it but not consumed.
-pub(crate) async fn relay_to_end<S: AsyncRead + AsyncWrite + Unpin>(
-    at: &At<'_>,
-    client: (S, bytes::BytesMut),
-    routed: Routed,
-    counted: &mut Counted,
-    trace: &mut Trace,
-) {
+/// Negotiation is over: where the connection stands, the client's socket with the bytes read
+/// from it but not consumed, and the node's side.
+pub(crate) struct Ready<'a, S> {
+    /// The connection's addresses and runtime.
+    pub(crate) at: At<'a>,
+    /// The client's socket and its bytes read ahead.
+    pub(crate) client: (S, bytes::BytesMut),
+    /// The node's side.
+    pub(crate) routed: Routed,
+}
+
+/// Relay bytes until the end (bytes read ahead during negotiation first).
+///
+/// Everything the relay needs is prepared here, before the future exists, and the future
+/// keeps only that: it lives as long as the connection, inside the connection's task, so it
+/// is kept small on purpose (no copy of the negotiation's values, no buffer of its own).
+pub(crate) fn relay_to_end<'a, S: AsyncRead + AsyncWrite + Unpin + 'a>(
+    ready: Ready<'a, S>,
+    counted: &'a mut Counted,
+    trace: &'a mut Trace,
+) -> impl std::future::Future<Output = ()> + 'a {
+    let Ready { at, client, routed } = ready;
     let Routed {
         backend,
         id,
@@ -73,16 +86,15 @@ pub(crate) async fn relay_to_end<S: AsyncRead + AsyncWrite + Unpin>(
     let (mut client_io, client_ahead) = client;
     let (mut backend_io, backend_ahead) = backend.into_parts();
     // Keep only the bytes read ahead (exact size, usually none), not the negotiation buffers'
-    // capacity: the relay may live for days.
-    let (client_ahead, backend_ahead) = {
-        // Moved in here so the original buffers are dropped now, not when the relay ends.
-        let (client, backend) = (client_ahead, backend_ahead);
-        // An element negotiation held back goes first, then what the client sent after it.
+    // capacity: the relay may live for days. An element negotiation held back goes first,
+    // then what the client sent after it.
+    let client_ahead = {
         let mut up = client_first.map(|b| b.to_vec()).unwrap_or_default();
-        up.extend_from_slice(&client);
-        (up, backend.to_vec())
+        up.extend_from_slice(&client_ahead);
+        up.into_boxed_slice()
     };
-    let (_registration, commands) = rt.backends[id]
+    let backend_ahead = backend_ahead.to_vec().into_boxed_slice();
+    let (registration, commands) = rt.backends[id]
         .state
         .register_relay(source == KeySource::Pin);
     counted.negotiating = None;
@@ -105,69 +117,77 @@ pub(crate) async fn relay_to_end<S: AsyncRead + AsyncWrite + Unpin>(
             },
             _ = everyone_out.cancelled() => Command::Shutdown,
         };
-        match command {
-            Command::Drain => Interrupt {
-                to_client: render(
-                    &Condition::SeeOtherHost(redirect_to),
-                    Some("this server node is being drained; please reconnect"),
-                )
-                .into(),
-                // The session ends on the node: the client starts afresh on another one.
-                to_backend: Some(Bytes::from_static(b"</stream:stream>")),
-                reason: "drain",
-            },
-            Command::NodeDown => Interrupt {
-                to_client: render(
-                    &Condition::SeeOtherHost(redirect_to),
-                    Some("this server node stopped answering; please reconnect"),
-                )
-                .into(),
-                // Not ended: if the node comes back, the client resumes its session there.
-                to_backend: None,
-                reason: "node_down",
-            },
-            Command::Shutdown => Interrupt {
-                to_client: render(&Condition::SystemShutdown, Some("the proxy is restarting"))
-                    .into(),
-                // No stream close: an XEP-0198 session stays resumable through another proxy.
-                to_backend: None,
-                reason: "shutdown",
-            },
-        }
+        interrupt_for(command, redirect_to)
     };
     // XEP-0198 ids are rewritten in flight and resumption outcomes counted.
     let (mut to_backend, mut to_client) = resumption::watches(
         resumption::Context {
             keys: rt.sm_keys.clone(),
             domain,
-            node: name.clone(),
+            node: name,
             known_nodes: rt.known_nodes.clone(),
             metrics: shared.metrics.clone(),
         },
         client_ns,
         backend_ns,
     );
+    let bounds = relay::Bounds {
+        half_close: rt.config.limits.half_close_timeout,
+        boundary: BOUNDARY_TIMEOUT,
+        write: rt.config.limits.write_timeout,
+    };
     let open = GaugeGuard::inc(open);
-    let stats = relay::relay(
-        &mut client_io,
-        &mut backend_io,
-        &client_ahead,
-        &backend_ahead,
-        relay::Bounds {
-            half_close: rt.config.limits.half_close_timeout,
-            boundary: BOUNDARY_TIMEOUT,
-            write: rt.config.limits.write_timeout,
+    async move {
+        let stats = relay::relay(
+            &mut client_io,
+            &mut backend_io,
+            &client_ahead,
+            &backend_ahead,
+            bounds,
+            |n| up.inc_by(n),
+            |n| down.inc_by(n),
+            relay::Watches {
+                up: Some(&mut to_backend),
+                down: Some(&mut to_client),
+            },
+            interrupt,
+        )
+        .await;
+        drop(open);
+        drop(registration);
+        trace.relay = Some(stats);
+        drop(guard);
+    }
+}
+
+/// What the proxy tells both sides when `command` ends a live relay.
+fn interrupt_for(command: Command, redirect_to: String) -> Interrupt {
+    match command {
+        Command::Drain => Interrupt {
+            to_client: render(
+                &Condition::SeeOtherHost(redirect_to),
+                Some("this server node is being drained; please reconnect"),
+            )
+            .into(),
+            // The session ends on the node: the client starts afresh on another one.
+            to_backend: Some(Bytes::from_static(b"</stream:stream>")),
+            reason: "drain",
         },
-        |n| up.inc_by(n),
-        |n| down.inc_by(n),
-        relay::Watches {
-            up: Some(&mut to_backend),
-            down: Some(&mut to_client),
+        Command::NodeDown => Interrupt {
+            to_client: render(
+                &Condition::SeeOtherHost(redirect_to),
+                Some("this server node stopped answering; please reconnect"),
+            )
+            .into(),
+            // Not ended: if the node comes back, the client resumes its session there.
+            to_backend: None,
+            reason: "node_down",
         },
-        interrupt,
-    )
-    .await;
-    drop(open);
-    trace.relay = Some(stats);
-    drop(guard);
+        Command::Shutdown => Interrupt {
+            to_client: render(&Condition::SystemShutdown, Some("the proxy is restarting")).into(),
+            // No stream close: an XEP-0198 session stays resumable through another proxy.
+            to_backend: None,
+            reason: "shutdown",
+        },
+    }
 }

@@ -102,6 +102,11 @@ pub async fn handle(
 }
 
 /// The phases in order: front (to TLS, or HTTP and WebSocket), then the XMPP stream.
+///
+/// Each phase before the relay runs in a box of its own, freed when it ends. A future is as
+/// large as the largest state it can be in, and the connection's task keeps that size for as
+/// long as the connection lives: inline, a TLS handshake's or a negotiation's state would cost
+/// every idle connection tens of kilobytes for days (`tests` below bounds the task's size).
 async fn drive(
     arrival: &Arrival<'_>,
     tcp: TcpStream,
@@ -109,41 +114,76 @@ async fn drive(
     trace: &mut Trace,
 ) -> Result<(), Failure> {
     let prerouting_deadline = arrival.started + arrival.rt.config.limits.prerouting_timeout;
-    let front::Accepted { client, origin } =
-        front::accept(arrival, tcp, prerouting_deadline, counted, trace).await?;
+    let front::Accepted { client, origin } = Box::pin(front::accept(
+        arrival,
+        tcp,
+        prerouting_deadline,
+        counted,
+        trace,
+    ))
+    .await?;
     match client {
         front::Front::Xmpp(client) => {
             trace.transport = "tcp";
             serve(arrival, origin, client, counted, trace).await
         }
-        front::Front::HttpTls(io) => match websocket::web(arrival, io, origin, trace).await? {
-            Some((client, origin)) => serve(arrival, origin, client, counted, trace).await,
-            None => Ok(()),
-        },
-        front::Front::HttpPlain(io) => match websocket::web(arrival, io, origin, trace).await? {
-            Some((client, origin)) => serve(arrival, origin, client, counted, trace).await,
-            None => Ok(()),
-        },
+        // A WebSocket stream's state is larger still (its framing over TLS): boxed too, so
+        // that TCP clients, most of a population, do not pay for it.
+        front::Front::HttpTls(io) => {
+            match Box::pin(websocket::web(arrival, *io, origin, trace)).await? {
+                Some((client, origin)) => {
+                    Box::pin(serve(arrival, origin, client, counted, trace)).await
+                }
+                None => Ok(()),
+            }
+        }
+        front::Front::HttpPlain(io) => {
+            match Box::pin(websocket::web(arrival, io, origin, trace)).await? {
+                Some((client, origin)) => {
+                    Box::pin(serve(arrival, origin, client, counted, trace)).await
+                }
+                None => Ok(()),
+            }
+        }
     }
 }
 
-/// One XMPP stream, whatever carries it (`trace.transport`): the client's header,
-/// negotiation, relay.
+/// One XMPP stream, whatever carries it (`trace.transport`): negotiation, then the relay.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     arrival: &Arrival<'_>,
     origin: Origin,
-    mut client: ClientStream<S>,
+    client: Box<ClientStream<S>>,
     counted: &mut Counted,
     trace: &mut Trace,
 ) -> Result<(), Failure> {
-    let (shared, rt, started) = (arrival.shared, arrival.rt, arrival.started);
-    let prerouting_deadline = started + rt.config.limits.prerouting_timeout;
-    let metrics = &shared.metrics;
+    let metrics = &arrival.shared.metrics;
     metrics
         .streams_total
         .with_label_values(&[&arrival.listener.name, trace.transport])
         .inc();
     let _stream_open = GaugeGuard::inc(metrics.streams_open.with_label_values(&[trace.transport]));
+    // Scoped so that nothing of the negotiation's result is kept across the relay's await.
+    let relaying = {
+        let Some(ready) = Box::pin(negotiated(arrival, origin, client, trace)).await? else {
+            return Ok(());
+        };
+        handover::relay_to_end(ready, counted, trace)
+    };
+    relaying.await;
+    Ok(())
+}
+
+/// The client's header, then negotiation: `Some` with both streams ready for the relay, or
+/// `None` when the node ended the stream during negotiation (its words were relayed).
+async fn negotiated<'a, S: AsyncRead + AsyncWrite + Unpin>(
+    arrival: &Arrival<'a>,
+    origin: Origin,
+    mut client: Box<ClientStream<S>>,
+    trace: &mut Trace,
+) -> Result<Option<handover::Ready<'a, S>>, Failure> {
+    let (shared, rt, started) = (arrival.shared, arrival.rt, arrival.started);
+    let prerouting_deadline = started + rt.config.limits.prerouting_timeout;
+    let metrics = &shared.metrics;
     let at = At {
         shared,
         rt,
@@ -152,31 +192,53 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         started,
         origin,
     };
-    let hello = match capture::hello(&rt.config, &mut client, prerouting_deadline).await {
+    let hello = match capture::hello(&rt.config, &mut *client, prerouting_deadline).await {
         Ok(hello) => hello,
         Err(failure) => {
-            refuse(&mut client, rt.default_domain(), &failure, metrics).await;
+            refuse(&mut *client, rt.default_domain(), &failure, metrics).await;
             return Err(failure);
         }
     };
     let domain = hello.domain.clone();
     trace.domain = Some(domain.clone());
-    // Boxed: the negotiation's state is large and only needed until the relay starts; a
-    // connection task that lives for days should not carry it.
-    match Box::pin(negotiate::negotiate(&at, &mut client, hello, trace)).await {
-        Ok(Some(routed)) => {
-            handover::relay_to_end(&at, client.into_parts(), routed, counted, trace).await;
-            Ok(())
-        }
+    match negotiate::negotiate(&at, &mut *client, hello, trace).await {
+        Ok(Some(routed)) => Ok(Some(handover::Ready {
+            at,
+            client: (*client).into_parts(),
+            routed,
+        })),
         Ok(None) => {
             // The node ended the stream; its words were relayed. Bounded: a client that
             // stopped reading must not hold the connection open.
             client.close().await;
-            Ok(())
+            Ok(None)
         }
         Err(failure) => {
-            refuse(&mut client, &domain, &failure, metrics).await;
+            refuse(&mut *client, &domain, &failure, metrics).await;
             Err(failure)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<F, A, B, C, D, R>(_: &F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> R,
+    {
+        size_of::<R>()
+    }
+
+    /// The connection's task lives as long as the connection and is as large as its largest
+    /// state, so an idle connection pays for whatever a phase keeps inline. Relaying, it holds
+    /// the client's TLS session (about 1.2 KiB of rustls state), the node's socket and the
+    /// relay's two directions; every earlier phase is boxed and freed (see `drive`). An inline
+    /// TLS handshake or negotiation makes this tens of kilobytes: the bound catches it.
+    #[test]
+    fn a_connection_task_stays_small() {
+        let size = future_size(&super::handle);
+        eprintln!("connection future: {size} bytes");
+        assert!(size <= 4096, "the connection's future is {size} bytes");
     }
 }

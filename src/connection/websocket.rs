@@ -31,7 +31,7 @@ pub(super) async fn web<S>(
     io: S,
     mut origin: Origin,
     trace: &mut Trace,
-) -> Result<Option<(WsClient<Prefixed<S>>, Origin)>, Failure>
+) -> Result<Option<(Box<WsClient<Prefixed<S>>>, Origin)>, Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -77,6 +77,7 @@ where
         },
     );
     trace.transport = "websocket";
+    // Boxed, like every client stream (see `Front`).
     let client: WsClient<_> = ClientStream::new(io, config.limits.max_header_bytes);
-    Ok(Some((client, origin)))
+    Ok(Some((Box::new(client), origin)))
 }
