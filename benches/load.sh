@@ -9,8 +9,14 @@
 # then the memory each proxy spends per idle logged-in connection (VmRSS before/after holding
 # IDLE connections through it).
 #
-#   bash benches/load.sh [all|load|idle]         # all (default): both parts; or only one
+#   bash benches/load.sh [all|load|idle|scale|latency]   # all (default): load and idle
 #   USERS=500 ROUNDS=1 IDLE=1000 bash benches/load.sh   # a quick run
+#
+# `scale` holds idle connections through each proxy in steps of STEP up to SCALE (default
+# 1,000 to 9,000: two descriptors each, near the open-file limit), reading the proxy's VmRSS
+# and the kernel's TCP socket memory (/proc/net/sockstat) at every step, then after closing.
+# `latency` sends RATE messages/s (open loop, RATE_PAIRS pairs, RATE_SECONDS) through each
+# setup and compares the one-way latency of every message with the direct connection's.
 #
 # Everything runs on loopback on fixed high ports (BASE_PORT..BASE_PORT+500). Installs HAProxy
 # (Debian package) if missing; needs prosody, openssl and python3. Work files go to
@@ -20,13 +26,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 part=${1:-all}
-case $part in all|load|idle) ;; *) echo "usage: $0 [all|load|idle]" >&2; exit 2 ;; esac
+case $part in all|load|idle|scale|latency) ;; *) echo "usage: $0 [all|load|idle|scale|latency]" >&2; exit 2 ;; esac
 
 USERS=${USERS:-2000}          # logins per login run
 CONC=${CONC:-50}              # logins (or echo pairs) in flight
 PAIRS=${PAIRS:-50}            # echo: session pairs
 MESSAGES=${MESSAGES:-100}     # echo: messages per pair, one at a time
 IDLE=${IDLE:-5000}            # idle connections held through each proxy
+SCALE=${SCALE:-9000}          # scale: connections held at the last step
+STEP=${STEP:-1000}            # scale: connections added per step
+RATE=${RATE:-5000}            # latency: messages per second over all pairs
+RATE_PAIRS=${RATE_PAIRS:-50}  # latency: sender/receiver pairs
+RATE_SECONDS=${RATE_SECONDS:-20}  # latency: seconds of sending per run
 SERIAL=${SERIAL:-300}          # logins one at a time (latency without queueing)
 ROUNDS=${ROUNDS:-5}           # rounds of login + echo runs; the order rotates each round
 SOURCES=${SOURCES:-200}       # client source addresses 127.0.0.1..SOURCES (HAProxy hashes them)
@@ -43,7 +54,8 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- prerequisites ------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)"
-[ "$(ulimit -n)" -ge $((2 * IDLE + 1000)) ] || die "open-file limit $(ulimit -n) too low for IDLE=$IDLE"
+[ "$part" = scale ] && IDLE=$SCALE
+[ "$(ulimit -n)" -ge $((2 * IDLE + 200)) ] || die "open-file limit $(ulimit -n) too low for IDLE=$IDLE"
 need_packages haproxy
 for tool in prosody openssl python3 haproxy; do
   command -v $tool >/dev/null || die "$tool is missing (bash scripts/install-deps.sh installs prosody and openssl)"
@@ -83,6 +95,8 @@ for n in 1 2 3; do wait_port $((p_node + n - 1)); done
 say "xmpp-lb: STARTTLS :$p_lb_starttls, direct TLS :$p_lb_direct"
 write_lb_config "$work/xmpp-lb.toml" "$domain" certs "$p_lb_starttls" "$p_lb_direct" "$p_lb_metrics" \
   $((IDLE + 2000)) "$p_node" $((p_node + 1)) $((p_node + 2))
+# The descriptor budget up to the limit (90% by default): the scale part holds 2 x SCALE.
+printf '\n[overload]\nmax_descriptors = %d\n' $(( $(ulimit -n) - 100 )) >>"$work/xmpp-lb.toml"
 "$lb_bin" check --config "$work/xmpp-lb.toml" >/dev/null
 # LB_PRELOAD: a shared library preloaded into xmpp-lb only (e.g. another allocator, to compare).
 LD_PRELOAD=${LB_PRELOAD:-} "$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
@@ -91,7 +105,9 @@ pids+=($lb_pid)
 
 say "HAProxy $(haproxy -v | head -1 | awk '{print $3}'): direct TLS :$p_haproxy, balance source over the nodes"
 # Two file descriptors per connection; the hard limit of the machine bounds maxconn.
-start_haproxy "$work" "$p_haproxy" "$work/certs/haproxy.pem" $(( IDLE + 2000 )) \
+ha_maxconn=$(( IDLE + 2000 ))
+(( ha_maxconn <= ($(ulimit -n) - 100) / 2 )) || ha_maxconn=$(( ($(ulimit -n) - 100) / 2 ))
+start_haproxy "$work" "$p_haproxy" "$work/certs/haproxy.pem" "$ha_maxconn" \
   "$p_node" $((p_node + 1)) $((p_node + 2))
 for p in $p_lb_starttls $p_lb_direct $p_haproxy; do wait_port $p; done
 
@@ -199,7 +215,58 @@ if [ "$part" != idle ]; then
   done
 fi
 
-if [ "$part" != load ]; then
+# Kernel memory of all TCP sockets (pages, /proc/net/sockstat "TCP: ... mem N").
+tcp_mem_pages() { awk '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat; }
+# scale_idle SETUP: hold STEP more connections at a time up to SCALE; one line per step.
+scale_idle() {
+  local setup=$1 pid n=0 lg ready holders=() base_rss base_mem
+  pid=$(setup_pid "$setup")
+  sleep 1
+  base_rss=$(rss_kib "$pid"); base_mem=$(tcp_mem_pages)
+  echo "$setup 0 $base_rss $base_mem" >>"$work/results/scale.txt"
+  while (( n < SCALE )); do
+    ready=$work/results/scale.$setup.$n.ready
+    # shellcheck disable=SC2046
+    "$loadgen" $(setup_args "$setup") --domain $domain --password $password --source-ips "$SOURCES" \
+      --users "$STEP" --first-user $((n + 1)) --concurrency "$CONC" --mode hold --presence \
+      --ready-file "$ready" --timeout 900 --label "$setup" </dev/null >"$work/results/scale.$setup.$n.json" &
+    lg=$!
+    pids+=($lg); holders+=($lg)
+    for _ in $(seq 3000); do [ -e "$ready" ] && break; kill -0 $lg 2>/dev/null || break; sleep 0.1; done
+    [ -e "$ready" ] || die "hold through $setup never got ready at $n"
+    n=$((n + STEP))
+    sleep 2
+    echo "$setup $n $(rss_kib "$pid") $(tcp_mem_pages) $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["held"])' "$ready")" >>"$work/results/scale.txt"
+    tail -1 "$work/results/scale.txt" >&2
+  done
+  kill -TERM "${holders[@]}"
+  for lg in "${holders[@]}"; do wait "$lg" || true; done
+  sleep 3
+  echo "$setup closed $(rss_kib "$pid") $(tcp_mem_pages)" >>"$work/results/scale.txt"
+  tail -1 "$work/results/scale.txt" >&2
+}
+
+if [ "$part" = latency ]; then
+  lat_setups=(direct-3 haproxy lb-direct lb-starttls)
+  say "warm-up"
+  for s in "${lat_setups[@]}"; do
+    "$loadgen" $(setup_args "$s") --domain $domain --password $password --source-ips "$SOURCES" \
+      --users 200 --concurrency "$CONC" --mode login --timeout 60 </dev/null >/dev/null
+  done
+  for ((round = 1; round <= ROUNDS; round++)); do
+    say "round $round/$ROUNDS: $RATE messages/s for $RATE_SECONDS s over $RATE_PAIRS pairs, through each setup"
+    order=("${lat_setups[@]:$(( (round - 1) % ${#lat_setups[@]} ))}" "${lat_setups[@]:0:$(( (round - 1) % ${#lat_setups[@]} ))}")
+    for s in "${order[@]}"; do
+      run "$s" rate "$round" --mode rate --pairs "$RATE_PAIRS" --rate "$RATE" --seconds "$RATE_SECONDS" --concurrency "$CONC"
+      python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["rate"]; l=r["one_way_ms"] or {}; print("     sent %d received %d  one-way p50 %.3f p90 %.3f p99 %.3f max %.3f ms" % (r["sent"], r["received"], l.get("p50",0), l.get("p90",0), l.get("p99",0), l.get("max",0)))' "$work/results/rate.$s.$round.json" >&2
+    done
+  done
+elif [ "$part" = scale ]; then
+  say "scale: idle logged-in connections (with presence) held through each proxy, $STEP more at a time up to $SCALE"
+  : >"$work/results/scale.txt"
+  scale_idle lb-direct
+  scale_idle haproxy
+elif [ "$part" != load ]; then
   say "idle memory: $IDLE logged-in connections (with presence) held through each proxy"
   hold_idle lb-direct
   hold_idle haproxy
@@ -213,6 +280,65 @@ say "results (median of $ROUNDS rounds; ratios of medians)"
     "$(git diff --quiet HEAD -- src 2>/dev/null || echo ' with uncommitted changes in src/')" \
     "$(haproxy -v | awk 'NR == 1 {print $3}')" "$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?')"
 } | tee "$work/report.md"
+if [ "$part" = latency ]; then
+  python3 - "$work/results" "$ROUNDS" "$RATE" "$RATE_PAIRS" "$RATE_SECONDS" <<'PY' | tee -a "$work/report.md"
+import json, os, statistics, sys
+d, rounds, rate, pairs, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+setups = ["direct-3", "haproxy", "lb-direct", "lb-starttls"]
+rows = {}
+for s in setups:
+    runs = [json.load(open(os.path.join(d, f"rate.{s}.{r}.json"))) for r in range(1, rounds + 1)]
+    lat = [r["rate"]["one_way_ms"] or {} for r in runs]
+    rows[s] = {
+        "sent": sum(r["rate"]["sent"] for r in runs),
+        "received": sum(r["rate"]["received"] for r in runs),
+        "cpu": statistics.median([r["proxy_cpu_s"] * 1e6 / max(1, r["rate"]["received"]) for r in runs]),
+        **{q: statistics.median([l.get(q, float("nan")) for l in lat]) for q in ("p50", "p90", "p99", "max")},
+    }
+print(f"\nF. Message latency under load: {rate} messages/s for {secs} s over {pairs} pairs, open loop; one-way latency of every message, sender to receiver (medians of {rounds} runs)\n")
+print("| setup | sent | received | p50 ms | p90 ms | p99 ms | max ms | added p50 ms | added p99 ms | proxy CPU µs/message |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+base = rows["direct-3"]
+for s in setups:
+    r = rows[s]
+    added = "-" if s == "direct-3" else f"{r['p50'] - base['p50']:+.3f}"
+    added99 = "-" if s == "direct-3" else f"{r['p99'] - base['p99']:+.3f}"
+    cpu = "-" if s == "direct-3" else f"{r['cpu']:.1f}"
+    print(f"| {s} | {r['sent']} | {r['received']} | {r['p50']:.3f} | {r['p90']:.3f} | {r['p99']:.3f} | {r['max']:.3f} | {added} | {added99} | {cpu} |")
+PY
+  exit 0
+fi
+if [ "$part" = scale ]; then
+  python3 - "$work/results/scale.txt" "$(getconf PAGESIZE)" <<'PY' | tee -a "$work/report.md"
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+page = int(sys.argv[2]) / 1024
+print("\nE. Idle connections held through each proxy, step by step (VmRSS of the proxy; TCP socket")
+print("memory of the whole machine from /proc/net/sockstat: the proxy's two sockets, the client's")
+print("and the node's for every connection)\n")
+print("| proxy | connections held | VmRSS KiB | KiB per connection (from 0) | KiB per connection (this step) | TCP socket memory KiB (machine) |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+base = {}
+prev = {}
+for r in rows:
+    setup, n, rss, mem = r[0], r[1], int(r[2]), int(r[3]) * page
+    if n == "0":
+        base[setup] = (rss, mem)
+        prev[setup] = (0, rss)
+        print(f"| {setup} | 0 | {rss} | - | - | {mem:.0f} |")
+        continue
+    if n == "closed":
+        print(f"| {setup} | after closing | {rss} | - | - | {mem:.0f} |")
+        continue
+    held = int(r[4]) if len(r) > 4 else int(n)
+    n = int(n)
+    pn, prss = prev[setup]
+    step = (rss - prss) / max(1, n - pn)
+    prev[setup] = (n, rss)
+    print(f"| {setup} | {n} ({held} logged in) | {rss} | {(rss - base[setup][0]) / n:.1f} | {step:.1f} | {mem:.0f} |")
+PY
+  exit 0
+fi
 python3 - "$work/results" "$ROUNDS" "$USERS" "$CONC" "$PAIRS" "$MESSAGES" "$IDLE" "$SERIAL" <<'PY' | tee -a "$work/report.md"
 import json, os, statistics, sys
 d, rounds = sys.argv[1], int(sys.argv[2])

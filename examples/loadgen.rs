@@ -64,6 +64,10 @@ enum Mode {
     Hold,
     /// Pairs of sessions exchange messages; measures the round trip.
     Echo,
+    /// Open loop: in each pair, one session sends to the other at a fixed rate (`--rate`
+    /// messages/s over all pairs, for `--seconds`) whatever the answers; measures the one-way
+    /// latency of every message (sent and received in this process, one clock).
+    Rate,
 }
 
 /// An XMPP client load generator (logins, idle connections, message round trips).
@@ -118,6 +122,12 @@ struct Args {
     /// Echo mode: number of session pairs.
     #[arg(long, default_value_t = 20)]
     pairs: usize,
+    /// Rate mode: messages per second, over all pairs.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Rate mode: how long to send, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
     /// Echo mode: messages each pair exchanges (one at a time).
     #[arg(long, default_value_t = 50)]
     messages: usize,
@@ -166,6 +176,10 @@ struct Stats {
     login_ms: Vec<f64>,
     rtt_ms: Vec<f64>,
     rtt_failed: usize,
+    /// Rate mode: messages sent and received, one-way latencies.
+    rate_sent: usize,
+    rate_received: usize,
+    one_way_ms: Vec<f64>,
     held: usize,
     login_phase: Option<Duration>,
 }
@@ -537,6 +551,97 @@ async fn echo_pair(ctx: Arc<Ctx>, p: usize) {
     }
 }
 
+/// Rate mode: log every pair in (two resources of one account, so both are on one node
+/// whatever the routing), then send at the rate, every pair on its own timer, offset so that
+/// the messages of all pairs are spread evenly over each period.
+async fn rate_run(ctx: Arc<Ctx>) {
+    let a = &ctx.args;
+    let pairs = Arc::new(Mutex::new(Vec::new()));
+    let (c, ps) = (ctx.clone(), pairs.clone());
+    for_each(a.pairs, a.concurrency, move |p| {
+        let (c, ps) = (c.clone(), ps.clone());
+        async move {
+            let Some(s) = timed_login(&c, p, p, "a").await else {
+                return;
+            };
+            match timed_login(&c, p, p, "b").await {
+                Some(r) => ps.lock().unwrap().push((p, s, r)),
+                None => s.close().await,
+            }
+        }
+    })
+    .await;
+    let pairs = std::mem::take(&mut *pairs.lock().unwrap());
+    if pairs.is_empty() {
+        return;
+    }
+    let n = pairs.len() as f64;
+    let period = Duration::from_secs_f64(n / a.rate);
+    let count = (a.seconds * a.rate / n).round().max(1.0) as usize;
+    let clock = Instant::now();
+    let start = clock + Duration::from_millis(500);
+    let mut tasks = Vec::new();
+    for (k, (_, mut s, mut r)) in pairs.into_iter().enumerate() {
+        let to = r.jid.clone();
+        let first = start + period.mul_f64(k as f64 / n);
+        let c = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(first.into(), period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for _ in 0..count {
+                tick.tick().await;
+                let at = clock.elapsed().as_micros();
+                let m = format!(
+                    "<message to='{to}' type='chat' id='t{at}'><body>load</body></message>"
+                );
+                if s.send(&m).await.is_err() {
+                    break;
+                }
+                c.stats.lock().unwrap().rate_sent += 1;
+            }
+            s
+        }));
+        let c = ctx.clone();
+        let until = start + Duration::from_secs_f64(ctx.args.seconds) + Duration::from_secs(5);
+        tasks.push(tokio::spawn(async move {
+            let mut got = 0;
+            let mut chunk = vec![0u8; 16384];
+            while got < count {
+                match tokio::time::timeout_at(until.into(), r.io.read(&mut chunk)).await {
+                    Ok(Ok(m)) if m > 0 => r.buf.extend_from_slice(&chunk[..m]),
+                    _ => break,
+                }
+                let now = clock.elapsed().as_micros();
+                let mut lat = Vec::new();
+                while let Some(end) = find(&r.buf, b"</message>") {
+                    let stanza = String::from_utf8_lossy(&r.buf[..end]).into_owned();
+                    r.buf.drain(..end + "</message>".len());
+                    let start = stanza.rfind("<message").unwrap_or(0);
+                    let sent = attr(&stanza[start..], "id")
+                        .and_then(|id| id.strip_prefix('t').and_then(|t| t.parse::<u128>().ok()));
+                    if let Some(sent) = sent {
+                        lat.push(now.saturating_sub(sent) as f64 / 1e3);
+                    }
+                }
+                got += lat.len();
+                let mut st = c.stats.lock().unwrap();
+                st.rate_received += lat.len();
+                st.one_way_ms.extend(lat);
+            }
+            r
+        }));
+    }
+    let mut sessions = Vec::new();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            sessions.push(s);
+        }
+    }
+    for s in sessions {
+        s.close().await;
+    }
+}
+
 /// The value of attribute `name` in the first tag of `tag` (either quote style).
 fn attr(tag: &str, name: &str) -> Option<String> {
     let end = tag.find('>').unwrap_or(tag.len());
@@ -659,6 +764,7 @@ async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
             for_each(a.pairs, a.concurrency, move |p| echo_pair(c.clone(), p)).await;
             ctx.stats.lock().unwrap().login_phase = Some(t0.elapsed());
         }
+        Mode::Rate => rate_run(ctx.clone()).await,
         Mode::Hold => {
             watch_stop(a.stop_on_stdin_eof, stop.clone());
             let holders = Arc::new(Mutex::new(Vec::new()));
@@ -758,6 +864,16 @@ fn summary(ctx: &Ctx, timed_out: bool) -> serde_json::Value {
             });
         }
         Mode::Hold => out["held"] = json!(st.held),
+        Mode::Rate => {
+            out["rate"] = json!({
+                "pairs": a.pairs,
+                "rate": a.rate,
+                "seconds": a.seconds,
+                "sent": st.rate_sent,
+                "received": st.rate_received,
+                "one_way_ms": percentiles(&st.one_way_ms),
+            });
+        }
         Mode::Login => {}
     }
     out

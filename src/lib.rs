@@ -51,6 +51,7 @@ pub mod server;
 pub(crate) mod socket;
 pub mod sources;
 pub(crate) mod tls;
+pub(crate) mod trim;
 pub(crate) mod websocket;
 pub mod xmpp;
 

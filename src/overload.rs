@@ -81,6 +81,11 @@ impl Overload {
         self.accepted.store(0, Ordering::Relaxed);
     }
 
+    /// Open descriptors at the last sample.
+    pub fn descriptors(&self) -> usize {
+        self.descriptors.load(Ordering::Relaxed)
+    }
+
     /// A connection was accepted (it counts until the next sample sees it).
     pub fn accepted(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);

@@ -339,15 +339,20 @@ fn accept_error_kind(e: &std::io::Error) -> &'static str {
 }
 
 /// Measure memory and descriptors a few times a second; say when the process goes over its
-/// budget and when it is back under (one line each, not one per refused connection).
+/// budget and when it is back under (one line each, not one per refused connection); give
+/// freed memory back once many connections have closed ([`crate::trim`]).
 async fn sample_overload(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut was: Option<crate::overload::Budget> = None;
+    let mut trimmer = crate::trim::Trimmer::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(crate::overload::SAMPLE_EVERY) => {}
         }
         shared.overload.sample();
+        if trimmer.due(shared.overload.descriptors(), std::time::Instant::now()) {
+            crate::trim::release_free_memory().await;
+        }
         let config = &shared.runtime.load().config.overload;
         let now = shared.overload.over(config);
         for budget in [

@@ -1,7 +1,9 @@
 //! Idle memory per logged-in connection, WebSocket (over TLS) side by side with direct TLS:
 //! two proxy processes from the same configuration in front of the same Prosody node, one
 //! holding N TLS logins, the other N WebSocket logins; each proxy's VmRSS is read before and
-//! while holding them. A WebSocket connection must cost no more than 1.5 times a TLS one.
+//! while holding them. A WebSocket connection may cost at most 12 KiB more than a TLS one: its
+//! framing state (about 2 KiB inline) and the WebSocket library's buffers (a 4 KiB read buffer,
+//! and a write buffer kept at the largest frame sent) on top of the same TLS session.
 //!
 //! `WS_IDLE_N` sets N (default 300); `bash benches/websocket_idle.sh` runs it with 2000 and
 //! prints the table docs/benchmarks.md records.
@@ -84,7 +86,7 @@ fn per_connection(
 }
 
 #[test]
-fn an_idle_websocket_connection_costs_at_most_one_and_a_half_tls_ones() {
+fn an_idle_websocket_connection_costs_at_most_12_kib_more_than_a_tls_one() {
     let n = n();
     let users = accounts("m", 1..=(n + WARM));
     let env = EnvBuilder::new(1)
@@ -110,7 +112,7 @@ fn an_idle_websocket_connection_costs_at_most_one_and_a_half_tls_ones() {
         "the TLS connections cost nothing measurable: {tls:.1} KiB"
     );
     assert!(
-        ws <= 1.5 * tls,
-        "a WebSocket connection costs {ws:.1} KiB, a TLS one {tls:.1} KiB: more than 1.5 times"
+        ws <= tls + 12.0,
+        "a WebSocket connection costs {ws:.1} KiB, a TLS one {tls:.1} KiB: more than 12 KiB more"
     );
 }
