@@ -99,7 +99,7 @@ write_lb_config "$work/xmpp-lb.toml" "$domain" certs "$p_lb_starttls" "$p_lb_dir
 printf '\n[overload]\nmax_descriptors = %d\n' $(( $(ulimit -n) - 100 )) >>"$work/xmpp-lb.toml"
 "$lb_bin" check --config "$work/xmpp-lb.toml" >/dev/null
 # LB_PRELOAD: a shared library preloaded into xmpp-lb only (e.g. another allocator, to compare).
-LD_PRELOAD=${LB_PRELOAD:-} "$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
+LD_PRELOAD=${LB_PRELOAD:-} "$lb_bin" --config "$work/xmpp-lb.toml" --log "${LB_LOG:-warn}" >"$work/xmpp-lb.log" 2>&1 </dev/null &
 lb_pid=$!
 pids+=($lb_pid)
 
@@ -188,7 +188,7 @@ PY
     "$before" "$after" "$(python3 -c "print(($after - $before) / max(1, $IDLE))")" "$closed" >&2
 }
 
-if [ "$part" != idle ]; then
+if [ "$part" = all ] || [ "$part" = load ]; then
   # Warm-up (not recorded): the first logins of a Prosody node are slower (module and account loads).
   say "warm-up"
   for s in "${setups[@]}"; do
@@ -266,7 +266,7 @@ elif [ "$part" = scale ]; then
   : >"$work/results/scale.txt"
   scale_idle lb-direct
   scale_idle haproxy
-elif [ "$part" != load ]; then
+elif [ "$part" = all ] || [ "$part" = idle ]; then
   say "idle memory: $IDLE logged-in connections (with presence) held through each proxy"
   hold_idle lb-direct
   hold_idle haproxy

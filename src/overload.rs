@@ -116,7 +116,7 @@ impl Overload {
 }
 
 /// `VmRSS` of this process, in bytes.
-fn resident_bytes() -> Option<u64> {
+pub(crate) fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib = status
         .lines()

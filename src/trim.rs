@@ -18,10 +18,12 @@ const FALLEN_AT_LEAST: usize = 64;
 /// Never more often than this: a trim is cheap, but churn should not trigger one per sample.
 const AT_MOST_EVERY: Duration = Duration::from_secs(10);
 
-/// The high-water mark of open descriptors since the last trim, and when that was.
+/// The high-water mark of open descriptors since the last trim, the last count seen, and
+/// when the last trim was.
 #[derive(Debug)]
 pub(crate) struct Trimmer {
     high: usize,
+    previous: usize,
     last: Option<Instant>,
 }
 
@@ -29,19 +31,24 @@ impl Trimmer {
     pub(crate) fn new() -> Trimmer {
         Trimmer {
             high: 0,
+            previous: 0,
             last: None,
         }
     }
 
-    /// Whether to trim now, with `open` descriptors open at `now`.
+    /// Whether to trim now, with `open` descriptors open at `now` (called at every sample).
+    /// Only once the count has stopped falling: thousands of clients leaving take a second
+    /// or two, and a trim in the middle would give back only what had closed so far.
     pub(crate) fn due(&mut self, open: usize, now: Instant) -> bool {
         self.high = self.high.max(open);
+        let settled = open >= self.previous;
+        self.previous = open;
         let fallen = self.high - open;
         let enough = fallen >= FALLEN_BY || (fallen >= FALLEN_AT_LEAST && open <= self.high / 2);
         let rested = self
             .last
             .is_none_or(|t| now.duration_since(t) >= AT_MOST_EVERY);
-        if enough && rested {
+        if enough && settled && rested {
             self.high = open;
             self.last = Some(now);
             return true;
@@ -55,11 +62,20 @@ impl Trimmer {
 pub(crate) async fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        let before = crate::overload::resident_bytes();
         let _joined = tokio::task::spawn_blocking(|| {
             // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks.
             unsafe { libc::malloc_trim(0) };
         })
         .await;
+        let after = crate::overload::resident_bytes();
+        if let (Some(before), Some(after)) = (before, after) {
+            tracing::info!(
+                rss_before_kib = before / 1024,
+                rss_after_kib = after / 1024,
+                "many connections closed: free memory given back to the system"
+            );
+        }
     }
 }
 
@@ -75,16 +91,19 @@ mod tests {
         assert!(!t.due(100, t0));
         assert!(!t.due(5_000, t0));
         assert!(!t.due(4_900, t0));
-        // 3,000 descriptors closed: trim, once.
+        // 3,000 descriptors closing: not while they are still falling; once they stop, once.
+        assert!(!t.due(2_000, t0));
         assert!(t.due(2_000, t0));
-        assert!(!t.due(1_900, t0 + Duration::from_secs(1)));
+        assert!(!t.due(2_000, t0 + Duration::from_secs(1)));
         // Another large fall, but too soon after the last trim; later, it is due.
         assert!(!t.due(100, t0 + Duration::from_secs(2)));
+        assert!(!t.due(100, t0 + Duration::from_secs(3)));
         assert!(t.due(100, t0 + Duration::from_secs(11)));
         // A small process: from 200 to 40 descriptors is a population leaving too.
         let mut small = Trimmer::new();
         assert!(!small.due(200, t0));
         assert!(!small.due(150, t0));
+        assert!(!small.due(40, t0));
         assert!(small.due(40, t0));
     }
 }
