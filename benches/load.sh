@@ -139,11 +139,20 @@ run() {
   pid=$(setup_pid "$setup")
   [ -n "$pid" ] && cpu0=$(cpu_ticks "$pid")
   ncpu0=$(nodes_cpu_ticks)
+  # PERF_OUT=FILE: record xmpp-lb's stacks (perf, 499 Hz, DWARF unwinding; best with
+  # PROFILE=profiling) during the first lb-direct login run.
+  local perf=""
+  if [ -n "${PERF_OUT:-}" ] && [ "$setup" = lb-direct ] && [ "$kind" = login ] && [ ! -e "$PERF_OUT" ]; then
+    perf record -F 499 --call-graph dwarf,16384 -p "$pid" -o "$PERF_OUT" >/dev/null 2>&1 &
+    perf=$!
+    sleep 0.5
+  fi
   # shellcheck disable=SC2046
   out=$(timeout 330 "$loadgen" $(setup_args "$setup") --domain $domain --password $password \
         --source-ips "$SOURCES" --timeout 300 --label "$setup" "$@" </dev/null)
   [ -n "$pid" ] && cpu1=$(cpu_ticks "$pid")
   ncpu1=$(nodes_cpu_ticks)
+  if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
   python3 - "$out" "$(( cpu1 - cpu0 ))" "$(( ncpu1 - ncpu0 ))" "$hz" > "$work/results/$kind.$setup.$round.json" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
@@ -217,13 +226,15 @@ fi
 
 # Kernel memory of all TCP sockets (pages, /proc/net/sockstat "TCP: ... mem N").
 tcp_mem_pages() { awk '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat; }
+# Kernel slab memory of the machine (KiB): socket structures, files, epoll items live there.
+slab_kib() { awk '$1 == "Slab:" {print $2}' /proc/meminfo; }
 # scale_idle SETUP: hold STEP more connections at a time up to SCALE; one line per step.
 scale_idle() {
   local setup=$1 pid n=0 lg ready holders=() base_rss base_mem
   pid=$(setup_pid "$setup")
   sleep 1
   base_rss=$(rss_kib "$pid"); base_mem=$(tcp_mem_pages)
-  echo "$setup 0 $base_rss $base_mem" >>"$work/results/scale.txt"
+  echo "$setup 0 $base_rss $base_mem $(slab_kib)" >>"$work/results/scale.txt"
   while (( n < SCALE )); do
     ready=$work/results/scale.$setup.$n.ready
     # shellcheck disable=SC2046
@@ -236,13 +247,13 @@ scale_idle() {
     [ -e "$ready" ] || die "hold through $setup never got ready at $n"
     n=$((n + STEP))
     sleep 2
-    echo "$setup $n $(rss_kib "$pid") $(tcp_mem_pages) $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["held"])' "$ready")" >>"$work/results/scale.txt"
+    echo "$setup $n $(rss_kib "$pid") $(tcp_mem_pages) $(slab_kib) $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["held"])' "$ready")" >>"$work/results/scale.txt"
     tail -1 "$work/results/scale.txt" >&2
   done
   kill -TERM "${holders[@]}"
   for lg in "${holders[@]}"; do wait "$lg" || true; done
   sleep 3
-  echo "$setup closed $(rss_kib "$pid") $(tcp_mem_pages)" >>"$work/results/scale.txt"
+  echo "$setup closed $(rss_kib "$pid") $(tcp_mem_pages) $(slab_kib)" >>"$work/results/scale.txt"
   tail -1 "$work/results/scale.txt" >&2
 }
 
@@ -313,29 +324,29 @@ if [ "$part" = scale ]; then
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 page = int(sys.argv[2]) / 1024
-print("\nE. Idle connections held through each proxy, step by step (VmRSS of the proxy; TCP socket")
-print("memory of the whole machine from /proc/net/sockstat: the proxy's two sockets, the client's")
-print("and the node's for every connection)\n")
-print("| proxy | connections held | VmRSS KiB | KiB per connection (from 0) | KiB per connection (this step) | TCP socket memory KiB (machine) |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
+print("\nE. Idle connections held through each proxy, step by step: VmRSS of the proxy; the")
+print("machine's TCP socket buffer memory (/proc/net/sockstat) and kernel slab memory (/proc/meminfo),")
+print("which hold the proxy's two sockets and also the client's and the node's for every connection\n")
+print("| proxy | connections held | VmRSS KiB | KiB per connection (from 0) | KiB per connection (this step) | TCP buffers KiB (machine) | kernel slab KiB (machine) | slab KiB per connection (from 0) |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 base = {}
 prev = {}
 for r in rows:
-    setup, n, rss, mem = r[0], r[1], int(r[2]), int(r[3]) * page
+    setup, n, rss, mem, slab = r[0], r[1], int(r[2]), int(r[3]) * page, int(r[4])
     if n == "0":
-        base[setup] = (rss, mem)
+        base[setup] = (rss, slab)
         prev[setup] = (0, rss)
-        print(f"| {setup} | 0 | {rss} | - | - | {mem:.0f} |")
+        print(f"| {setup} | 0 | {rss} | - | - | {mem:.0f} | {slab} | - |")
         continue
     if n == "closed":
-        print(f"| {setup} | after closing | {rss} | - | - | {mem:.0f} |")
+        print(f"| {setup} | after closing | {rss} | - | - | {mem:.0f} | {slab} | - |")
         continue
-    held = int(r[4]) if len(r) > 4 else int(n)
+    held = int(r[5])
     n = int(n)
     pn, prss = prev[setup]
     step = (rss - prss) / max(1, n - pn)
     prev[setup] = (n, rss)
-    print(f"| {setup} | {n} ({held} logged in) | {rss} | {(rss - base[setup][0]) / n:.1f} | {step:.1f} | {mem:.0f} |")
+    print(f"| {setup} | {n} ({held} in this step) | {rss} | {(rss - base[setup][0]) / n:.1f} | {step:.1f} | {mem:.0f} | {slab} | {(slab - base[setup][1]) / n:.1f} |")
 PY
   exit 0
 fi
