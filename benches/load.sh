@@ -212,6 +212,12 @@ if [ "$part" = all ] || [ "$part" = load ]; then
     for s in "${order[@]}"; do
       run "$s" login "$round" --mode login --users "$USERS" --concurrency "$CONC"
     done
+    # The same logins resuming TLS sessions (the client keeps its session tickets): a
+    # reconnecting client's cost, reported apart from full handshakes.
+    for s in "${order[@]}"; do
+      case $s in direct-*) continue ;; esac
+      run "$s" loginr "$round" --mode login --users "$USERS" --concurrency "$CONC" --tls-resume
+    done
     for s in "${order[@]}"; do
       run "$s" login1 "$round" --mode login --users "$SERIAL" --concurrency 1
     done
@@ -372,6 +378,8 @@ for s in setups if os.path.exists(os.path.join(d, "login.direct-1.1.json")) else
         "rate": med([r["logins_per_s"] for r in L]),
         **{q: med([pct(r, "login_ms", q) for r in L]) for q in ("p50", "p90", "p99", "max")},
         "cpu": med([r["proxy_cpu_s"] * 1000 / max(1, r["ok"]) for r in L]),
+        "rcpu": float("nan") if s.startswith("direct") else med([r["proxy_cpu_s"] * 1000 / max(1, r["ok"]) for r in load("loginr", s)]),
+        "rp50": float("nan") if s.startswith("direct") else med([pct(r, "login_ms", "p50") for r in load("loginr", s)]),
         "ncpu": med([r["nodes_cpu_s"] * 1000 / max(1, r["ok"]) for r in L]),
         "ccpu": med([r["client_cpu_s"] * 1000 / max(1, r["ok"]) for r in L]),
         "s50": med([pct(r, "login_ms", "p50") for r in L1]),
@@ -385,12 +393,12 @@ def f(x, n=1):
     return "-" if x != x else f"{x:.{n}f}"
 def load_tables():
     print(f"\nA. Login throughput: {users} logins per run, {conc} in flight (medians of {rounds} runs)\n")
-    print("| setup | logins ok | failures (all runs) | logins/s | login p50 ms | p90 ms | p99 ms | max ms | proxy CPU ms/login | Prosody CPU ms/login | loadgen CPU ms/login |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| setup | logins ok | failures (all runs) | logins/s | login p50 ms | p90 ms | p99 ms | max ms | proxy CPU ms/login | Prosody CPU ms/login | loadgen CPU ms/login | proxy CPU ms/login, TLS resumed | login p50 ms, TLS resumed |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for s in setups:
         r = rows[s]
         cpu = "-" if s.startswith("direct") else f(r["cpu"], 2)
-        print(f"| {s} | {r['ok']} | {r['failed']} | {f(r['rate'], 0)} | {f(r['p50'])} | {f(r['p90'])} | {f(r['p99'])} | {f(r['max'])} | {cpu} | {f(r['ncpu'], 2)} | {f(r['ccpu'], 2)} |")
+        print(f"| {s} | {r['ok']} | {r['failed']} | {f(r['rate'], 0)} | {f(r['p50'])} | {f(r['p90'])} | {f(r['p99'])} | {f(r['max'])} | {cpu} | {f(r['ncpu'], 2)} | {f(r['ccpu'], 2)} | {f(r['rcpu'], 2)} | {f(r['rp50'])} |")
     print(f"\nB. Latency without queueing: {serial} logins one at a time; echo round trips, {messages} messages per pair, 5 pairs one at a time and {pairs} pairs at once (medians of {rounds} runs)\n")
     print("| setup | login p50 ms | login p99 ms | echo RTT p50 ms (1 pair) | RTT p99 ms (1 pair) | echo RTT p50 ms (" + pairs + " pairs) | RTT p99 ms (" + pairs + " pairs) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -398,14 +406,15 @@ def load_tables():
         r = rows[s]
         print(f"| {s} | {f(r['s50'], 2)} | {f(r['s99'], 2)} | {f(r['e150'], 3)} | {f(r['e199'], 3)} | {f(r['e50'], 2)} | {f(r['e99'], 2)} |")
     print("\nC. Ratios (of the medians above)\n")
-    print("| ratio | logins/s | login p50 | p90 | p99 | proxy CPU/login | serial login p50 | p99 | echo RTT p50 (1 pair) | p99 (1 pair) | echo RTT p50 (" + pairs + " pairs) | p99 (" + pairs + " pairs) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ratio | logins/s | login p50 | p90 | p99 | proxy CPU/login | proxy CPU/login, TLS resumed | serial login p50 | p99 | echo RTT p50 (1 pair) | p99 (1 pair) | echo RTT p50 (" + pairs + " pairs) | p99 (" + pairs + " pairs) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     def q(a, b):
         return "-" if not (a == a and b == b) or b == 0 else f"{a / b:.2f}"
     for a, b in [("lb-direct", "direct-1"), ("lb-direct", "direct-3"), ("lb-direct", "haproxy"), ("lb-starttls", "haproxy")]:
         A, B = rows[a], rows[b]
         cpu = "-" if b.startswith("direct") else q(A["cpu"], B["cpu"])
-        cells = [q(A[k], B[k]) for k in ("rate", "p50", "p90", "p99")] + [cpu] + [q(A[k], B[k]) for k in ("s50", "s99", "e150", "e199", "e50", "e99")]
+        rcpu = "-" if b.startswith("direct") else q(A["rcpu"], B["rcpu"])
+        cells = [q(A[k], B[k]) for k in ("rate", "p50", "p90", "p99")] + [cpu, rcpu] + [q(A[k], B[k]) for k in ("s50", "s99", "e150", "e199", "e50", "e99")]
         print(f"| {a} / {b} | " + " | ".join(cells) + " |")
 if rows:
     load_tables()

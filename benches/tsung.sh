@@ -62,7 +62,8 @@ say "xmpp-lb: direct TLS :$p_lb; HAProxy: direct TLS :$p_haproxy"
 write_lb_config "$work/xmpp-lb.toml" "$domain" "$work/certs" "" "$p_lb" "$p_metrics" $(( accounts + 100 )) "$p_node"
 "$lb_bin" check --config "$work/xmpp-lb.toml" >/dev/null
 "$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
-pids+=($!)
+lb_pid=$!
+pids+=($lb_pid)
 start_haproxy "$work" "$p_haproxy" "$work/certs/haproxy.pem" $(( accounts + 100 )) "$p_node"
 for p in $p_lb $p_haproxy $p_metrics; do wait_port "$p"; done
 
@@ -85,6 +86,10 @@ sed -e "s|@USERS@|$accounts|g" -e "s|@ACCOUNTS@|$accounts|g" -e "s|@DOMAIN@|$dom
 say "tsung $(dpkg-query -W -f='${Version}' tsung 2>/dev/null || echo '?'): $WARMUP warm-up sessions, then $LOGINS logins at $RATE/s over the three paths"
 # -n: no web GUI (it would listen on a fixed port); HOME: tsung writes ~/.tsung. tsung is a
 # shell script that runs an Erlang VM: both go in a process group of their own, stopped as one.
+# Each proxy serves only its own path's sessions: its CPU over the run, per session, is its
+# CPU per login (user + system time, from /proc/PID/stat, in clock ticks).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+lb_cpu0=$(cpu_ticks "$lb_pid"); ha_cpu0=$(cpu_ticks "$ha_pid")
 HOME=$work/home ERL_EPMD_PORT=$p_epmd setsid timeout $(( warmup_s + login_s + 120 )) \
   tsung -n -f "$work/tsung.xml" -l "$work/tsung" start </dev/null >"$work/tsung.out" 2>&1 &
 tsung_pid=$!
@@ -92,6 +97,7 @@ groups+=($tsung_pid)
 wait $tsung_pid || die "tsung failed: $(tail -5 "$work/tsung.out")"
 logdir=$(find "$work/tsung" -mindepth 1 -maxdepth 1 -type d | head -1)
 [ -f "$logdir/tsung-fullstats.log" ] || die "tsung wrote no fullstats log: $(tail -5 "$work/tsung.out")"
+lb_cpu=$(( $(cpu_ticks "$lb_pid") - lb_cpu0 )); ha_cpu=$(( $(cpu_ticks "$ha_pid") - ha_cpu0 ))
 
 stream_errors=$(python3 - "$p_metrics" <<'PY'
 import sys, urllib.request
@@ -107,16 +113,21 @@ printf 'xmpp-lb %s%s; HAProxy %s; Prosody %s; tsung %s\n\n' "$(git rev-parse --s
   "$(git diff --quiet HEAD -- src 2>/dev/null || echo ' with uncommitted changes in src/')" \
   "$(haproxy -v | awk 'NR == 1 {print $3}')" "$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?')" \
   "$(dpkg-query -W -f='${Version}' tsung 2>/dev/null || echo '?')"
-python3 - "$logdir" "$LOGINS" "$RATE" "$stream_errors" "$work/results.json" <<'PY'
+python3 - "$logdir" "$LOGINS" "$RATE" "$stream_errors" "$work/results.json" "$lb_cpu" "$ha_cpu" "$(getconf CLK_TCK)" <<'PY'
 import json, os, re, statistics, sys
 logdir, logins, rate, stream_errors, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+hz = int(sys.argv[8])
+cpu_s = {"xmpp-lb": int(sys.argv[6]) / hz, "haproxy": int(sys.argv[7]) / hz}
 paths = {"xmpp-lb": "login_xmpp_lb", "haproxy": "login_haproxy", "direct": "login_direct"}
 samples = {p: [] for p in paths}
 warmups = 0
+per_path_warmups = {p: 0 for p in paths}
 for m in re.finditer(r"\{sample,tr_(\w+),([0-9.eE+-]+)\}", open(os.path.join(logdir, "tsung-fullstats.log")).read()):
     for p, name in paths.items():
         if m.group(1) == name:
             samples[p].append(float(m.group(2)))
+        if m.group(1) == "warmup_" + name[len("login_"):]:
+            per_path_warmups[p] += 1
     warmups += m.group(1).startswith("warmup_")
 # tsung.log's last dump holds the counters: errors, and sessions started and finished.
 errors, counts = {}, {}
@@ -130,7 +141,10 @@ def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(q / 100 * len(xs) + 0.5) - 1))] if xs else float("nan")
 rows = {p: {"logins": len(xs), "median_ms": statistics.median(xs) if xs else float("nan"),
-            "p99_ms": pct(xs, 99), "max_ms": max(xs) if xs else float("nan")} for p, xs in samples.items()}
+            "p99_ms": pct(xs, 99), "max_ms": max(xs) if xs else float("nan"),
+            # every session through the path did a full TLS handshake and a login
+            "proxy_cpu_ms_per_login": cpu_s[p] * 1000 / max(1, len(xs) + per_path_warmups[p]) if p in cpu_s else None}
+        for p, xs in samples.items()}
 ok = sum(r["logins"] for r in rows.values())
 # Every session tsung started (it may start one fewer than asked) ended its transaction.
 started = counts.get("users_count", 0)
@@ -140,16 +154,19 @@ result = {"logins_asked": logins, "sessions_started": started, "warmups_ok": war
           "xmpp_lb_stream_errors": stream_errors, "paths": rows}
 json.dump(result, open(out, "w"), indent=1)
 print(f"{ok} logins at {rate}/s, one Prosody node, interleaved over the paths (tsung; direct TLS or plain TCP, SASL PLAIN, bind)\n")
-print("| path | logins ok | login median ms | p99 ms | max ms |")
-print("| --- | ---: | ---: | ---: | ---: |")
+print("| path | logins ok | login median ms | p99 ms | max ms | proxy CPU ms/login |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
 for p in paths:
     r = rows[p]
-    print(f"| {p} | {r['logins']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} |")
+    c = r["proxy_cpu_ms_per_login"]
+    print(f"| {p} | {r['logins']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.2f} | {'-' if c is None else f'{c:.2f}'} |")
 def q(a, b):
     return "-" if not (a == a and b == b) or b == 0 else f"{a / b:.2f}"
-print("\n| ratio | median | p99 |\n| --- | ---: | ---: |")
+print("\n| ratio | median | p99 | proxy CPU/login |\n| --- | ---: | ---: | ---: |")
 for a, b in (("xmpp-lb", "haproxy"), ("xmpp-lb", "direct"), ("haproxy", "direct")):
-    print(f"| {a} / {b} | {q(rows[a]['median_ms'], rows[b]['median_ms'])} | {q(rows[a]['p99_ms'], rows[b]['p99_ms'])} |")
+    ca, cb = rows[a]["proxy_cpu_ms_per_login"], rows[b]["proxy_cpu_ms_per_login"]
+    c = "-" if ca is None or cb is None else q(ca, cb)
+    print(f"| {a} / {b} | {q(rows[a]['median_ms'], rows[b]['median_ms'])} | {q(rows[a]['p99_ms'], rows[b]['p99_ms'])} | {c} |")
 print(f"\nsessions started {started}: {warmups} warm-ups and {ok} logins completed; tsung errors {errors or 'none'}; stream errors sent by xmpp-lb: {stream_errors}")
 sys.exit(0 if all_ok and stream_errors == 0 else 1)
 PY

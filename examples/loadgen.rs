@@ -586,7 +586,7 @@ async fn rate_run(ctx: Arc<Ctx>) {
         let first = start + period.mul_f64(k as f64 / n);
         let c = ctx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(first.into(), period);
+            let mut tick = tokio::time::interval_at(first, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for _ in 0..count {
                 tick.tick().await;
@@ -607,7 +607,7 @@ async fn rate_run(ctx: Arc<Ctx>) {
             let mut got = 0;
             let mut chunk = vec![0u8; 16384];
             while got < count {
-                match tokio::time::timeout_at(until.into(), r.io.read(&mut chunk)).await {
+                match tokio::time::timeout_at(until, r.io.read(&mut chunk)).await {
                     Ok(Ok(m)) if m > 0 => r.buf.extend_from_slice(&chunk[..m]),
                     _ => break,
                 }
