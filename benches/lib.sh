@@ -172,3 +172,54 @@ CFG
   ha_pid=$!
   pids+=($ha_pid)
 }
+
+# tsung_stack WORK DOMAIN ACCOUNTS: what the tsung benches run against, on free loopback ports:
+# one Prosody node with ACCOUNTS accounts (user<i>, password pw-user<i>), xmpp-lb and HAProxy
+# both terminating direct TLS in front of it, and an Erlang port mapper of our own for tsung's
+# controller (otherwise it would start as a daemon and outlive the run). Needs `lb_bin`; sets
+# p_node, p_lb, p_metrics, p_haproxy, p_epmd, lb_pid and ha_pid.
+tsung_stack() {
+  local work=$1 domain=$2 accounts=$3 p
+  p_node=$(free_port)
+  p_lb=$(free_port)
+  p_metrics=$(free_port)
+  p_haproxy=$(free_port)
+  p_epmd=$(free_port)
+  say "test CA and certificate for $domain"
+  make_certs "$work/certs" "$domain"
+  say "one Prosody node on 127.0.0.1:$p_node, $accounts accounts"
+  start_prosody "$work/node1" "$p_node" "$domain" "$accounts" "pw-user{i}"
+  wait_port "$p_node"
+  say "xmpp-lb: direct TLS :$p_lb; HAProxy: direct TLS :$p_haproxy"
+  write_lb_config "$work/xmpp-lb.toml" "$domain" "$work/certs" "" "$p_lb" "$p_metrics" $(( accounts + 100 )) "$p_node"
+  "$lb_bin" check --config "$work/xmpp-lb.toml" >/dev/null
+  "$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
+  lb_pid=$!
+  pids+=($lb_pid)
+  start_haproxy "$work" "$p_haproxy" "$work/certs/haproxy.pem" $(( accounts + 100 )) "$p_node"
+  for p in $p_lb $p_haproxy $p_metrics; do wait_port "$p"; done
+  epmd -port "$p_epmd" -address 127.0.0.1 >"$work/epmd.log" 2>&1 </dev/null &
+  pids+=($!)
+  wait_port "$p_epmd"
+}
+
+# tsung_lb_bin: the xmpp-lb binary the tsung benches run (XMPP_LB_BIN, or the release build);
+# sets lb_bin.
+tsung_lb_bin() {
+  if [ -n "${XMPP_LB_BIN:-}" ]; then
+    lb_bin=$XMPP_LB_BIN
+  else
+    say "building xmpp-lb (release)"
+    cargo build --release --quiet --bin xmpp-lb
+    lb_bin=$root/target/release/xmpp-lb
+  fi
+}
+
+# tsung_versions LOAD_START: the machine and the versions measured, for the report.
+tsung_versions() {
+  echo "Machine: $(nproc) CPUs; load average at start $1, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+  printf 'xmpp-lb %s%s; HAProxy %s; Prosody %s; tsung %s\n\n' "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
+    "$(git diff --quiet HEAD -- src 2>/dev/null || echo ' with uncommitted changes in src/')" \
+    "$(haproxy -v | awk 'NR == 1 {print $3}')" "$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?')" \
+    "$(dpkg-query -W -f='${Version}' tsung 2>/dev/null || echo '?')"
+}

@@ -34,44 +34,12 @@ source "$root/benches/lib.sh"
 
 need_packages tsung prosody haproxy openssl python3
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-if [ -n "${XMPP_LB_BIN:-}" ]; then
-  lb_bin=$XMPP_LB_BIN
-else
-  say "building xmpp-lb (release)"
-  cargo build --release --quiet --bin xmpp-lb
-  lb_bin=$root/target/release/xmpp-lb
-fi
+tsung_lb_bin
 
 rm -rf "$work"
 mkdir -p "$work/tsung" "$work/home"
-p_node=$(free_port)
-p_lb=$(free_port)
-p_metrics=$(free_port)
-p_haproxy=$(free_port)
-p_epmd=$(free_port)
 accounts=$(( LOGINS + WARMUP ))
-
-say "test CA and certificate for $domain"
-make_certs "$work/certs" "$domain"
-
-say "one Prosody node on 127.0.0.1:$p_node, $accounts accounts"
-start_prosody "$work/node1" "$p_node" "$domain" "$accounts" "pw-user{i}"
-wait_port "$p_node"
-
-say "xmpp-lb: direct TLS :$p_lb; HAProxy: direct TLS :$p_haproxy"
-write_lb_config "$work/xmpp-lb.toml" "$domain" "$work/certs" "" "$p_lb" "$p_metrics" $(( accounts + 100 )) "$p_node"
-"$lb_bin" check --config "$work/xmpp-lb.toml" >/dev/null
-"$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
-lb_pid=$!
-pids+=($lb_pid)
-start_haproxy "$work" "$p_haproxy" "$work/certs/haproxy.pem" $(( accounts + 100 )) "$p_node"
-for p in $p_lb $p_haproxy $p_metrics; do wait_port "$p"; done
-
-# tsung's controller is an Erlang node: it registers with an Erlang port mapper, which would
-# otherwise start as a daemon of its own and outlive the run. This one is ours, stopped by pid.
-epmd -port "$p_epmd" -address 127.0.0.1 >"$work/epmd.log" 2>&1 </dev/null &
-pids+=($!)
-wait_port "$p_epmd"
+tsung_stack "$work" "$domain" "$accounts"
 
 # tsung's arrivals are random (exponential gaps at RATE on average): each phase lasts half as
 # long again as its sessions need, and ends early when they have all started (maxnumber).
@@ -108,11 +76,7 @@ PY
 )
 
 say "results"
-echo "Machine: $(nproc) CPUs; load average at start $load_start, at end $(cut -d' ' -f1-3 /proc/loadavg)"
-printf 'xmpp-lb %s%s; HAProxy %s; Prosody %s; tsung %s\n\n' "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
-  "$(git diff --quiet HEAD -- src 2>/dev/null || echo ' with uncommitted changes in src/')" \
-  "$(haproxy -v | awk 'NR == 1 {print $3}')" "$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?')" \
-  "$(dpkg-query -W -f='${Version}' tsung 2>/dev/null || echo '?')"
+tsung_versions "$load_start"
 python3 - "$logdir" "$LOGINS" "$RATE" "$stream_errors" "$work/results.json" "$lb_cpu" "$ha_cpu" "$(getconf CLK_TCK)" <<'PY'
 import json, os, re, statistics, sys
 logdir, logins, rate, stream_errors, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]

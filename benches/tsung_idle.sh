@@ -28,41 +28,11 @@ source "$root/benches/lib.sh"
 need_packages tsung prosody haproxy openssl python3
 ulimit -n "$(ulimit -Hn)"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-if [ -n "${XMPP_LB_BIN:-}" ]; then
-  lb_bin=$XMPP_LB_BIN
-else
-  say "building xmpp-lb (release)"
-  cargo build --release --quiet --bin xmpp-lb
-  lb_bin=$root/target/release/xmpp-lb
-fi
+tsung_lb_bin
 
 rm -rf "$work"
 mkdir -p "$work/tsung" "$work/home"
-p_node=$(free_port)
-p_lb=$(free_port)
-p_metrics=$(free_port)
-p_haproxy=$(free_port)
-p_epmd=$(free_port)
-
-say "test CA and certificate for $domain"
-make_certs "$work/certs" "$domain"
-
-say "one Prosody node on 127.0.0.1:$p_node, $HOLD accounts"
-start_prosody "$work/node1" "$p_node" "$domain" "$HOLD" "pw-user{i}"
-wait_port "$p_node"
-
-say "xmpp-lb: direct TLS :$p_lb; HAProxy: direct TLS :$p_haproxy"
-write_lb_config "$work/xmpp-lb.toml" "$domain" "$work/certs" "" "$p_lb" "$p_metrics" $(( HOLD + 100 )) "$p_node"
-"$lb_bin" check --config "$work/xmpp-lb.toml" >/dev/null
-"$lb_bin" --config "$work/xmpp-lb.toml" --log warn >"$work/xmpp-lb.log" 2>&1 </dev/null &
-lb_pid=$!
-pids+=($lb_pid)
-start_haproxy "$work" "$p_haproxy" "$work/certs/haproxy.pem" $(( HOLD + 100 )) "$p_node"
-for p in $p_lb $p_haproxy $p_metrics; do wait_port "$p"; done
-
-epmd -port "$p_epmd" -address 127.0.0.1 >"$work/epmd.log" 2>&1 </dev/null &
-pids+=($!)
-wait_port "$p_epmd"
+tsung_stack "$work" "$domain" "$HOLD"
 
 arrival_s=$(( (3 * HOLD / 2 + RATE - 1) / RATE + 1 ))
 hold_s=$(( arrival_s + 600 ))
@@ -109,11 +79,7 @@ sleep 3
 lb_after=$(rss_kib "$lb_pid"); ha_after=$(rss_kib "$ha_pid")
 
 say "results"
-echo "Machine: $(nproc) CPUs; load average at start $load_start, at end $(cut -d' ' -f1-3 /proc/loadavg)"
-printf 'xmpp-lb %s%s; HAProxy %s; Prosody %s; tsung %s\n\n' "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
-  "$(git diff --quiet HEAD -- src 2>/dev/null || echo ' with uncommitted changes in src/')" \
-  "$(haproxy -v | awk 'NR == 1 {print $3}')" "$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?')" \
-  "$(dpkg-query -W -f='${Version}' tsung 2>/dev/null || echo '?')"
+tsung_versions "$load_start"
 echo "| proxy | connections held | VmRSS before KiB | VmRSS holding KiB | KiB per connection | VmRSS after tsung stopped KiB |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 for p in lb ha; do
