@@ -139,11 +139,11 @@ run() {
   pid=$(setup_pid "$setup")
   [ -n "$pid" ] && cpu0=$(cpu_ticks "$pid")
   ncpu0=$(nodes_cpu_ticks)
-  # PERF_OUT=FILE: record xmpp-lb's stacks (perf, 499 Hz, DWARF unwinding; best with
+  # PERF_OUT=FILE: record xmpp-lb's stacks (perf, PERF_FREQ=499 Hz, DWARF unwinding; best with
   # PROFILE=profiling) during the first lb-direct login run.
   local perf=""
   if [ -n "${PERF_OUT:-}" ] && [ "$setup" = lb-direct ] && [ "$kind" = login ] && [ ! -e "$PERF_OUT" ]; then
-    perf record -F 499 --call-graph dwarf,16384 -p "$pid" -o "$PERF_OUT" >/dev/null 2>&1 &
+    perf record -F "${PERF_FREQ:-499}" --call-graph dwarf,16384 -p "$pid" -o "$PERF_OUT" >/dev/null 2>&1 &
     perf=$!
     sleep 0.5
   fi
