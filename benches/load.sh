@@ -38,6 +38,8 @@ STEP=${STEP:-1000}            # scale: connections added per step
 RATE=${RATE:-5000}            # latency: messages per second over all pairs
 RATE_PAIRS=${RATE_PAIRS:-50}  # latency: sender/receiver pairs
 RATE_SECONDS=${RATE_SECONDS:-20}  # latency: seconds of sending per run
+SLIX_RATE=${SLIX_RATE:-500}   # latency: messages per second sent by slixmpp (0: no slixmpp runs)
+SLIX_PAIRS=${SLIX_PAIRS:-20}  # latency: slixmpp sender/receiver pairs
 SERIAL=${SERIAL:-300}          # logins one at a time (latency without queueing)
 ROUNDS=${ROUNDS:-5}           # rounds of login + echo runs; the order rotates each round
 SOURCES=${SOURCES:-200}       # client source addresses 127.0.0.1..SOURCES (HAProxy hashes them)
@@ -165,6 +167,43 @@ PY
 }
 
 setups=(direct-1 direct-3 haproxy lb-direct lb-starttls)
+
+# The same open-loop latency measured by an independent client: slixmpp (PyPI), in
+# tests/clients/xmpp_client.py's `rate` command, from the project venv if it has it.
+slix_python() {
+  if [ -x "$root/.venv/bin/python" ] && "$root/.venv/bin/python" -c 'import slixmpp' 2>/dev/null; then
+    echo "$root/.venv/bin/python"
+  else
+    echo python3
+  fi
+}
+slix_args() {
+  case $1 in
+    direct-3) echo "--tls none --port $p_node --ports $p_node,$((p_node + 1)),$((p_node + 2))" ;;
+    haproxy) echo "--tls direct --port $p_haproxy --ca $ca" ;;
+    lb-direct) echo "--tls direct --port $p_lb_direct --ca $ca" ;;
+    lb-starttls) echo "--tls starttls --port $p_lb_starttls --ca $ca" ;;
+  esac
+}
+# run_slix SETUP ROUND: one slixmpp rate run, its JSON (plus the proxy's CPU) saved.
+run_slix() {
+  local setup=$1 round=$2 pid cpu0=0 cpu1=0 out
+  pid=$(setup_pid "$setup")
+  [ -n "$pid" ] && cpu0=$(cpu_ticks "$pid")
+  # shellcheck disable=SC2046
+  out=$(timeout 300 "$(slix_python)" "$root/tests/clients/xmpp_client.py" rate $(slix_args "$setup") \
+        --domain $domain --password $password --pairs "$SLIX_PAIRS" --rate "$SLIX_RATE" \
+        --seconds "$RATE_SECONDS" --timeout 60 </dev/null || true)
+  [ -n "$pid" ] && cpu1=$(cpu_ticks "$pid")
+  python3 - "$out" "$(( cpu1 - cpu0 ))" "$hz" > "$work/results/slix.$setup.$round.json" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1] or '{"ok": false}')
+r["proxy_cpu_s"] = int(sys.argv[2]) / int(sys.argv[3])
+print(json.dumps(r))
+PY
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r.get("one_way_ms") or {}; print("   %-11s slixmpp sent %s received %s  one-way p50 %.3f p90 %.3f p99 %.3f ms%s" % (sys.argv[2], r.get("sent"), r.get("received"), l.get("p50",0), l.get("p90",0), l.get("p99",0), "" if r.get("ok") else "  FAILED: %s" % r.get("error")))' \
+    "$work/results/slix.$setup.$round.json" "$setup" >&2
+}
 # Idle memory: hold IDLE logged-in connections through one proxy, read its VmRSS.
 hold_idle() {
   local setup=$1 pid before after closed lg ready=$work/results/idle.$1.ready
@@ -278,6 +317,13 @@ if [ "$part" = latency ]; then
       python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["rate"]; l=r["one_way_ms"] or {}; print("     sent %d received %d  one-way p50 %.3f p90 %.3f p99 %.3f max %.3f ms" % (r["sent"], r["received"], l.get("p50",0), l.get("p90",0), l.get("p99",0), l.get("max",0)))' "$work/results/rate.$s.$round.json" >&2
     done
   done
+  if [ "$SLIX_RATE" != 0 ]; then
+    for ((round = 1; round <= ROUNDS; round++)); do
+      say "slixmpp round $round/$ROUNDS: $SLIX_RATE messages/s for $RATE_SECONDS s over $SLIX_PAIRS pairs, through each setup"
+      order=("${lat_setups[@]:$(( (round - 1) % ${#lat_setups[@]} ))}" "${lat_setups[@]:0:$(( (round - 1) % ${#lat_setups[@]} ))}")
+      for s in "${order[@]}"; do run_slix "$s" "$round"; done
+    done
+  fi
 elif [ "$part" = scale ]; then
   say "scale: idle logged-in connections (with presence) held through each proxy, $STEP more at a time up to $SCALE"
   : >"$work/results/scale.txt"
@@ -298,7 +344,7 @@ say "results (median of $ROUNDS rounds; ratios of medians)"
     "$(haproxy -v | awk 'NR == 1 {print $3}')" "$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?')"
 } | tee "$work/report.md"
 if [ "$part" = latency ]; then
-  python3 - "$work/results" "$ROUNDS" "$RATE" "$RATE_PAIRS" "$RATE_SECONDS" <<'PY' | tee -a "$work/report.md"
+  SLIX_RATE=$SLIX_RATE SLIX_PAIRS=$SLIX_PAIRS python3 - "$work/results" "$ROUNDS" "$RATE" "$RATE_PAIRS" "$RATE_SECONDS" <<'PY' | tee -a "$work/report.md"
 import json, os, statistics, sys
 d, rounds, rate, pairs, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 setups = ["direct-3", "haproxy", "lb-direct", "lb-starttls"]
@@ -322,6 +368,26 @@ for s in setups:
     added99 = "-" if s == "direct-3" else f"{r['p99'] - base['p99']:+.3f}"
     cpu = "-" if s == "direct-3" else f"{r['cpu']:.1f}"
     print(f"| {s} | {r['sent']} | {r['received']} | {r['p50']:.3f} | {r['p90']:.3f} | {r['p99']:.3f} | {r['max']:.3f} | {added} | {added99} | {cpu} |")
+if not os.path.exists(os.path.join(d, "slix.direct-3.1.json")):
+    sys.exit(0)
+slix = {}
+for s in setups:
+    runs = [json.load(open(os.path.join(d, f"slix.{s}.{r}.json"))) for r in range(1, rounds + 1)]
+    lat = [r.get("one_way_ms") or {} for r in runs]
+    slix[s] = {
+        "sent": sum(r.get("sent") or 0 for r in runs),
+        "received": sum(r.get("received") or 0 for r in runs),
+        **{q: statistics.median([l.get(q, float("nan")) for l in lat]) for q in ("p50", "p90", "p99", "max")},
+    }
+print(f"\nF2. The same measured by slixmpp (an independent client, Python): {os.environ.get('SLIX_RATE', '500')} messages/s over {os.environ.get('SLIX_PAIRS', '20')} pairs (medians of {rounds} runs)\n")
+print("| setup | sent | received | p50 ms | p90 ms | p99 ms | max ms | added p50 ms | added p99 ms |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+base = slix["direct-3"]
+for s in setups:
+    r = slix[s]
+    added = "-" if s == "direct-3" else f"{r['p50'] - base['p50']:+.3f}"
+    added99 = "-" if s == "direct-3" else f"{r['p99'] - base['p99']:+.3f}"
+    print(f"| {s} | {r['sent']} | {r['received']} | {r['p50']:.3f} | {r['p90']:.3f} | {r['p99']:.3f} | {r['max']:.3f} | {added} | {added99} |")
 PY
   exit 0
 fi

@@ -8,6 +8,9 @@ exits non-zero.  Everything is bounded by --timeout.
 Subcommands:
   login  log in, bind, send presence, disco#info the domain, disconnect
   chat   log two accounts in, A sends a chat message to B's bare JID
+  rate   open loop: --pairs pairs (two resources of one account each), in each
+         one sends to the other at --rate/--pairs messages/s for --seconds;
+         prints the one-way latency percentiles of every message received
   hold   log in, print the result, stay connected --seconds, then leave
          (exit 0 when held the whole time or stopped by SIGTERM/SIGINT,
           exit 3 when the connection was lost earlier; the end status is
@@ -531,6 +534,16 @@ def parse_args(argv):
     p.add_argument("--password", required=True)
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the message")
     add_conn_args(p)
+    p = sub.add_parser("rate")
+    p.add_argument("--ports", help="comma list of ports; pair i uses port i %% count (default: --port)")
+    p.add_argument("--domain", required=True)
+    p.add_argument("--user-prefix", default="user")
+    p.add_argument("--first-user", type=int, default=1)
+    p.add_argument("--password", required=True, help="'{i}' is replaced by the user's number")
+    p.add_argument("--pairs", type=int, default=20)
+    p.add_argument("--rate", type=float, default=500.0, help="messages per second over all pairs")
+    p.add_argument("--seconds", type=float, default=10.0)
+    add_conn_args(p)
     p = sub.add_parser("hold")
     p.add_argument("--jid", required=True)
     p.add_argument("--password", required=True)
@@ -539,9 +552,76 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+def percentiles(xs):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    pick = lambda q: round(xs[min(len(xs), max(1, -(-int(q * len(xs) * 1000) // 1000))) - 1], 3)
+    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "max": round(xs[-1], 3),
+            "mean": round(sum(xs) / len(xs), 3)}
+
+
+async def cmd_rate(args):
+    """Pair i is account PREFIX<first+i> with resources a and b, on port i % len(ports).
+    Every message carries its send time (perf_counter_ns, this process's clock) in its id;
+    b records now minus that when it arrives. Senders keep their schedule whatever arrives
+    (open loop), each offset within the period so the pairs' messages are spread evenly."""
+    import copy
+    ports = [int(p) for p in args.ports.split(",")] if args.ports else [args.port]
+    sessions = []
+    for i in range(args.pairs):
+        conn = copy.copy(args)
+        conn.port = ports[i % len(ports)]
+        n = args.first_user + i
+        jid = "%s%d@%s" % (args.user_prefix, n, args.domain)
+        password = args.password.replace("{i}", str(n))
+        sessions.append((Session(conn, jid + "/a", password, "a%d" % i),
+                         Session(conn, jid + "/b", password, "b%d" % i)))
+    latencies = []
+
+    def on_message(msg):
+        mid = msg["id"] or ""
+        if mid.startswith("t") and mid[1:].isdigit():
+            latencies.append((time.perf_counter_ns() - int(mid[1:])) / 1e6)
+
+    try:
+        for k in range(0, len(sessions), 10):
+            batch = sessions[k:k + 10]
+            await asyncio.gather(*(s.login(args.timeout) for pair in batch for s in pair))
+        for _a, b in sessions:
+            b.xmpp.add_event_handler("message", on_message)
+        period = args.pairs / args.rate
+        count = max(1, round(args.seconds * args.rate / args.pairs))
+        start = time.perf_counter() + 0.5
+        sent = [0]
+
+        async def sender(k, a, to):
+            due = start + period * k / args.pairs
+            for _ in range(count):
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                m = a.xmpp.make_message(mto=to, mbody="load", mtype="chat")
+                m["id"] = "t%d" % time.perf_counter_ns()
+                m.send()
+                sent[0] += 1
+                due += period
+
+        await asyncio.gather(*(sender(k, a, b.xmpp.boundjid.full)
+                               for k, (a, b) in enumerate(sessions)))
+        expected = count * len(sessions)
+        deadline = time.perf_counter() + 5.0
+        while len(latencies) < expected and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        return {"ok": True, "pairs": args.pairs, "rate": args.rate, "seconds": args.seconds,
+                "sent": sent[0], "received": len(latencies),
+                "one_way_ms": percentiles(latencies)}
+    finally:
+        await asyncio.gather(*(s.close() for pair in sessions for s in pair),
+                             return_exceptions=True)
+
+
 async def run(args):
     cmds = {"login": cmd_login, "chat": cmd_chat, "hold": cmd_hold, "resume": cmd_resume,
-            "reply": cmd_reply}
+            "reply": cmd_reply, "rate": cmd_rate}
     return await cmds[args.cmd](args)
 
 
@@ -550,7 +630,8 @@ def main(argv):
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.CRITICAL,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     # Hard backstop: whatever happens, never outlive the budget.
-    budget = args.timeout + (args.seconds if args.cmd == "hold" else 0.0) \
+    budget = args.timeout + (args.seconds if args.cmd in ("hold", "rate") else 0.0) \
+        + (args.timeout * (1 + args.pairs / 5) if args.cmd == "rate" else 0.0) \
         + (args.wait if args.cmd == "reply" else 0.0) + 5.0
 
     def on_alarm(_sig, _frm):
