@@ -168,6 +168,25 @@ PY
 
 setups=(direct-1 direct-3 haproxy lb-direct lb-starttls)
 
+# warm_up SETUP...: 200 logins through each, not recorded (the first logins of a Prosody node
+# are slower: module and account loads).
+warm_up() {
+  local s
+  say "warm-up"
+  for s in "$@"; do
+    # shellcheck disable=SC2046
+    "$loadgen" $(setup_args "$s") --domain $domain --password $password --source-ips "$SOURCES" \
+      --users 200 --concurrency "$CONC" --mode login --timeout 60 </dev/null >/dev/null
+  done
+}
+# rotate ROUND SETUP...: sets `order` to the setups rotated by ROUND - 1, so that no setup
+# always runs first (or right after the same neighbour).
+rotate() {
+  local k=$(( ($1 - 1) % ($# - 1) ))
+  shift
+  order=("${@:k+1}" "${@:1:k}")
+}
+
 # The same open-loop latency measured by an independent client: slixmpp (PyPI), in
 # tests/clients/xmpp_client.py's `rate` command, from the project venv if it has it.
 slix_python() {
@@ -237,17 +256,11 @@ PY
 }
 
 if [ "$part" = all ] || [ "$part" = load ]; then
-  # Warm-up (not recorded): the first logins of a Prosody node are slower (module and account loads).
-  say "warm-up"
-  for s in "${setups[@]}"; do
-    "$loadgen" $(setup_args "$s") --domain $domain --password $password --source-ips "$SOURCES" \
-      --users 200 --concurrency "$CONC" --mode login --timeout 60 </dev/null >/dev/null
-  done
+  warm_up "${setups[@]}"
 
   for ((round = 1; round <= ROUNDS; round++)); do
     say "round $round/$ROUNDS: $USERS logins at concurrency $CONC, $SERIAL one at a time, echo $PAIRS pairs at once and 5 one at a time, $MESSAGES messages each"
-    # Rotate the order so no setup always runs first (or right after the same neighbour).
-    order=("${setups[@]:$(( (round - 1) % ${#setups[@]} ))}" "${setups[@]:0:$(( (round - 1) % ${#setups[@]} ))}")
+    rotate "$round" "${setups[@]}"
     for s in "${order[@]}"; do
       run "$s" login "$round" --mode login --users "$USERS" --concurrency "$CONC"
     done
@@ -304,14 +317,10 @@ scale_idle() {
 
 if [ "$part" = latency ]; then
   lat_setups=(direct-3 haproxy lb-direct lb-starttls)
-  say "warm-up"
-  for s in "${lat_setups[@]}"; do
-    "$loadgen" $(setup_args "$s") --domain $domain --password $password --source-ips "$SOURCES" \
-      --users 200 --concurrency "$CONC" --mode login --timeout 60 </dev/null >/dev/null
-  done
+  warm_up "${lat_setups[@]}"
   for ((round = 1; round <= ROUNDS; round++)); do
     say "round $round/$ROUNDS: $RATE messages/s for $RATE_SECONDS s over $RATE_PAIRS pairs, through each setup"
-    order=("${lat_setups[@]:$(( (round - 1) % ${#lat_setups[@]} ))}" "${lat_setups[@]:0:$(( (round - 1) % ${#lat_setups[@]} ))}")
+    rotate "$round" "${lat_setups[@]}"
     for s in "${order[@]}"; do
       run "$s" rate "$round" --mode rate --pairs "$RATE_PAIRS" --rate "$RATE" --seconds "$RATE_SECONDS" --concurrency "$CONC"
       python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["rate"]; l=r["one_way_ms"] or {}; print("     sent %d received %d  one-way p50 %.3f p90 %.3f p99 %.3f max %.3f ms" % (r["sent"], r["received"], l.get("p50",0), l.get("p90",0), l.get("p99",0), l.get("max",0)))' "$work/results/rate.$s.$round.json" >&2
@@ -320,7 +329,7 @@ if [ "$part" = latency ]; then
   if [ "$SLIX_RATE" != 0 ]; then
     for ((round = 1; round <= ROUNDS; round++)); do
       say "slixmpp round $round/$ROUNDS: $SLIX_RATE messages/s for $RATE_SECONDS s over $SLIX_PAIRS pairs, through each setup"
-      order=("${lat_setups[@]:$(( (round - 1) % ${#lat_setups[@]} ))}" "${lat_setups[@]:0:$(( (round - 1) % ${#lat_setups[@]} ))}")
+      rotate "$round" "${lat_setups[@]}"
       for s in "${order[@]}"; do run_slix "$s" "$round"; done
     done
   fi

@@ -555,8 +555,9 @@ def parse_args(argv):
 def percentiles(xs):
     if not xs:
         return None
+    import math
     xs = sorted(xs)
-    pick = lambda q: round(xs[min(len(xs), max(1, -(-int(q * len(xs) * 1000) // 1000))) - 1], 3)
+    pick = lambda q: round(xs[min(len(xs), max(1, math.ceil(q * len(xs)))) - 1], 3)
     return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "max": round(xs[-1], 3),
             "mean": round(sum(xs) / len(xs), 3)}
 
